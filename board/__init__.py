@@ -1,0 +1,1 @@
+"""Board support: pin maps, GPIO through gpiozero pin factories, systemd, the image."""

@@ -1,0 +1,1 @@
+"""Billmaster Arbiter appliance firmware: protocol, detection, decisions, actions."""

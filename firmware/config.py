@@ -1,0 +1,333 @@
+"""Site configuration: one declarative schema, loaded from TOML, checked as a whole.
+
+Each section is a frozen dataclass; each setting is a field declared with ``setting()``
+carrying its bounds, choices and documentation. ``load`` returns a ``Config`` or raises
+``ConfigError`` listing every problem as ``key = value: what is wrong (bound)``. Unknown
+keys are errors (a typo must not silently become a default). Cross-field timing checks
+live in ``_cross_checks``. Safety settings have no silent fallback: a bad one stops the
+daemon at start-up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from firmware.errors import ConfigError
+
+_REQUIRED = object()
+MAX_STANDBYS = 9
+
+
+def setting(default: Any = _REQUIRED, *, lo: float | None = None, hi: float | None = None,
+            choices: tuple[str, ...] | None = None, pattern: str | None = None,
+            safety: bool = False, doc: str = "") -> Any:
+    meta = {"lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "safety": safety, "doc": doc}
+    if default is _REQUIRED:
+        return field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_NAME = r"^[a-z][a-z0-9-]{0,31}$"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Site:
+    name: str = setting(pattern=_NAME, doc="site name, used in alerts")
+    node_id: str = setting("arbiter", pattern=_NAME, doc="the appliance's sender id in frames")
+    key_file: str = setting(doc="file holding the per-site HMAC key (at least 16 bytes)")
+    state_dir: str = setting("/var/lib/arbiter", doc="persisted state, journal and alert outbox")
+    socket: str = setting("/run/arbiter/control.sock", doc="operator CLI socket (root only)")
+    mode: str = setting("active", choices=("active", "observe"), safety=True,
+                        doc="observe: decide and report, act on nothing")
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    interval: float = setting(0.04, lo=0.005, hi=10.0, safety=True,
+                              doc="keepalive: seconds between polls on every link")
+    warn_time: float = setting(0.12, lo=0.01, hi=60.0, doc="a reply later than this is a warning")
+    dead_time: float = setting(0.2, lo=0.02, hi=120.0, safety=True,
+                               doc="a link silent this long is dead; all links dead: server dead")
+    min_misses: int = setting(3, lo=2, hi=100, safety=True,
+                              doc="dead_time must span at least this many polls")
+    init_dead: float = setting(3.0, lo=0.1, hi=600.0, safety=True,
+                               doc="grace after the appliance starts before anyone is declared dead")
+    hold_down: float = setting(300.0, lo=1.0, hi=86400.0, safety=True,
+                               doc="no second automatic failover for this long after one")
+    fence_timeout: float = setting(2.0, lo=0.05, hi=120.0, safety=True,
+                                   doc="power-off must be confirmed within this")
+    action_timeout: float = setting(15.0, lo=0.1, hi=600.0, doc="promote, demote, IP moves")
+    verify_timeout: float = setting(3.0, lo=0.1, hi=60.0, doc="ARP owner check after takeover")
+    watchdog_timeout: float = setting(15.0, lo=1.0, hi=15.0, safety=True,
+                                      doc="hardware watchdog (bcm2835_wdt: 15 s at most)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    fencing: str = setting("relay", choices=("relay", "none"), safety=True,
+                           doc="none: no relay; then the standby must also confirm it lost the primary")
+    lag_limit_bytes: int = setting(0, lo=0, hi=2**40, safety=True,
+                                   doc="max replication lag for an automatic failover (0: in sync only)")
+    lag_limit_s: float = setting(0.0, lo=0.0, hi=3600.0, safety=True)
+    old_primary: str = setting("stay-fenced", choices=("stay-fenced", "rejoin-as-standby"), safety=True)
+    auto_failover: bool = setting(True, safety=True)
+    ups_low_runtime_s: float = setting(300.0, lo=0.0, hi=86400.0,
+                                       doc="runtime under this counts as low battery")
+    ups_switchover: bool = setting(True, doc="low battery on the primary: switch to a standby on line")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Board:
+    kind: str = setting("generic", choices=("pi4", "pi5", "cm4", "generic", "hil"), safety=True)
+    pin_factory: str = setting("auto", choices=("auto", "rpigpio", "lgpio", "mock"), safety=True,
+                               doc="auto picks the board's own; mock only with kind hil")
+    alarm_relay: str = setting("", doc="pin name of the alarm relay in the board's pin map")
+    ack_button: str = setting("", doc="pin name of the acknowledge push button")
+    watchdog_device: str = setting("", doc="hardware watchdog; empty: systemd owns it")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fence:
+    mode: str = setting("off", choices=("off", "cycle"), safety=True,
+                        doc="off: stay off until an operator restores power; cycle: off, wait, on")
+    cycle_off_s: float = setting(10.0, lo=1.0, hi=600.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Vip:
+    address: str = setting(doc="the service's virtual IP with prefix, e.g. 192.0.2.10/24")
+    verify: str = setting("arp", choices=("arp", "none"), safety=True)
+    interface: str = setting("eth0", doc="the appliance's LAN interface for ARP probes")
+    garp_count: int = setting(5, lo=1, hi=100, doc="gratuitous ARPs sent at takeover")
+    garp_interval: float = setting(0.2, lo=0.01, hi=10.0)
+    garp_refresh_s: float = setting(30.0, lo=0.0, hi=3600.0, doc="keep refreshing ARP caches this long")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ups:
+    poll_interval: float = setting(2.0, lo=0.1, hi=60.0)
+    username: str = setting("")
+    password_file: str = setting("")
+    timeout: float = setting(2.0, lo=0.1, hi=30.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnmpManager:
+    host: str = setting()
+    port: int = setting(162, lo=1, hi=65535)
+    version: str = setting("v2c", choices=("v2c", "v3"))
+    notify: str = setting("trap", choices=("trap", "inform"))
+    community: str = setting("public")
+    user: str = setting("")
+    auth_key_file: str = setting("")
+    priv_key_file: str = setting("")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alerts:
+    enterprise_oid: str = setting("1.3.6.1.4.1.64400", pattern=r"^1\.3\.6\.1\.4\.1\.\d+$",
+                                  doc="the site's registered enterprise arc")
+    managers: list = setting([], doc="[[alerts.managers]] tables")
+    hook: str = setting("", doc="command run with the event in its environment")
+    min_repeat_s: float = setting(60.0, lo=0.0, hi=86400.0, doc="same event, server and channel: once per this")
+    max_per_minute: int = setting(30, lo=1, hi=10000)
+    inform_retries: int = setting(3, lo=0, hi=100)
+    inform_timeout: float = setting(2.0, lo=0.1, hi=60.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Server:
+    name: str = setting(pattern=_NAME)
+    priority: int = setting(100, lo=0, hi=1000, doc="higher wins among equally good standbys")
+    address: str = setting("", doc="the agent's LAN address")
+    port: int = setting(5405, lo=1, hi=65535)
+    serial: str = setting("", doc="serial device or pyserial URL; empty: no serial link")
+    baudrate: int = setting(115200, lo=1200, hi=4000000)
+    mac: str = setting("", pattern=r"^$|^([0-9a-f]{2}:){5}[0-9a-f]{2}$", doc="LAN MAC, for ARP checks")
+    fence_relay: str = setting("", doc="pin name of its power relay")
+    power_sense: str = setting("", doc="pin name of its power readback input")
+    ups: str = setting("", pattern=r"^$|^[\w.-]+@[\w.:-]+$", doc="ups@host[:port]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    site: Site
+    servers: tuple[Server, ...]
+    vip: Vip
+    timing: Timing = field(default_factory=Timing)
+    policy: Policy = field(default_factory=Policy)
+    board: Board = field(default_factory=Board)
+    fence: Fence = field(default_factory=Fence)
+    ups: Ups = field(default_factory=Ups)
+    alerts: Alerts = field(default_factory=Alerts)
+
+    def server(self, name: str) -> Server:
+        for s in self.servers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+_SECTIONS: dict[str, type] = {
+    "site": Site, "vip": Vip, "timing": Timing, "policy": Policy, "board": Board,
+    "fence": Fence, "ups": Ups, "alerts": Alerts,
+}
+
+
+def _check_value(key: str, value: Any, f: dataclasses.Field, hint: Any) -> str | None:
+    meta = f.metadata
+    want = get_origin(hint) or hint
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
+        return f"{key} = {value!r}: must be {want.__name__}"
+    if meta.get("lo") is not None and value < meta["lo"]:
+        return f"{key} = {value!r}: below the minimum {meta['lo']}"
+    if meta.get("hi") is not None and value > meta["hi"]:
+        return f"{key} = {value!r}: above the maximum {meta['hi']}"
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"{key} = {value!r}: must be one of {', '.join(meta['choices'])}"
+    if meta.get("pattern") and not re.match(meta["pattern"], value):
+        return f"{key} = {value!r}: must match {meta['pattern']}"
+    return None
+
+
+def _build(cls: type, prefix: str, table: Any, problems: list[str]) -> Any:
+    if not isinstance(table, dict):
+        problems.append(f"{prefix} = {table!r}: must be a table")
+        return None
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(table) - set(fields)):
+        problems.append(f"{prefix}.{unknown}: unknown key (known: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{key}: required ({f.metadata.get('doc', '')})".rstrip(" ()"))
+            continue
+        value = table[name]
+        problem = _check_value(key, value, f, hints[name])
+        if problem:
+            problems.append(problem)
+            continue
+        values[name] = float(value) if hints[name] is float else value
+    try:
+        return cls(**values)
+    except TypeError:
+        return None
+
+
+def parse(data: dict[str, Any]) -> Config:
+    """Validate a TOML document already parsed into a dict."""
+    problems: list[str] = []
+    known = set(_SECTIONS) | {"servers"}
+    for unknown in sorted(set(data) - known):
+        problems.append(f"{unknown}: unknown section (known: {', '.join(sorted(known))})")
+    sections = {name: _build(cls, name, data.get(name, {}), problems) for name, cls in _SECTIONS.items()}
+    servers_raw = data.get("servers", [])
+    servers: list[Server] = []
+    if not isinstance(servers_raw, list):
+        problems.append("servers: must be an array of tables ([[servers]])")
+        servers_raw = []
+    for i, raw in enumerate(servers_raw):
+        srv = _build(Server, f"servers[{i}]", raw, problems)
+        if srv is not None:
+            servers.append(srv)
+    managers = []
+    alerts = sections["alerts"]
+    if alerts is not None:
+        for i, raw in enumerate(alerts.managers):
+            mgr = _build(SnmpManager, f"alerts.managers[{i}]", raw, problems)
+            if mgr is not None:
+                managers.append(mgr)
+        sections["alerts"] = dataclasses.replace(alerts, managers=managers)
+    if problems or any(v is None for v in sections.values()):
+        raise ConfigError(problems or ["config: incomplete"])
+    cfg = Config(servers=tuple(servers), **sections)
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    p: list[str] = []
+    t = cfg.timing
+    if t.interval * t.min_misses >= t.dead_time:
+        p.append(f"timing.dead_time = {t.dead_time}: must exceed timing.interval x timing.min_misses"
+                 f" = {t.interval * t.min_misses:g}")
+    if not t.interval < t.warn_time < t.dead_time:
+        p.append(f"timing.warn_time = {t.warn_time}: must lie between timing.interval ({t.interval})"
+                 f" and timing.dead_time ({t.dead_time})")
+    if t.dead_time >= t.init_dead:
+        p.append(f"timing.init_dead = {t.init_dead}: must exceed timing.dead_time = {t.dead_time}")
+    if t.hold_down <= t.dead_time:
+        p.append(f"timing.hold_down = {t.hold_down}: must exceed timing.dead_time = {t.dead_time}")
+    if t.dead_time >= t.watchdog_timeout:
+        p.append(f"timing.dead_time = {t.dead_time}: must be below timing.watchdog_timeout"
+                 f" = {t.watchdog_timeout}")
+    names = [s.name for s in cfg.servers]
+    if not 2 <= len(names) <= 1 + MAX_STANDBYS:
+        p.append(f"servers: {len(names)} configured; need 2..{1 + MAX_STANDBYS} (one primary,"
+                 f" up to {MAX_STANDBYS} standbys)")
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        p.append(f"servers.name = {dup!r}: used twice")
+    if cfg.site.node_id in names:
+        p.append(f"site.node_id = {cfg.site.node_id!r}: same as a server's name")
+    for i, s in enumerate(cfg.servers):
+        if not s.address and not s.serial:
+            p.append(f"servers[{i}] ({s.name}): needs address, serial or both")
+        if s.address:
+            try:
+                ipaddress.ip_address(s.address)
+            except ValueError:
+                p.append(f"servers[{i}].address = {s.address!r}: not an IP address")
+        if cfg.policy.fencing == "relay" and not s.fence_relay:
+            p.append(f"servers[{i}].fence_relay: required while policy.fencing = 'relay'"
+                     " (set policy.fencing = 'none' to run without fencing, explicitly)")
+    try:
+        ipaddress.ip_interface(cfg.vip.address)
+    except ValueError:
+        p.append(f"vip.address = {cfg.vip.address!r}: not an address with prefix (192.0.2.10/24)")
+    if cfg.vip.verify == "arp" and not all(s.mac for s in cfg.servers):
+        p.append("vip.verify = 'arp': every server needs its mac (or set vip.verify = 'none')")
+    if cfg.board.pin_factory == "mock" and cfg.board.kind != "hil":
+        p.append(f"board.pin_factory = 'mock': only allowed with board.kind = 'hil'"
+                 f" (board.kind = {cfg.board.kind!r})")
+    for i, m in enumerate(cfg.alerts.managers):
+        if m.version == "v3" and not (m.user and m.auth_key_file and m.priv_key_file):
+            p.append(f"alerts.managers[{i}]: v3 needs user, auth_key_file and priv_key_file")
+    return p
+
+
+def load(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
+    return parse(data)
+
+
+def read_key(path: str | Path) -> bytes:
+    """The site key: raw bytes of the file, stripped of a trailing newline."""
+    try:
+        key = Path(path).read_bytes().rstrip(b"\n")
+    except OSError as exc:
+        raise ConfigError([f"site.key_file = {str(path)!r}: cannot read ({exc.strerror})"]) from exc
+    if len(key) < 16:
+        raise ConfigError([f"site.key_file = {str(path)!r}: key is {len(key)} bytes, minimum 16"])
+    return key

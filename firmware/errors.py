@@ -1,0 +1,36 @@
+"""The appliance's error hierarchy, in one place. The daemon catches ArbiterError at the
+cycle boundary; anything else is a bug and is logged with its traceback."""
+from __future__ import annotations
+
+
+class ArbiterError(Exception):
+    """Base of every error the firmware raises on purpose."""
+
+
+class ProtocolError(ArbiterError):
+    """A frame that must be dropped. ``reason`` is a short counter name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ConfigError(ArbiterError):
+    """A config that must not be used. ``problems`` lists every bad key, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class ActionError(ArbiterError):
+    """An action the executor could not carry out (timeout, refusal, lost confirmation)."""
+
+
+class HardwareError(ArbiterError):
+    """A board, pin or device that is missing or not what the config says."""
+
+
+class StateError(ArbiterError):
+    """The persisted state cannot be read or written."""

@@ -1,0 +1,75 @@
+"""The one table of events the appliance can raise: name, severity, default text.
+
+Every sink (log, SNMP, the alarm relay, the hook command) is fed from this table through
+``firmware.notify``. The MIB's notification names are derived from the event names
+(``link-down`` -> ``arbLinkDown``) and its numbering from ``number``; keep both stable.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Severity(enum.IntEnum):
+    """Ordered: the alarm relay follows the most severe unacknowledged event."""
+
+    CLEAR = 0
+    INFO = 1
+    WARNING = 2
+    MAJOR = 3
+    CRITICAL = 4
+
+
+@dataclass(frozen=True)
+class EventType:
+    number: int
+    name: str
+    severity: Severity
+    text: str
+    clears: tuple[str, ...] = ()  # raising this event clears these ones
+
+
+_TABLE = (
+    EventType(1, "arbiter-started", Severity.INFO, "arbiter started"),
+    EventType(2, "link-down", Severity.WARNING, "heartbeat link lost; the other link still answers"),
+    EventType(3, "link-up", Severity.CLEAR, "heartbeat link restored", ("link-down",)),
+    EventType(4, "server-down", Severity.MAJOR, "server silent on every link"),
+    EventType(5, "server-up", Severity.CLEAR, "server answers again", ("server-down",)),
+    EventType(6, "failover-started", Severity.MAJOR, "automatic failover started"),
+    EventType(7, "failover-completed", Severity.MAJOR, "failover completed; service on the new primary"),
+    EventType(8, "failover-failed", Severity.CRITICAL, "failover failed; operator action needed"),
+    EventType(9, "fence-done", Severity.MAJOR, "server fenced: power off confirmed"),
+    EventType(10, "fence-failed", Severity.CRITICAL, "fence not confirmed; no promotion"),
+    EventType(11, "switchover-started", Severity.INFO, "planned switchover started"),
+    EventType(12, "switchover-completed", Severity.INFO, "planned switchover completed"),
+    EventType(13, "switchover-failed", Severity.CRITICAL, "planned switchover failed"),
+    EventType(14, "standby-lagging", Severity.MAJOR, "standby is behind the lag limit or not in sync"),
+    EventType(15, "standby-in-sync", Severity.CLEAR, "standby is in sync again", ("standby-lagging",)),
+    EventType(16, "split-brain-suspected", Severity.CRITICAL, "more than one host answers for the virtual IP"),
+    EventType(17, "ups-on-battery", Severity.WARNING, "UPS on battery"),
+    EventType(18, "ups-low-battery", Severity.CRITICAL, "UPS battery low"),
+    EventType(19, "ups-power-restored", Severity.CLEAR, "UPS back on line power", ("ups-on-battery", "ups-low-battery")),
+    EventType(20, "ups-monitoring-lost", Severity.WARNING, "UPS not monitored: upsd or its driver does not answer"),
+    EventType(21, "ups-monitoring-restored", Severity.CLEAR, "UPS monitored again", ("ups-monitoring-lost",)),
+    EventType(22, "config-reloaded", Severity.INFO, "configuration reloaded"),
+    EventType(23, "config-rejected", Severity.WARNING, "new configuration rejected; old one kept"),
+    EventType(24, "operator-needed", Severity.CRITICAL, "no safe automatic action; waiting for an operator"),
+    EventType(25, "old-primary-returned", Severity.MAJOR, "fenced old primary answers again; kept out"),
+    EventType(26, "frames-rejected", Severity.WARNING, "forged, replayed or damaged frames dropped"),
+    EventType(27, "backup-requested", Severity.MAJOR, "backup hook started on the primary"),
+    EventType(28, "shutdown-requested", Severity.CRITICAL, "orderly shutdown requested"),
+    EventType(29, "maintenance-on", Severity.WARNING, "observe-only mode: decisions are reported, not acted on"),
+    EventType(30, "maintenance-off", Severity.INFO, "observe-only mode ended", ("maintenance-on",)),
+    EventType(31, "alarm-acknowledged", Severity.INFO, "alarm acknowledged by an operator"),
+    EventType(32, "standby-down", Severity.MAJOR, "no standby is available to take over"),
+    EventType(33, "power-restored-by-operator", Severity.INFO, "operator restored a server's power"),
+)
+
+EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}
+
+
+def event_type(name: str) -> EventType:
+    try:
+        return EVENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown event {name!r}; known: {', '.join(EVENTS)}") from None

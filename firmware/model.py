@@ -1,0 +1,248 @@
+"""Plain data shared by the detector, the decision core, the executor and the daemon.
+
+Observations are frozen snapshots taken once per cycle; ``None`` means *unknown* (start-up,
+no data yet) and never counts as a change. Actions are plain data carried out by the
+executor. Nothing here does I/O.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Channel(str, enum.Enum):
+    SERIAL = "serial"
+    LAN = "lan"
+
+
+class LinkState(str, enum.Enum):
+    """Heartbeat semantics per link: UNKNOWN until init dead ends or a reply arrives."""
+
+    UNKNOWN = "unknown"
+    UP = "up"
+    LATE = "late"  # no reply for warn_time: a warning, nothing more
+    DEAD = "dead"  # no reply for dead_time
+    ABSENT = "absent"  # the server has no such link configured
+
+
+class Role(str, enum.Enum):
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A server's replication view as its agent reports it; None where not known."""
+
+    in_sync: bool | None = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
+    peer_alive: bool | None = None  # a standby still receives the primary's stream
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    """The content of a server's latest valid reply."""
+
+    role: Role
+    healthy: bool
+    vip: bool = False
+    repl: Replication = field(default_factory=Replication)
+    hears_primary: bool | None = None  # the standby's own peer heartbeat to the primary
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LinkObs:
+    channel: Channel
+    state: LinkState
+    last_seen: float | None = None  # monotonic time of the last valid reply
+    rtt_s: float | None = None
+
+
+@dataclass(frozen=True)
+class UpsObs:
+    """One UPS as NUT reports it. ``reachable`` False: upsd or its driver is not answering."""
+
+    name: str
+    reachable: bool | None = None
+    flags: frozenset[str] = frozenset()  # ups.status words: OL OB LB RB CHRG DISCHRG FSD ...
+    charge: float | None = None
+    runtime_s: float | None = None
+    error: str = ""
+
+    @property
+    def on_battery(self) -> bool | None:
+        return None if not self.reachable else "OB" in self.flags
+
+    @property
+    def low_battery(self) -> bool | None:
+        return None if not self.reachable else ("LB" in self.flags or "FSD" in self.flags)
+
+
+@dataclass(frozen=True)
+class ServerObs:
+    name: str
+    links: tuple[LinkObs, ...]
+    report: AgentReport | None = None
+    power_on: bool | None = None  # readback input (or UPS outlet state); None: no sensor
+    relay_open: bool = False  # the fence relay holds the power off
+    ups: UpsObs | None = None
+
+    @property
+    def alive(self) -> bool | None:
+        """True if any link is up or late; False only if every configured link is dead."""
+        states = [link.state for link in self.links if link.state is not LinkState.ABSENT]
+        if any(s in (LinkState.UP, LinkState.LATE) for s in states):
+            return True
+        if states and all(s is LinkState.DEAD for s in states):
+            return False
+        return None
+
+    def link(self, channel: Channel) -> LinkObs | None:
+        return next((link for link in self.links if link.channel is channel), None)
+
+
+class RequestKind(str, enum.Enum):
+    SWITCHOVER = "switchover"
+    FAILOVER = "failover"
+    MAINTENANCE_ON = "maintenance-on"
+    MAINTENANCE_OFF = "maintenance-off"
+    ACK = "ack"
+    POWER_ON = "power-on"
+
+
+@dataclass(frozen=True)
+class Request:
+    """An operator command, delivered to decide exactly once."""
+
+    kind: RequestKind
+    server: str | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What the executor learnt about an action since the last cycle."""
+
+    action_id: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class VipObs:
+    """ARP verification: MAC addresses that answered for the virtual IP."""
+
+    macs: frozenset[str]
+    at: float
+
+
+@dataclass(frozen=True)
+class Observations:
+    now: float
+    servers: tuple[ServerObs, ...]
+    results: tuple[ActionResult, ...] = ()
+    requests: tuple[Request, ...] = ()
+    vip: VipObs | None = None
+    server_macs: tuple[tuple[str, str], ...] = ()  # (server, MAC on the LAN), from config
+
+    def server(self, name: str) -> ServerObs:
+        for s in self.servers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def result(self, action_id: str) -> ActionResult | None:
+        return next((r for r in self.results if r.action_id == action_id), None)
+
+
+# ---------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Action:
+    """Base of every action. ``id`` lets a result be matched to its action."""
+
+    @property
+    def id(self) -> str:
+        fields = ",".join(str(v) for v in self.__dict__.values())
+        return f"{type(self).__name__}({fields})"
+
+
+@dataclass(frozen=True)
+class Fence(Action):
+    """Open the server's power relay and confirm the power is off (readback)."""
+
+    server: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class HoldFence(Action):
+    """Re-assert relays of servers already fenced (after a restart); not a new fence."""
+
+    servers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PowerOn(Action):
+    server: str
+
+
+@dataclass(frozen=True)
+class Promote(Action):
+    server: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Demote(Action):
+    server: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class TakeIp(Action):
+    server: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class ReleaseIp(Action):
+    server: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class VerifyIp(Action):
+    """Probe the virtual IP with ARP; the answer comes back as Observations.vip."""
+
+    expect: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Backup(Action):
+    server: str
+
+
+@dataclass(frozen=True)
+class Shutdown(Action):
+    server: str
+
+
+@dataclass(frozen=True)
+class Notify(Action):
+    event: str
+    server: str = ""
+    channel: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class SetStatus(Action):
+    """Status LEDs: ok, degraded, failed-over, fault."""
+
+    status: str

@@ -1,0 +1,1 @@
+"""Off-appliance tools: the server agent, replication adapters, technicians tools."""

@@ -1,0 +1,32 @@
+"""Replication adapters: how the agent learns its server's replication state and acts on it.
+
+An adapter reports the role, whether this copy is in sync, its lag, and whether the
+replication stream from the primary is alive (the standby's own view of the peer); it
+carries out promote, demote and rejoin. Adapters: ``command`` (any product, through
+scripts with a documented contract), ``postgres``, ``drbd``; ``make_adapter`` picks one
+from the agent's config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ReplicationStatus:
+    role: str  # "primary", "standby" or "unknown"
+    in_sync: bool | None = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
+    peer_alive: bool | None = None  # standby: the stream from the primary is alive
+    detail: str = ""
+
+
+class Adapter(Protocol):
+    def status(self) -> ReplicationStatus: ...
+
+    def promote(self) -> None: ...
+
+    def demote(self) -> None: ...
+
+    def rejoin(self, primary: str) -> None: ...

@@ -200,7 +200,7 @@ def _check_value(key: str, value: Any, f: dataclasses.Field, hint: Any) -> str |
     return None
 
 
-def _build(cls: type, prefix: str, table: Any, problems: list[str]) -> Any:
+def build_section(cls: type, prefix: str, table: Any, problems: list[str]) -> Any:
     if not isinstance(table, dict):
         problems.append(f"{prefix} = {table!r}: must be a table")
         return None
@@ -233,21 +233,21 @@ def parse(data: dict[str, Any]) -> Config:
     known = set(_SECTIONS) | {"servers"}
     for unknown in sorted(set(data) - known):
         problems.append(f"{unknown}: unknown section (known: {', '.join(sorted(known))})")
-    sections = {name: _build(cls, name, data.get(name, {}), problems) for name, cls in _SECTIONS.items()}
+    sections = {name: build_section(cls, name, data.get(name, {}), problems) for name, cls in _SECTIONS.items()}
     servers_raw = data.get("servers", [])
     servers: list[Server] = []
     if not isinstance(servers_raw, list):
         problems.append("servers: must be an array of tables ([[servers]])")
         servers_raw = []
     for i, raw in enumerate(servers_raw):
-        srv = _build(Server, f"servers[{i}]", raw, problems)
+        srv = build_section(Server, f"servers[{i}]", raw, problems)
         if srv is not None:
             servers.append(srv)
     managers = []
     alerts = sections["alerts"]
     if alerts is not None:
         for i, raw in enumerate(alerts.managers):
-            mgr = _build(SnmpManager, f"alerts.managers[{i}]", raw, problems)
+            mgr = build_section(SnmpManager, f"alerts.managers[{i}]", raw, problems)
             if mgr is not None:
                 managers.append(mgr)
         sections["alerts"] = dataclasses.replace(alerts, managers=managers)

@@ -141,12 +141,11 @@ class VipObs:
 
 @dataclass(frozen=True)
 class Observations:
-    now: float
     servers: tuple[ServerObs, ...]
     results: tuple[ActionResult, ...] = ()
     requests: tuple[Request, ...] = ()
     vip: VipObs | None = None
-    server_macs: tuple[tuple[str, str], ...] = ()  # (server, MAC on the LAN), from config
+    run: int = 0  # the daemon's boot id: actions issued by an earlier run are re-issued
 
     def server(self, name: str) -> ServerObs:
         for s in self.servers:
@@ -163,12 +162,13 @@ class Observations:
 
 @dataclass(frozen=True)
 class Action:
-    """Base of every action. ``id`` lets a result be matched to its action."""
+    """Base of every action. ``ref`` is given by decide so a result matches its action."""
+
+    ref: int = field(default=0, kw_only=True)
 
     @property
     def id(self) -> str:
-        fields = ",".join(str(v) for v in self.__dict__.values())
-        return f"{type(self).__name__}({fields})"
+        return f"{type(self).__name__}#{self.ref}"
 
 
 @dataclass(frozen=True)
@@ -176,12 +176,11 @@ class Fence(Action):
     """Open the server's power relay and confirm the power is off (readback)."""
 
     server: str
-    attempt: int = 0
 
 
 @dataclass(frozen=True)
 class HoldFence(Action):
-    """Re-assert relays of servers already fenced (after a restart); not a new fence."""
+    """Re-assert the relays of servers already fenced (after a restart); not a new fence."""
 
     servers: tuple[str, ...]
 
@@ -194,33 +193,36 @@ class PowerOn(Action):
 @dataclass(frozen=True)
 class Promote(Action):
     server: str
-    attempt: int = 0
 
 
 @dataclass(frozen=True)
 class Demote(Action):
     server: str
-    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Rejoin(Action):
+    """Have a returning old primary rejoin as a standby of ``primary``."""
+
+    server: str
+    primary: str
 
 
 @dataclass(frozen=True)
 class TakeIp(Action):
     server: str
-    attempt: int = 0
 
 
 @dataclass(frozen=True)
 class ReleaseIp(Action):
     server: str
-    attempt: int = 0
 
 
 @dataclass(frozen=True)
 class VerifyIp(Action):
-    """Probe the virtual IP with ARP; the answer comes back as Observations.vip."""
+    """ARP-probe the virtual IP: ok only if exactly the expected server's MAC answers."""
 
     expect: str
-    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -246,3 +248,7 @@ class SetStatus(Action):
     """Status LEDs: ok, degraded, failed-over, fault."""
 
     status: str
+
+
+# Actions that only report: allowed in observe-only mode, never waited for.
+REPORTING = (Notify, SetStatus)

@@ -1,0 +1,61 @@
+"""Failure detection with Heartbeat's semantics, as leases on a monotonic clock.
+
+A link is UP while ``now < last_seen + warn_time``, LATE (a warning) until
+``last_seen + dead_time``, then DEAD. Before any reply, a link is UNKNOWN for ``init_dead``
+after the appliance started, so a boot raises no false alarm; after that a link that never
+answered is DEAD. A server is dead only when every configured link is dead
+(``ServerObs.alive``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from firmware.config import Config, Timing
+from firmware.model import AgentReport, Channel, LinkObs, LinkState, ServerObs, UpsObs
+
+
+def link_state(last_seen: float | None, now: float, started_at: float, t: Timing) -> LinkState:
+    if last_seen is None:
+        return LinkState.UNKNOWN if now - started_at < t.init_dead else LinkState.DEAD
+    silent = now - last_seen
+    if silent >= t.dead_time:
+        return LinkState.DEAD
+    if silent >= t.warn_time:
+        return LinkState.LATE
+    return LinkState.UP
+
+
+def latest_report(records: Mapping[Channel, object]) -> AgentReport | None:
+    """The report from whichever link answered last."""
+    best = max(
+        (r for r in records.values() if getattr(r, "report", None) is not None),
+        key=lambda r: r.last_seen or 0.0,
+        default=None,
+    )
+    return best.report if best is not None else None
+
+
+def observe_servers(cfg: Config, records: Mapping[str, Mapping[Channel, object]], now: float,
+                    started_at: float, power: Mapping[str, tuple[bool, bool | None]],
+                    ups: Mapping[str, UpsObs]) -> tuple[ServerObs, ...]:
+    """Turn the links' raw records into one frozen snapshot per server.
+
+    ``records[server][channel]`` has ``last_seen``, ``rtt_s`` and ``report`` (links.LinkRecord);
+    ``power[server]`` is (relay cut, power readback).
+    """
+    out = []
+    for srv in cfg.servers:
+        recs = records.get(srv.name, {})
+        links = []
+        for channel, configured in ((Channel.SERIAL, bool(srv.serial)), (Channel.LAN, bool(srv.address))):
+            rec = recs.get(channel)
+            if not configured:
+                links.append(LinkObs(channel, LinkState.ABSENT))
+                continue
+            last = getattr(rec, "last_seen", None)
+            links.append(LinkObs(channel, link_state(last, now, started_at, cfg.timing), last,
+                                 getattr(rec, "rtt_s", None)))
+        relay_cut, power_on = power.get(srv.name, (False, None))
+        out.append(ServerObs(srv.name, tuple(links), latest_report(recs), power_on, relay_cut,
+                             ups.get(srv.name)))
+    return tuple(out)

@@ -1,0 +1,94 @@
+"""The appliance's persisted view of the site, and the phases it moves through.
+
+Transitions (``decide`` is the only code that makes them)::
+
+    STARTING --all servers known--> NORMAL
+    NORMAL --primary dead, safe target--> FENCING --power off confirmed--> PROMOTING
+    NORMAL --operator failover --force--> FENCING
+    NORMAL --operator/UPS switchover--> DEMOTING --old primary demoted, IP released--> SYNCING
+    SYNCING --target has everything--> PROMOTING
+    PROMOTING --target is primary--> TAKING_IP --address added--> VERIFYING
+    VERIFYING --only the target's MAC answers ARP--> NORMAL (hold-down after a failover)
+    FENCING/PROMOTING/TAKING_IP/VERIFYING/DEMOTING/SYNCING --failure or timeout--> HALTED
+    HALTED --operator failover/switchover--> FENCING/DEMOTING
+    HALTED --maintenance off--> NORMAL
+
+The state is saved (atomically) before the actions of a transition run, so a restarted
+appliance resumes the phase it was in: it re-issues that phase's action, never an earlier
+one, and never flips back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Phase(str, enum.Enum):
+    STARTING = "starting"
+    NORMAL = "normal"
+    FENCING = "fencing"
+    PROMOTING = "promoting"
+    TAKING_IP = "taking-ip"
+    VERIFYING = "verifying"
+    DEMOTING = "demoting"
+    SYNCING = "syncing"
+    HALTED = "halted"
+
+
+BUSY = frozenset({Phase.FENCING, Phase.PROMOTING, Phase.TAKING_IP, Phase.VERIFYING,
+                  Phase.DEMOTING, Phase.SYNCING})
+
+# One server's last UPS reading, kept to raise events on real changes only.
+UpsSeen = tuple[str, bool | None, tuple[str, ...], float | None, float | None]
+
+
+@dataclass(frozen=True)
+class State:
+    phase: Phase = Phase.STARTING
+    since: float = 0.0  # monotonic time the phase began
+    primary: str | None = None
+    old: str | None = None  # the primary being replaced
+    target: str | None = None
+    operation: str = ""  # "failover", "manual-failover", "switchover"
+    fenced: tuple[str, ...] = ()  # servers held powered off / kept out of service
+    rejoining: tuple[str, ...] = ()  # powered on by an operator, to rejoin as standbys
+    returned: tuple[str, ...] = ()  # fenced servers seen answering again (alerted once)
+    hold_down_until: float | None = None
+    maintenance: bool = False
+    awaiting: tuple[str, ...] = ()  # ids of the actions this phase waits for
+    issued_run: int = 0  # the daemon run that issued them
+    seen_run: int = 0  # the daemon run that last decided
+    next_ref: int = 1
+    verify_tries: int = 0
+    conditions: tuple[str, ...] = ()  # active alert conditions, e.g. "link-down:master/serial"
+    ups_seen: tuple[UpsSeen, ...] = ()
+    ups_handled: str = ""  # the UPS intent already acted on
+    led: str = ""
+    failovers: int = 0
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["phase"] = self.phase.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> State:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["phase"] = Phase(kwargs.get("phase", Phase.STARTING.value))
+        for name in ("fenced", "rejoining", "returned", "awaiting", "conditions"):
+            kwargs[name] = tuple(kwargs.get(name, ()))
+        kwargs["ups_seen"] = tuple(
+            (s, r, tuple(f), c, t) for s, r, f, c, t in kwargs.get("ups_seen", ()))
+        return cls(**kwargs)
+
+    def rebased(self, now: float, hold_down: float) -> State:
+        """Monotonic stamps from another kernel boot mean nothing: restart every timer now.
+
+        A running hold-down restarts in full, the safe direction: it only delays automatics.
+        """
+        hold = None if self.hold_down_until is None else now + hold_down
+        return dataclasses.replace(self, since=now, hold_down_until=hold)

@@ -292,9 +292,10 @@ def _cross_checks(cfg: Config) -> list[str]:
                 ipaddress.ip_address(s.address)
             except ValueError:
                 p.append(f"servers[{i}].address = {s.address!r}: not an IP address")
-        if cfg.policy.fencing == "relay" and not s.fence_relay:
-            p.append(f"servers[{i}].fence_relay: required while policy.fencing = 'relay'"
-                     " (set policy.fencing = 'none' to run without fencing, explicitly)")
+        if cfg.policy.fencing == "relay" and not (s.fence_relay and s.power_sense):
+            p.append(f"servers[{i}] ({s.name}): fence_relay and power_sense are required while"
+                     " policy.fencing = 'relay' (a fence must be confirmed; set policy.fencing ="
+                     " 'none' to run without fencing, explicitly)")
     try:
         ipaddress.ip_interface(cfg.vip.address)
     except ValueError:

@@ -1,0 +1,118 @@
+"""Carries out decide's actions: hardware and agent commands, with timeouts.
+
+Reporting actions (Notify, SetStatus) run at once on the caller's thread: they are fast and
+never block. The others of one decision run in order on a worker thread, so a slow promote
+never stalls the loop; the first failure skips the rest of that batch. Each outcome becomes
+an ActionResult that the next cycle's observations carry back to decide, and the loop is
+woken at once so the next step follows without waiting for a tick.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from firmware.errors import ActionError, ArbiterError
+from firmware.model import REPORTING, Action, ActionResult
+
+log = logging.getLogger("arbiter.executor")
+
+Handler = Callable[[Action], str]
+
+
+@dataclass(frozen=True)
+class Running:
+    action: Action
+    started: float
+
+
+class Executor:
+    def __init__(self, handlers: Mapping[type, Handler], wake: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._handlers = dict(handlers)
+        self._wake = wake
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._results: list[ActionResult] = []
+        self._running: dict[str, Running] = {}
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, actions: Iterable[Action]) -> None:
+        batch = []
+        for action in actions:
+            if isinstance(action, REPORTING):
+                self._run(action)
+            else:
+                batch.append(action)
+        if batch:
+            t = threading.Thread(target=self._run_batch, args=(batch,), daemon=True,
+                                 name=f"exec-{batch[0].id}")
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            t.start()
+
+    def results(self) -> tuple[ActionResult, ...]:
+        """The outcomes since the last call (each reported once)."""
+        with self._lock:
+            out, self._results = tuple(self._results), []
+        return out
+
+    def running(self) -> list[tuple[Action, float]]:
+        """Actions under way with their elapsed seconds, for progress lines and status."""
+        now = self._clock()
+        with self._lock:
+            return [(r.action, now - r.started) for r in self._running.values()]
+
+    def join(self, timeout: float = 5.0) -> None:
+        for t in self._threads:
+            t.join(timeout)
+
+    def _run_batch(self, batch: list[Action]) -> None:
+        for i, action in enumerate(batch):
+            if not self._run(action):
+                for skipped in batch[i + 1:]:
+                    self._record(ActionResult(skipped.id, False, f"skipped: {action.id} failed"))
+                break
+        self._wake()
+
+    def _run(self, action: Action) -> bool:
+        handler = self._handlers.get(type(action))
+        if handler is None:
+            self._record(ActionResult(action.id, False, f"no handler for {type(action).__name__}"))
+            return False
+        with self._lock:
+            self._running[action.id] = Running(action, self._clock())
+        try:
+            detail = handler(action)
+            ok = True
+        except ArbiterError as exc:
+            ok, detail = False, str(exc)
+            log.error("%s failed: %s", action.id, exc)
+        except Exception as exc:  # a bug in a handler must still end the phase
+            ok, detail = False, f"internal error: {exc!r}"
+            log.exception("%s crashed", action.id)
+        finally:
+            with self._lock:
+                self._running.pop(action.id, None)
+        if not isinstance(action, REPORTING):
+            self._record(ActionResult(action.id, ok, detail or ""))
+            log.info("%s %s%s", action.id, "done" if ok else "FAILED", f": {detail}" if detail else "")
+        return ok
+
+    def _record(self, result: ActionResult) -> None:
+        with self._lock:
+            self._results.append(result)
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str,
+             clock: Callable[[], float] = time.monotonic, step: float = 0.005) -> object:
+    """Poll ``check`` until it returns something not None, or raise ActionError."""
+    deadline = clock() + timeout
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if clock() >= deadline:
+            raise ActionError(f"{what}: no answer within {timeout:g} s")
+        time.sleep(step)

@@ -1,0 +1,105 @@
+"""What each action does to the world: relays, agent commands, ARP checks, alerts.
+
+``make_handlers`` binds the actions to the appliance's parts; the executor calls them on
+its worker threads. Every handler returns a short detail for the log, or raises
+ActionError naming what did not happen and the setting that bounds it.
+"""
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from firmware.config import Config
+from firmware.errors import ActionError
+from firmware.executor import Handler, wait_for
+from firmware.model import (Backup, Demote, Fence, HoldFence, Notify, PowerOn, Promote,
+                            Rejoin, ReleaseIp, SetStatus, Shutdown, TakeIp, VerifyIp)
+
+
+class Relay(Protocol):
+    def cut(self) -> None: ...
+    def restore(self) -> None: ...
+    def cut_and_confirm(self, timeout: float) -> bool: ...
+
+
+class BoardPort(Protocol):
+    def relay(self, server: str) -> Relay: ...
+    def set_status(self, status: str) -> None: ...
+
+
+class CommandPort(Protocol):
+    def send_command(self, server: str, op: str, args: dict[str, Any]) -> str: ...
+    def command_result(self, cmd_id: str) -> tuple[bool, str] | None: ...
+
+
+class NotifyPort(Protocol):
+    def notify(self, event: str, server: str = "", channel: str = "", text: str = "") -> object: ...
+
+
+ArpProbe = Callable[[str, str], frozenset[str]]
+
+
+def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: NotifyPort,
+                  arp_probe: ArpProbe) -> dict[type, Handler]:
+    t = cfg.timing
+
+    def command(server: str, op: str, args: dict[str, Any] | None = None) -> str:
+        cmd_id = agents.send_command(server, op, args or {})
+        ok, detail = wait_for(lambda: agents.command_result(cmd_id), t.action_timeout,
+                              f"{op} on {server} (timing.action_timeout)")  # type: ignore[misc]
+        if not ok:
+            raise ActionError(f"{op} on {server} refused: {detail}")
+        return detail or f"{op} done"
+
+    def fence(a: Fence) -> str:
+        relay = board.relay(a.server)
+        if not relay.cut_and_confirm(t.fence_timeout):
+            raise ActionError(f"{a.server}: power still reads on {t.fence_timeout:g} s after the relay"
+                              " opened (timing.fence_timeout; check the relay and its power_sense input)")
+        if cfg.fence.mode == "cycle":
+            threading.Timer(cfg.fence.cycle_off_s, relay.restore).start()
+            return f"{a.server}: power off confirmed; back on in {cfg.fence.cycle_off_s:g} s (fence.mode = cycle)"
+        return f"{a.server}: power off confirmed"
+
+    def hold(a: HoldFence) -> str:
+        for server in a.servers:
+            board.relay(server).cut()
+        return f"held off: {', '.join(a.servers)}"
+
+    def power_on(a: PowerOn) -> str:
+        board.relay(a.server).restore()
+        return f"{a.server}: relay closed, power restored"
+
+    def verify(a: VerifyIp) -> str:
+        ip = str(ipaddress.ip_interface(cfg.vip.address).ip)
+        want = cfg.server(a.expect).mac
+        macs = arp_probe(ip, cfg.vip.interface)
+        if macs == {want}:
+            return f"only {a.expect} ({want}) answers for {ip}"
+        if len(macs) > 1:
+            raise ActionError(f"two MACs answer for {ip}: {', '.join(sorted(macs))} (expected {want})")
+        if not macs:
+            raise ActionError(f"no ARP answer for {ip} on {cfg.vip.interface}")
+        raise ActionError(f"{next(iter(macs))} answers for {ip}, expected {a.expect} ({want})")
+
+    def notify(a: Notify) -> str:
+        notifier.notify(a.event, a.server, a.channel, a.text)
+        return ""
+
+    def status(a: SetStatus) -> str:
+        board.set_status(a.status)
+        return ""
+
+    return {
+        Fence: fence, HoldFence: hold, PowerOn: power_on, VerifyIp: verify,
+        Notify: notify, SetStatus: status,
+        Promote: lambda a: command(a.server, "promote"),
+        Demote: lambda a: command(a.server, "demote"),
+        TakeIp: lambda a: command(a.server, "take_ip"),
+        ReleaseIp: lambda a: command(a.server, "release_ip"),
+        Backup: lambda a: command(a.server, "backup"),
+        Shutdown: lambda a: command(a.server, "shutdown"),
+        Rejoin: lambda a: command(a.server, "rejoin", {"primary": a.primary}),
+    }

@@ -1,0 +1,216 @@
+"""The notification path: de-duplication, rate limit, alarm relay, hook, persisted seq."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware.events import Severity
+from firmware.notify import AlarmSink, Alert, HookSink, LogSink, Notifier
+from tests.unit.sitekit import site_config
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    @property
+    def events(self) -> list[str]:
+        return [a.event for a in self.alerts]
+
+
+class Broken:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send(self, alert: Alert) -> None:
+        self.calls += 1
+        raise OSError("disk on fire")
+
+
+class Relay:
+    def __init__(self) -> None:
+        self.history: list[bool] = []
+
+    def __call__(self, on: bool) -> None:
+        self.history.append(on)
+
+    @property
+    def on(self) -> bool:
+        return bool(self.history) and self.history[-1]
+
+
+def make(tmp_path: Path, *sinks: object, min_repeat_s: float = 60.0, max_per_minute: int = 30,
+         clock: Clock | None = None) -> Notifier:
+    cfg = site_config(alerts={"min_repeat_s": min_repeat_s, "max_per_minute": max_per_minute})
+    return Notifier(cfg, list(sinks), tmp_path, clock=clock or Clock(), wall=lambda: 1.7e9)  # type: ignore[arg-type]
+
+
+def test_alert_carries_the_table_defaults_and_the_wall_time(tmp_path: Path) -> None:
+    rec = Recorder()
+    a = make(tmp_path, rec).notify("server-down", "master", "lan")
+    assert a == Alert(1, "server-down", Severity.MAJOR, "master", "lan", "server silent on every link", 1.7e9)
+    assert rec.alerts == [a]
+
+
+def test_same_event_server_channel_is_suppressed_within_min_repeat(tmp_path: Path) -> None:
+    rec, clock = Recorder(), Clock()
+    n = make(tmp_path, rec, clock=clock)
+    assert n.notify("link-down", "master", "serial") is not None
+    clock.now += 59.0
+    assert n.notify("link-down", "master", "serial") is None
+    assert n.notify("link-down", "master", "lan") is not None  # another channel
+    assert n.notify("link-down", "standby", "serial") is not None  # another server
+    clock.now += 1.0
+    assert n.notify("link-down", "master", "serial") is not None
+    assert rec.events == ["link-down"] * 4
+
+
+def test_a_clearing_event_in_between_lets_the_repeat_through(tmp_path: Path) -> None:
+    rec, clock = Recorder(), Clock()
+    n = make(tmp_path, rec, clock=clock)
+    for event in ("link-down", "link-up", "link-down", "link-up"):
+        clock.now += 1.0
+        assert n.notify(event, "master", "serial") is not None
+    assert rec.events == ["link-down", "link-up", "link-down", "link-up"]
+    # a clearing event for another server does not count
+    n.notify("link-down", "standby", "serial")
+    n.notify("link-up", "master", "serial")
+    assert n.notify("link-down", "standby", "serial") is None
+
+
+def test_rate_limit_drops_and_summarises_in_one_later_line(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    rec, clock = Recorder(), Clock()
+    n = make(tmp_path, rec, min_repeat_s=0.0, max_per_minute=5, clock=clock)
+    caplog.set_level(logging.WARNING, "arbiter.alerts")
+    for i in range(200):  # a flapping link
+        clock.now += 0.1
+        n.notify("link-down" if i % 2 else "link-up", "master", "lan")
+    assert len(rec.alerts) == 5
+    assert not [r for r in caplog.records if "rate limit" in r.getMessage()]
+    clock.now += 60.0
+    assert n.notify("server-down", "master") is not None
+    summaries = [r.getMessage() for r in caplog.records if "rate limit" in r.getMessage()]
+    assert summaries == ["195 alerts dropped by the rate limit (alerts.max_per_minute = 5):"
+                         " link-down 98, link-up 97"]
+    assert rec.events[-1] == "server-down"
+
+
+def test_seq_persists_across_a_new_notifier(tmp_path: Path) -> None:
+    first = make(tmp_path, Recorder())
+    sent = [first.notify("link-down", server) for server in ("master", "standby", "standby2")]
+    assert [a.seq for a in sent if a] == [1, 2, 3]
+    again = make(tmp_path, Recorder())
+    assert (a := again.notify("arbiter-started")) is not None and a.seq == 4
+
+
+def test_sink_errors_do_not_propagate_and_are_throttled(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    broken, rec, clock = Broken(), Recorder(), Clock()
+    n = make(tmp_path, broken, rec, min_repeat_s=0.0, clock=clock)
+    for _ in range(10):
+        clock.now += 1.0
+        assert n.notify("frames-rejected") is not None
+    assert broken.calls == 10 and len(rec.alerts) == 10
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "Broken failed on #1 frames-rejected: disk on fire" in errors[0]
+    clock.now += 60.0
+    n.notify("frames-rejected")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and "(9 more failures not logged)" in errors[1]
+
+
+def test_alarm_follows_the_most_severe_active_alert_and_clears(tmp_path: Path) -> None:
+    relay = Relay()
+    n = make(tmp_path, AlarmSink(relay))
+    n.notify("arbiter-started")
+    assert n.alarm_state() == ("CLEAR", False) and relay.history == [False]
+    n.notify("link-down", "master", "serial")
+    assert n.alarm_state() == ("WARNING", False) and relay.on
+    n.notify("server-down", "master")
+    n.notify("ups-low-battery", "standby", "ups")
+    assert n.alarm_state() == ("CRITICAL", False)
+    n.notify("ups-power-restored", "standby", "ups")
+    assert n.alarm_state() == ("MAJOR", False)
+    n.notify("server-up", "master")
+    assert n.alarm_state() == ("WARNING", False) and relay.on
+    n.notify("link-up", "standby", "serial")  # another server: no effect
+    assert n.alarm_state() == ("WARNING", False)
+    n.notify("link-up", "master", "serial")
+    assert n.alarm_state() == ("CLEAR", False) and not relay.on
+    assert relay.history == [False, True, False]
+
+
+def test_ack_silences_until_something_new_of_warning_or_worse(tmp_path: Path) -> None:
+    relay, clock = Relay(), Clock()
+    n = make(tmp_path, AlarmSink(relay), clock=clock)
+    n.notify("server-down", "master")
+    n.ack()
+    assert n.alarm_state() == ("MAJOR", True) and not relay.on
+    n.notify("switchover-completed")  # INFO: stays silent
+    clock.now += 1.0
+    n.notify("server-down", "master")  # a repeat inside min_repeat_s is nothing new
+    assert not relay.on
+    n.notify("link-down", "standby", "lan")
+    assert n.alarm_state() == ("MAJOR", False) and relay.on
+    assert relay.history == [True, False, True]
+
+
+def test_the_alarm_sees_alerts_the_rate_limit_keeps_from_others(tmp_path: Path) -> None:
+    relay, rec = Relay(), Recorder()
+    n = make(tmp_path, AlarmSink(relay), rec, max_per_minute=1)
+    n.notify("arbiter-started")
+    assert n.notify("fence-failed", "master") is None
+    assert rec.events == ["arbiter-started"]
+    assert n.alarm_state() == ("CRITICAL", False) and relay.on
+
+
+def test_hook_gets_the_alert_in_its_environment(tmp_path: Path) -> None:
+    out = tmp_path / "hook.out"
+    script = ("import os, sys; keys = ['EVENT', 'SEVERITY', 'SERVER', 'CHANNEL', 'TEXT', 'SEQ'];"
+              f" open({str(out)!r}, 'a').write('|'.join(os.environ['ARBITER_' + k] for k in keys) + chr(10))")
+    hook = HookSink([sys.executable, "-c", script], timeout=5.0)
+    n = make(tmp_path, hook)
+    try:
+        n.notify("ups-on-battery", "standby", "ups", text="runtime 12 min")
+        n.notify("failover-started", "master")
+    finally:
+        n.close()
+    assert out.read_text().splitlines() == [
+        "ups-on-battery|WARNING|standby|ups|runtime 12 min|1",
+        "failover-started|MAJOR|master||automatic failover started|2",
+    ]
+
+
+def test_a_hanging_hook_never_blocks_notify_and_is_killed(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    hook = HookSink([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.3)
+    n = make(tmp_path, hook)
+    started = time.monotonic()
+    n.notify("server-down", "master")
+    assert time.monotonic() - started < 0.1
+    hook.close(timeout=5.0)
+    assert not hook.thread.is_alive()
+    assert any("killed after 0.3s on #1 server-down" in r.getMessage() for r in caplog.records)
+
+
+def test_log_sink_writes_one_line_at_the_severity_level(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "arbiter.alerts")
+    LogSink().send(Alert(9, "fence-failed", Severity.CRITICAL, "master", "", "no confirm", 0.0))
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.CRITICAL, "#9 CRITICAL fence-failed [master]: no confirm")]

@@ -179,6 +179,12 @@ def _list(items: list[str], indent: str = "                    ") -> str:
     return ",\n".join(indent + item for item in items)
 
 
+def _sentence(text: str) -> str:
+    """Table text as a MIB DESCRIPTION: capitalised, without the double quote that ends it."""
+    text = text.replace('"', "'")
+    return text[:1].upper() + text[1:]
+
+
 def render_mib(enterprise_oid: str = DEFAULT_ENTERPRISE) -> str:
     """The whole module text for ``enterprise_oid`` (1.3.6.1.4.1.N)."""
     number = _enterprise_number(enterprise_oid)
@@ -188,7 +194,7 @@ def render_mib(enterprise_oid: str = DEFAULT_ENTERPRISE) -> str:
     parts.append(_OBJECTS.format(severities=_list([f"{s.name.lower()}({s.value})" for s in Severity])))
     for e in events:
         parts.append(_NOTIFICATION.format(name=notification_name(e.name), objects=", ".join(OBJECTS),
-                                          text=e.text.capitalize(), event=e.name,
+                                          text=_sentence(e.text), event=e.name,
                                           severity=e.severity.name.lower(), number=e.number))
     parts.append(_CONFORMANCE.format(objects=", ".join(OBJECTS),
                                      notifications=_list([notification_name(e.name) for e in events])))

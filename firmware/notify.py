@@ -170,7 +170,10 @@ class Notifier:
         self.lock = threading.Lock()
 
     def notify(self, event: str, server: str = "", channel: str = "", text: str = "") -> Alert | None:
-        """Returns the alert sent, or None if de-duplication or the rate limit held it back."""
+        """Returns the alert sent, or None if de-duplication or the rate limit held it back.
+
+        Essential sinks (the alarm relay) also get what the rate limit holds back, with seq 0.
+        """
         etype = event_type(event)
         with self.lock:
             self._log_drop_summary()
@@ -182,8 +185,8 @@ class Notifier:
             self.last_sent[key] = now
             self._forget_counterparts(event, server, channel)
             admitted = self.rate.admit(event)
-            alert = Alert(self.seq.next(), event, etype.severity, server, channel,
-                          text or etype.text, self.wall())
+            seq = self.seq.next() if admitted else 0  # gaps in seq then mean lost alerts only
+            alert = Alert(seq, event, etype.severity, server, channel, text or etype.text, self.wall())
             for sink in self.sinks:
                 if admitted or getattr(sink, "essential", False):
                     self._send(sink, alert)

@@ -172,12 +172,14 @@ def test_ack_silences_until_something_new_of_warning_or_worse(tmp_path: Path) ->
 
 
 def test_the_alarm_sees_alerts_the_rate_limit_keeps_from_others(tmp_path: Path) -> None:
-    relay, rec = Relay(), Recorder()
-    n = make(tmp_path, AlarmSink(relay), rec, max_per_minute=1)
+    relay, rec, clock = Relay(), Recorder(), Clock()
+    n = make(tmp_path, AlarmSink(relay), rec, max_per_minute=1, clock=clock)
     n.notify("arbiter-started")
     assert n.notify("fence-failed", "master") is None
     assert rec.events == ["arbiter-started"]
     assert n.alarm_state() == ("CRITICAL", False) and relay.on
+    clock.now += 60.0
+    assert (a := n.notify("link-down", "master")) is not None and a.seq == 2  # no gap for the held-back one
 
 
 def test_hook_gets_the_alert_in_its_environment(tmp_path: Path) -> None:

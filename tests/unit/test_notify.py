@@ -216,3 +216,22 @@ def test_log_sink_writes_one_line_at_the_severity_level(caplog: pytest.LogCaptur
     LogSink().send(Alert(9, "fence-failed", Severity.CRITICAL, "master", "", "no confirm", 0.0))
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.CRITICAL, "#9 CRITICAL fence-failed [master]: no confirm")]
+
+
+def test_outbox_keeps_undelivered_alerts_in_order_across_reopen(tmp_path: Path) -> None:
+    from firmware.snmp import Outbox
+
+    path = tmp_path / "outbox-mgr.jsonl"
+    box = Outbox(path)
+    for seq in (1, 2, 3):
+        box.append({"seq": seq, "event": "link-down"})
+    box.mark_delivered(1)
+    with open(path, "ab") as f:
+        f.write(b'{"seq": 4, "ev')  # power cut in the middle of an append
+    again = Outbox(path)
+    assert [a["seq"] for a in again.pending] == [2, 3]
+    again.append({"seq": 4, "event": "link-up"})
+    again.mark_delivered(2)
+    again.mark_delivered(4)
+    assert len(again) == 0 and path.read_bytes() == b""
+    assert len(Outbox(path)) == 0

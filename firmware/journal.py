@@ -1,0 +1,71 @@
+"""The event journal: one JSON line per event, bounded, surviving restarts.
+
+Appends are flushed but fsync'd at most every few seconds: an SD card wears out, and the
+SNMP outbox, not the journal, is what guarantees that no alert is lost.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+FSYNC_EVERY_S = 5.0
+
+
+class Journal:
+    def __init__(self, path: Path, max_entries: int = 2000) -> None:
+        self.path = Path(path)
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lines = len(self._read())
+        self._file = open(self.path, "a")
+        self._synced = time.monotonic()
+
+    def _read(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a power cut
+        return out
+
+    def append(self, record: dict[str, Any]) -> None:
+        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+        with self._lock:
+            self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            self._file.flush()
+            self._lines += 1
+            if time.monotonic() - self._synced >= FSYNC_EVERY_S:
+                os.fsync(self._file.fileno())
+                self._synced = time.monotonic()
+            if self._lines > 2 * self.max_entries:
+                self._compact()
+
+    def _compact(self) -> None:
+        keep = self._read()[-self.max_entries:]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in keep)
+            f.flush()
+            os.fsync(f.fileno())
+        self._file.close()
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a")
+        self._lines = len(keep)
+
+    def tail(self, n: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._read()[-n:] if n > 0 else []
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()

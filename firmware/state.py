@@ -1,0 +1,57 @@
+"""The appliance's persisted state file: written atomically so a power cut or a crash at any
+instant leaves either the old version or the new one, never a torn file."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from firmware.errors import StateError
+
+
+def kernel_boot_id() -> str:
+    """Differs after every reboot: monotonic timestamps saved under another boot mean nothing."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any] | None:
+        """None if there is no state yet; a corrupt file is an error, never a fresh start."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot read ({exc.strerror})") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StateError(f"{self.path}: corrupt ({exc}); move it away to start from scratch") from exc
+        if not isinstance(data, dict):
+            raise StateError(f"{self.path}: corrupt (not an object)")
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        """Temp file in the same directory, fsync, rename over, fsync the directory."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot write ({exc.strerror})") from exc

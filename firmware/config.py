@@ -92,6 +92,7 @@ class Board:
     alarm_relay: str = setting("", doc="pin name of the alarm relay in the board's pin map")
     ack_button: str = setting("", doc="pin name of the acknowledge push button")
     watchdog_device: str = setting("", doc="hardware watchdog; empty: systemd owns it")
+    hil_gpio_dir: str = setting("", doc="kind hil only: the rig's GPIO bridge directory")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +155,8 @@ class Server:
     mac: str = setting("", pattern=r"^$|^([0-9a-f]{2}:){5}[0-9a-f]{2}$", doc="LAN MAC, for ARP checks")
     fence_relay: str = setting("", doc="pin name of its power relay")
     power_sense: str = setting("", doc="pin name of its power readback input")
+    relay_active_low: bool = setting(False, safety=True, doc="the relay board energises its coil on a low level")
+    sense_active_low: bool = setting(False, safety=True, doc="the readback input reads low while powered")
     ups: str = setting("", pattern=r"^$|^[\w.-]+@[\w.:-]+$", doc="ups@host[:port]")
 
 

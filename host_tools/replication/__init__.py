@@ -30,3 +30,20 @@ class Adapter(Protocol):
     def demote(self) -> None: ...
 
     def rejoin(self, primary: str) -> None: ...
+
+
+def make_adapter(table: dict) -> Adapter:
+    """The adapter named by the agent config's [replication] table."""
+    from firmware.errors import ConfigError
+
+    kind = table.get("adapter")
+    if kind == "command":
+        from host_tools.replication.command import CommandAdapter
+        return CommandAdapter.from_table(table)
+    if kind == "postgres":
+        from host_tools.replication.postgres import PostgresAdapter
+        return PostgresAdapter.from_table(table)
+    if kind == "drbd":
+        from host_tools.replication.drbd import DrbdAdapter
+        return DrbdAdapter.from_table(table)
+    raise ConfigError([f"replication.adapter = {kind!r}: must be one of command, postgres, drbd"])

@@ -1,0 +1,98 @@
+"""The HIL rig's window onto the appliance's mock GPIO pins.
+
+The daemon runs as its own process inside a network namespace, so the rig sees its pins
+through a directory: outputs are written to DIR/out/<pin> ("1" active), inputs are read
+from DIR/in/<pin> ("1" high) and drive the mock pins. Files are replaced atomically, so the
+in/ directory's mtime flags a change and the watcher reads nothing while nothing changes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from firmware.errors import HardwareError
+
+if TYPE_CHECKING:
+    from board.gpio import Board
+
+
+class HilBridge:
+    """The daemon's side: publishes outputs, drives inputs from the files."""
+
+    def __init__(self, board: Board, root: Path) -> None:
+        self._board = board
+        self._out = root / "out"
+        self._in = root / "in"
+        self._out.mkdir(parents=True, exist_ok=True)
+        self._in.mkdir(parents=True, exist_ok=True)
+        self._written: dict[str, bool] = {}
+        self._seen_mtime = -1
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.publish()
+        self._read_inputs()
+        self._thread = threading.Thread(target=self._watch, name="hil-bridge", daemon=True)
+        self._thread.start()
+
+    def publish(self) -> None:
+        with self._lock:
+            for name, value in self._board.outputs().items():
+                if self._written.get(name) != value:
+                    write_atomic(self._out / name, "1" if value else "0")
+                    self._written[name] = value
+
+    def _read_inputs(self) -> None:
+        mtime = os.stat(self._in).st_mtime_ns
+        if mtime == self._seen_mtime:
+            return
+        self._seen_mtime = mtime
+        for path in self._in.iterdir():
+            if path.name.startswith("."):
+                continue
+            pin = self._board.factory.pin(self._board.pin_number(path.name))
+            pin.drive_high() if path.read_text().strip() == "1" else pin.drive_low()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.002):
+            try:
+                self._read_inputs()
+            except (OSError, KeyError, HardwareError):
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class HilGpio:
+    """The rig's side of the bridge."""
+
+    def __init__(self, root: Path) -> None:
+        self._out = Path(root) / "out"
+        self._in = Path(root) / "in"
+        self._in.mkdir(parents=True, exist_ok=True)
+
+    def output(self, pin: str) -> bool:
+        try:
+            return (self._out / pin).read_text().strip() == "1"
+        except FileNotFoundError:
+            return False
+
+    def wait_output(self, pin: str, value: bool, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.output(pin) == value:
+                return True
+            time.sleep(0.002)
+        return False
+
+    def set_input(self, pin: str, value: bool) -> None:
+        write_atomic(self._in / pin, "1" if value else "0")

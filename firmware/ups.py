@@ -1,0 +1,121 @@
+"""Watching each server's UPS through NUT's own client, PyNUTClient (not nut2, which imports
+telnetlib, gone in Python 3.13).
+
+``UpsWatch.poll`` never raises: an unreachable upsd, a stale or missing driver or a bad
+answer becomes ``UpsObs(reachable=False, error=...)``, its own alert and never a failover.
+``ups_events`` turns two readings into events on real changes only.
+"""
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+
+from PyNUTClient.PyNUT import PyNUTClient, PyNUTError
+
+from firmware.errors import ConfigError
+from firmware.model import UpsObs
+
+_SPEC = re.compile(r"^(?P<ups>[\w.-]+)@(?P<host>[\w.-]+|\[[0-9a-fA-F:]+\])(?::(?P<port>\d{1,5}))?$")
+
+
+def parse_spec(spec: str) -> tuple[str, str, int]:
+    m = _SPEC.match(spec)
+    if not m or not 1 <= int(m["port"] or 3493) <= 65535:
+        raise ConfigError([f"servers[].ups = {spec!r}: must be ups@host[:port] (port 1..65535)"])
+    return m["ups"], m["host"].strip("[]"), int(m["port"] or 3493)
+
+
+class _Closing:
+    """PyNUTClient reads with recv() in a loop and spins forever when upsd closes the
+    connection (recv returns b""). This wrapper turns that into an error."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        if not data:
+            raise ConnectionError("upsd closed the connection")
+        return data
+
+    def __getattr__(self, name: str):  # send, close, ... go to the socket
+        return getattr(self._sock, name)
+
+
+def read_ups(spec: str, username: str = "", password: str = "", timeout: float = 2.0) -> UpsObs:
+    ups, host, port = parse_spec(spec)
+    try:
+        client = PyNUTClient(host=host, port=port, login=username or None, password=password or None,
+                             timeout=timeout)
+        client._PyNUTClient__srv_handler = _Closing(client._PyNUTClient__srv_handler)  # see _Closing
+        raw = client.GetUPSVars(ups)
+    except PyNUTError as exc:
+        return UpsObs(spec, reachable=False, error=_short(str(exc)))
+    except (OSError, ConnectionError, socket.timeout) as exc:
+        return UpsObs(spec, reachable=False, error=f"upsd {host}:{port}: {exc.__class__.__name__}: {exc}")
+    return _parse_vars(spec, raw)
+
+
+def _short(text: str) -> str:
+    text = text.strip()
+    return {"ERR DRIVER-NOT-CONNECTED": "driver not connected", "ERR DATA-STALE": "data stale",
+            "ERR UNKNOWN-UPS": "unknown UPS name", "ERR ACCESS-DENIED": "access denied (ups.username)"}.get(text, text)
+
+
+def _parse_vars(spec: str, raw: Mapping[bytes, bytes]) -> UpsObs:
+    try:
+        values = {k.decode(): v.decode() for k, v in raw.items()}
+        flags = frozenset(values["ups.status"].split())
+        charge = float(values["battery.charge"]) if "battery.charge" in values else None
+        runtime = float(values["battery.runtime"]) if "battery.runtime" in values else None
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        return UpsObs(spec, reachable=False, error=f"bad answer from upsd: {exc}")
+    if not flags:
+        return UpsObs(spec, reachable=False, error="empty ups.status")
+    return UpsObs(spec, reachable=True, flags=flags, charge=charge, runtime_s=runtime)
+
+
+class UpsWatch:
+    def __init__(self, specs: Mapping[str, str], username: str = "", password: str = "",
+                 timeout: float = 2.0) -> None:
+        for spec in specs.values():
+            parse_spec(spec)
+        self.specs = dict(specs)
+        self.username, self.password, self.timeout = username, password, timeout
+
+    def poll(self) -> dict[str, UpsObs]:
+        """One reading per server; blocking, bounded by ``timeout`` per UPS."""
+        return {server: read_ups(spec, self.username, self.password, self.timeout)
+                for server, spec in self.specs.items()}
+
+
+def ups_events(prev: UpsObs | None, cur: UpsObs, low_runtime_s: float = 0.0) -> list[str]:
+    """Events for a real change between two readings.
+
+    Like NUT upsmon's flags that start unknown (-1) and fire only on a real 0 -> 1 change,
+    a first reading (prev None) raises nothing: the states already present at start-up were
+    present before the appliance looked, and alarming on them at every reboot would teach
+    the staff to ignore the alarm. Losing and regaining monitoring are changes of their own.
+    """
+    if prev is None:
+        return []
+    if not cur.reachable:
+        return ["ups-monitoring-lost"] if prev.reachable else []
+    if not prev.reachable:
+        # back after a gap: report the gap's end; power changes during it count from here on
+        return ["ups-monitoring-restored"] if prev.reachable is False else []
+    events = []
+    if "OB" in cur.flags and "OB" not in prev.flags:
+        events.append("ups-on-battery")
+    if _low(cur, low_runtime_s) and not _low(prev, low_runtime_s):
+        events.append("ups-low-battery")
+    if "OL" in cur.flags and "OB" in prev.flags and "OB" not in cur.flags:
+        events.append("ups-power-restored")
+    return events
+
+
+def _low(u: UpsObs, low_runtime_s: float) -> bool:
+    if "LB" in u.flags or "FSD" in u.flags:
+        return True
+    return "OB" in u.flags and u.runtime_s is not None and u.runtime_s < low_runtime_s

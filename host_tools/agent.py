@@ -1,0 +1,319 @@
+"""arbiter-agent: runs on every billing server. Answers the appliance's polls on the COM port
+and on UDP, reports role, health, replication state and whether it still hears the primary,
+and carries out the appliance's commands once per command id.
+
+Polls are answered from cached state only: replication state and health are read by
+background threads, and commands run on worker threads, so a slow promote never delays a
+heartbeat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from firmware.config import read_key
+from firmware.errors import ActionError, ArbiterError, ConfigError
+from firmware.links import SerialPort
+from firmware.protocol import COMMAND_OPS, MAX_FRAME, Codec, Frame, Kind
+from host_tools.agent_config import AgentConfig, load
+from host_tools.replication import Adapter, ReplicationStatus, make_adapter
+
+log = logging.getLogger("arbiter.agent")
+
+KEEP_COMMANDS = 256
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, adapter: Adapter | None = None) -> None:
+        self.cfg = cfg
+        a = cfg.agent
+        self.codec = Codec(a.name, read_key(a.key_file), time.time_ns() // 1000)
+        self.codec_lock = threading.Lock()
+        self.adapter = adapter if adapter is not None else (
+            make_adapter(cfg.replication) if cfg.replication else None)
+        self.status = ReplicationStatus("unknown", detail="not read yet")
+        self.healthy = not a.health_command
+        self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(self._load_commands())
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.vip = None
+        self._peer_polls: dict[int, float] = {}
+        self._primary_heard: float | None = None
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((a.listen, a.port))
+        self.sock.settimeout(0.2)
+        self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None) if a.serial else None
+        self._last_link: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ lifetime
+
+    def run(self) -> None:
+        threads = [self._udp_loop, self._status_loop, self._health_loop]
+        if self.cfg.peers:
+            threads.append(self._peer_loop)
+        for target in threads:
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+        log.info("%s: answering on udp %s:%d%s", self.cfg.agent.name, self.cfg.agent.listen, self.cfg.agent.port,
+                 f" and {self.cfg.agent.serial}" if self.serial else "")
+        self.stop.wait()
+        self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.serial is not None:
+            self.serial.close()
+        self.sock.close()
+        if self.vip is not None:
+            self.vip.close()
+
+    # ------------------------------------------------------------------ background readers
+
+    def _status_loop(self) -> None:
+        while not self.stop.is_set():
+            if self.adapter is not None:
+                try:
+                    status = self.adapter.status()
+                except ArbiterError as exc:
+                    status = ReplicationStatus("unknown", detail=str(exc)[:200])
+                with self.lock:
+                    self.status = status
+            self.stop.wait(self.cfg.agent.status_interval)
+
+    def _health_loop(self) -> None:
+        cmd = self.cfg.agent.health_command
+        while cmd and not self.stop.is_set():
+            try:
+                ok = subprocess.run(shlex.split(cmd), capture_output=True,
+                                    timeout=max(1.0, self.cfg.agent.health_interval)).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            if ok != self.healthy:
+                log.warning("health check %s", "passes again" if ok else "FAILS")
+            self.healthy = ok
+            self.stop.wait(self.cfg.agent.health_interval)
+
+    def _peer_loop(self) -> None:
+        """Poll the other servers' agents: the standby's own view of the primary."""
+        while not self.stop.is_set():
+            now = time.monotonic()
+            for peer in self.cfg.peers:
+                with self.codec_lock:
+                    seq, raw = self.codec.make(Kind.POLL)
+                self._peer_polls[seq] = now
+                try:
+                    self.sock.sendto(raw, (peer.address, peer.port))
+                except OSError:
+                    pass
+            for old in [s for s, t in self._peer_polls.items() if now - t > 2.0]:
+                self._peer_polls.pop(old, None)
+            self.stop.wait(self.cfg.agent.peer_interval)
+
+    def hears_primary(self) -> bool | None:
+        if not self.cfg.peers:
+            return None
+        heard = self._primary_heard
+        return heard is not None and time.monotonic() - heard < self.cfg.agent.peer_dead_time
+
+    # ------------------------------------------------------------------ receiving
+
+    def _udp_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                raw, addr = self.sock.recvfrom(MAX_FRAME + 1)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self._handle(raw, lambda out, a=addr: self._send_udp(out, a))
+
+    def _send_udp(self, raw: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(raw, addr)
+        except OSError:
+            pass
+
+    def _from_serial(self, raw: bytes) -> None:
+        self._handle(raw, self._send_serial)
+
+    def _send_serial(self, raw: bytes) -> None:
+        if self.serial is not None:
+            self.serial.write(raw)
+
+    def _handle(self, raw: bytes, reply: Any) -> None:
+        with self.codec_lock:
+            frame = self.codec.read(raw)
+        if frame is None:
+            return
+        if frame.kind is Kind.POLL:
+            reply(self._make(Kind.REPLY, self._report(frame.seq)))
+        elif frame.kind is Kind.REPLY:
+            self._peer_reply(frame)
+        elif frame.kind is Kind.COMMAND and frame.sender == self.cfg.agent.arbiter:
+            self._command(frame, reply)
+
+    def _make(self, kind: Kind, payload: dict[str, Any]) -> bytes:
+        with self.codec_lock:
+            return self.codec.make(kind, payload)[1]
+
+    def _report(self, poll_seq: int) -> dict[str, Any]:
+        with self.lock:
+            st = self.status
+        return {"re": poll_seq, "role": st.role, "healthy": self.healthy,
+                "vip": bool(self.vip is not None and self.vip.held()),
+                "repl": {"in_sync": st.in_sync, "lag_bytes": st.lag_bytes, "lag_s": st.lag_s,
+                         "peer_alive": st.peer_alive},
+                "hears_primary": self.hears_primary(), "detail": st.detail[:200]}
+
+    def _peer_reply(self, frame: Frame) -> None:
+        sent = self._peer_polls.pop(int(frame.payload.get("re", -1)), None)
+        if sent is not None and frame.payload.get("role") == "primary":
+            self._primary_heard = time.monotonic()
+
+    # ------------------------------------------------------------------ commands
+
+    def _command(self, frame: Frame, reply: Any) -> None:
+        cmd_id, op = str(frame.payload.get("id", "")), frame.payload.get("op")
+        args = frame.payload.get("args") or {}
+        with self.lock:
+            self._last_link[cmd_id] = reply
+            entry = self.commands.get(cmd_id)
+            if entry is None:
+                if op not in COMMAND_OPS or not cmd_id:
+                    entry = {"done": True, "ok": False, "detail": f"unknown op {op!r}"}
+                else:
+                    entry = {"done": False, "ok": False, "detail": "running"}
+                    threading.Thread(target=self._execute, args=(cmd_id, op, args), daemon=True).start()
+                self.commands[cmd_id] = entry
+                while len(self.commands) > KEEP_COMMANDS:
+                    self.commands.popitem(last=False)
+            payload = {"id": cmd_id, **entry}
+        reply(self._make(Kind.ACK, payload))
+
+    def _execute(self, cmd_id: str, op: str, args: dict[str, Any]) -> None:
+        started = time.monotonic()
+        try:
+            detail = self.carry_out(op, args, cmd_id)
+            ok = True
+        except ArbiterError as exc:
+            ok, detail = False, str(exc)
+        except Exception as exc:  # the agent must answer, whatever the op did
+            ok, detail = False, f"internal error: {exc!r}"
+            log.exception("%s crashed", op)
+        log.info("command %s %s: %s in %.3f s%s", cmd_id, op, "ok" if ok else "FAILED",
+                 time.monotonic() - started, f" ({detail})" if detail else "")
+        with self.lock:
+            self.commands[cmd_id] = {"done": True, "ok": ok, "detail": detail}
+            reply = self._last_link.pop(cmd_id, None)
+            self._save_commands()
+        if reply is not None:
+            reply(self._make(Kind.ACK, {"id": cmd_id, "done": True, "ok": ok, "detail": detail}))
+
+    def carry_out(self, op: str, args: dict[str, Any], cmd_id: str) -> str:
+        hook = getattr(self.cfg.hooks, op)
+        if op in ("take_ip", "release_ip") and self.cfg.vip.address:
+            return self._vip(op)
+        if op in ("promote", "demote", "rejoin") and self.adapter is not None and not hook:
+            if op == "rejoin":
+                self.adapter.rejoin(str(args.get("primary", "")))
+            else:
+                getattr(self.adapter, op)()
+            with self.lock:
+                self.status = self.adapter.status()
+            return f"{op} done; role now {self.status.role}"
+        if not hook:
+            raise ActionError(f"no way to {op}: set hooks.{op}" + (" or [replication]" if op in
+                                                                     ("promote", "demote", "rejoin") else ""))
+        env = {**os.environ, "ARBITER_OP": op, "ARBITER_COMMAND_ID": cmd_id,
+               "ARBITER_ARGS": json.dumps(args)}
+        try:
+            done = subprocess.run(shlex.split(hook), env=env, capture_output=True, text=True,
+                                  timeout=self.cfg.agent.command_timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise ActionError(f"hooks.{op} did not finish within agent.command_timeout = "
+                              f"{self.cfg.agent.command_timeout:g} s") from exc
+        except OSError as exc:
+            raise ActionError(f"hooks.{op}: cannot run ({exc})") from exc
+        if done.returncode != 0:
+            raise ActionError(f"hooks.{op} exit {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}")
+        return done.stdout.strip()[:200]
+
+    def _vip(self, op: str) -> str:
+        if self.vip is None:
+            from host_tools.vip import VipManager
+            v = self.cfg.vip
+            self.vip = VipManager(v.address, v.interface, v.garp_count, v.garp_interval, v.refresh_s)
+        if op == "take_ip":
+            self.vip.take()
+            return f"{self.cfg.vip.address} held on {self.cfg.vip.interface}"
+        self.vip.release()
+        return f"{self.cfg.vip.address} released"
+
+    def _load_commands(self) -> list[tuple[str, dict[str, Any]]]:
+        path = self.cfg.agent.state_file
+        if not path or not Path(path).exists():
+            return []
+        try:
+            return [(k, v) for k, v in json.loads(Path(path).read_text()).items() if v.get("done")]
+        except (OSError, ValueError, AttributeError):
+            log.warning("%s: unreadable; forgetting earlier command ids", path)
+            return []
+
+    def _save_commands(self) -> None:
+        path = self.cfg.agent.state_file
+        if not path:
+            return
+        done = {k: v for k, v in self.commands.items() if v.get("done")}
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(done, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="arbiter-agent",
+        description="Billmaster Arbiter server agent: answers the appliance's heartbeat polls on the COM "
+                    "port and the LAN, reports role, health and replication, and carries out promote, "
+                    "demote, take-IP, release-IP, backup and shutdown commands.")
+    parser.add_argument("--config", type=Path, default=Path("/etc/arbiter/agent.toml"))
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check-config", help="validate an agent config; non-zero naming every bad key")
+    check.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load(args.file if args.command == "check-config" else args.config)
+        if args.command == "check-config":
+            read_key(cfg.agent.key_file)
+            print(f"{args.file}: ok")
+            return 0
+        agent = Agent(cfg)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"arbiter-agent: config error: {p}", file=sys.stderr)
+        return 2
+    except (ArbiterError, OSError) as exc:
+        print(f"arbiter-agent: cannot start: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

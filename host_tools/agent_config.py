@@ -1,0 +1,97 @@
+"""The server agent's configuration schema (TOML), built like the appliance's."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firmware.config import build_section, setting
+from firmware.errors import ConfigError
+
+OPS = ("promote", "demote", "take_ip", "release_ip", "backup", "shutdown", "rejoin")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSection:
+    name: str = setting(pattern=r"^[a-z][a-z0-9-]{0,31}$", doc="this server's name, as the appliance knows it")
+    key_file: str = setting(doc="the per-site HMAC key")
+    arbiter: str = setting("arbiter", doc="node id of the appliance whose commands are obeyed")
+    listen: str = setting("0.0.0.0")
+    port: int = setting(5405, lo=1, hi=65535)
+    serial: str = setting("", doc="the COM port wired to the appliance; empty: LAN only")
+    baudrate: int = setting(115200, lo=1200, hi=4000000)
+    health_command: str = setting("", doc="exit 0 = the service is healthy; empty: always healthy")
+    health_interval: float = setting(1.0, lo=0.05, hi=600.0)
+    status_interval: float = setting(0.05, lo=0.01, hi=60.0, doc="how often replication state is read")
+    state_file: str = setting("", doc="remembers executed command ids across restarts")
+    peer_interval: float = setting(0.04, lo=0.005, hi=10.0)
+    peer_dead_time: float = setting(0.2, lo=0.02, hi=120.0,
+                                    doc="no reply from the primary's agent this long: it is not heard")
+    command_timeout: float = setting(60.0, lo=0.1, hi=3600.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Peer:
+    address: str = setting()
+    port: int = setting(5405, lo=1, hi=65535)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hooks:
+    promote: str = setting("")
+    demote: str = setting("")
+    take_ip: str = setting("")
+    release_ip: str = setting("")
+    backup: str = setting("")
+    shutdown: str = setting("")
+    rejoin: str = setting("")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VipSection:
+    address: str = setting("", doc="virtual IP with prefix; empty: take_ip/release_ip use hooks")
+    interface: str = setting("eth0")
+    garp_count: int = setting(5, lo=1, hi=100)
+    garp_interval: float = setting(0.2, lo=0.01, hi=10.0)
+    refresh_s: float = setting(30.0, lo=0.0, hi=3600.0)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: AgentSection
+    peers: tuple[Peer, ...]
+    hooks: Hooks
+    vip: VipSection
+    replication: dict[str, Any] = field(default_factory=dict)
+
+
+def parse(data: dict[str, Any]) -> AgentConfig:
+    problems: list[str] = []
+    for unknown in sorted(set(data) - {"agent", "peers", "hooks", "vip", "replication"}):
+        problems.append(f"{unknown}: unknown section (known: agent, peers, hooks, vip, replication)")
+    agent = build_section(AgentSection, "agent", data.get("agent", {}), problems)
+    hooks = build_section(Hooks, "hooks", data.get("hooks", {}), problems)
+    vip = build_section(VipSection, "vip", data.get("vip", {}), problems)
+    peers_raw = data.get("peers", [])
+    if not isinstance(peers_raw, list):
+        problems.append("peers: must be an array of tables ([[peers]])")
+        peers_raw = []
+    peers = tuple(p for i, raw in enumerate(peers_raw)
+                  if (p := build_section(Peer, f"peers[{i}]", raw, problems)) is not None)
+    replication = data.get("replication", {})
+    if not isinstance(replication, dict):
+        problems.append("replication: must be a table")
+    if problems or agent is None or hooks is None or vip is None:
+        raise ConfigError(problems or ["agent config: incomplete"])
+    return AgentConfig(agent, peers, hooks, vip, replication)
+
+
+def load(path: str | Path) -> AgentConfig:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
+    return parse(data)

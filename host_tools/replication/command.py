@@ -1,0 +1,101 @@
+"""The command adapter: replication state and role changes through site scripts, for any
+product the appliance has no adapter for (Oracle Data Guard through dgmgrl, a SAN, ...).
+
+Contract:
+
+* ``status``: a command that prints ONE JSON object on stdout and exits 0, with keys
+  ``role`` ("primary" | "standby" | "unknown"), ``in_sync`` (bool or null), ``lag_bytes``
+  (int or null), ``lag_s`` (number or null), ``peer_alive`` (bool or null: a standby still
+  receives the primary's stream), ``detail`` (text, optional). Anything else (non-zero exit,
+  no JSON, a wrong type) is reported as role "unknown" with the reason in ``detail``.
+* ``promote``, ``demote``, ``rejoin``: commands that exit 0 once the change is done. rejoin
+  gets the new primary's name in ARBITER_PRIMARY. A non-zero exit fails the action with
+  the command's stderr.
+
+Every command runs without a shell (split like a shell would), with ``timeout`` seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+
+from firmware.errors import ActionError, ConfigError
+from host_tools.replication import ReplicationStatus
+
+_ROLES = ("primary", "standby", "unknown")
+
+
+@dataclass(frozen=True)
+class CommandAdapter:
+    status_cmd: str
+    promote_cmd: str = ""
+    demote_cmd: str = ""
+    rejoin_cmd: str = ""
+    timeout: float = 30.0
+
+    @classmethod
+    def from_table(cls, table: dict) -> CommandAdapter:
+        known = {"adapter", "status", "promote", "demote", "rejoin", "timeout"}
+        problems = [f"replication.{k}: unknown key (known: {', '.join(sorted(known))})" for k in set(table) - known]
+        if not isinstance(table.get("status"), str) or not table.get("status"):
+            problems.append("replication.status: required for adapter = 'command' (a command printing JSON)")
+        timeout = table.get("timeout", 30.0)
+        if not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 3600:
+            problems.append(f"replication.timeout = {timeout!r}: must be a number from 0.1 to 3600")
+        if problems:
+            raise ConfigError(problems)
+        return cls(table["status"], table.get("promote", ""), table.get("demote", ""), table.get("rejoin", ""),
+                   float(timeout))
+
+    def _run(self, cmd: str, what: str, env: dict[str, str] | None = None) -> str:
+        try:
+            done = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=self.timeout,
+                                  env={**os.environ, **(env or {})})
+        except subprocess.TimeoutExpired as exc:
+            raise ActionError(f"replication.{what} did not finish within {self.timeout:g} s") from exc
+        except OSError as exc:
+            raise ActionError(f"replication.{what}: cannot run ({exc})") from exc
+        if done.returncode != 0:
+            raise ActionError(f"replication.{what} exit {done.returncode}: {done.stderr.strip()[:200]}")
+        return done.stdout
+
+    def status(self) -> ReplicationStatus:
+        try:
+            data = json.loads(self._run(self.status_cmd, "status"))
+            role = data["role"]
+            if role not in _ROLES:
+                raise ValueError(f"role {role!r}")
+            return ReplicationStatus(role, _opt(data.get("in_sync"), bool), _opt(data.get("lag_bytes"), int),
+                                     _opt(data.get("lag_s"), float), _opt(data.get("peer_alive"), bool),
+                                     str(data.get("detail", ""))[:200])
+        except ActionError as exc:
+            return ReplicationStatus("unknown", detail=str(exc))
+        except (ValueError, KeyError, TypeError) as exc:
+            return ReplicationStatus("unknown", detail=f"replication.status printed no valid JSON: {exc}")
+
+    def _act(self, cmd: str, what: str, env: dict[str, str] | None = None) -> None:
+        if not cmd:
+            raise ActionError(f"replication.{what} is not configured")
+        self._run(cmd, what, env)
+
+    def promote(self) -> None:
+        self._act(self.promote_cmd, "promote")
+
+    def demote(self) -> None:
+        self._act(self.demote_cmd, "demote")
+
+    def rejoin(self, primary: str) -> None:
+        self._act(self.rejoin_cmd, "rejoin", {"ARBITER_PRIMARY": primary})
+
+
+def _opt(value: object, kind: type) -> object:
+    if value is None:
+        return None
+    if kind is bool and not isinstance(value, bool):
+        raise TypeError(f"expected true/false/null, not {value!r}")
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"expected a number or null, not {value!r}")
+    return kind(value)

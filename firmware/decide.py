@@ -183,6 +183,8 @@ def _watch(step: _Step) -> None:
     _ups(step)
     _returning(step)
     old = {c for c in step.state.conditions if _split(c)[0] in _RAISE}
+    held = {c for c in old if _split(c)[1] in step.state.fenced}  # a fenced server's alerts stay as they were
+    conditions |= held
     others = set(step.state.conditions) - old
     for cond in sorted(conditions - old):
         _raise(step, cond)

@@ -48,7 +48,7 @@ class Agent:
         self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(self._load_commands())
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.vip = None
+        self.vip = self._vip_manager() if cfg.vip.address else None
         self._peer_polls: dict[int, float] = {}
         self._primary_heard: float | None = None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -249,11 +249,16 @@ class Agent:
             raise ActionError(f"hooks.{op} exit {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}")
         return done.stdout.strip()[:200]
 
+    def _vip_manager(self):
+        """Built at start-up: scapy's first import costs a few hundred ms, not to be paid mid-takeover."""
+        from host_tools.vip import VipManager
+        v = self.cfg.vip
+        manager = VipManager(v.address, v.interface, v.garp_count, v.garp_interval, v.refresh_s)
+        manager.warm_up()
+        return manager
+
     def _vip(self, op: str) -> str:
-        if self.vip is None:
-            from host_tools.vip import VipManager
-            v = self.cfg.vip
-            self.vip = VipManager(v.address, v.interface, v.garp_count, v.garp_interval, v.refresh_s)
+        assert self.vip is not None
         if op == "take_ip":
             self.vip.take()
             return f"{self.cfg.vip.address} held on {self.cfg.vip.interface}"

@@ -1,0 +1,132 @@
+"""Builds the appliance's parts from its config and owns their lifetimes.
+
+The daemon asks this object for snapshots (links, power, UPS) and hands it actions; the
+parts themselves (board, links, alerts, UPS watch, control socket, state) stay swappable.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from board.gpio import Board, make_factory
+from board.sdnotify import notify as sd_notify
+from firmware import arpcheck
+from firmware.config import Config, read_key
+from firmware.errors import ConfigError
+from firmware.control import ControlServer
+from firmware.executor import Executor
+from firmware.hands import make_handlers
+from firmware.journal import Journal
+from firmware.links import Poller
+from firmware.model import UpsObs
+from firmware.notify import make_notifier
+from firmware.protocol import Codec
+from firmware.site_state import State
+from firmware.state import StateStore, kernel_boot_id
+from firmware.ups import UpsWatch
+
+log = logging.getLogger("arbiter")
+
+
+class Appliance:
+    def __init__(self, cfg: Config, clock: Callable[[], float], wake: Callable[[], None]) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        state_dir = Path(cfg.site.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore(state_dir / "state.json")
+        self.run_id = self._next_run(state_dir / "runs")
+        self.journal = Journal(state_dir / "journal.jsonl")
+        self.board = Board(cfg, make_factory(cfg.board), clock=clock)
+        codec = Codec(cfg.site.node_id, read_key(cfg.site.key_file), self.run_id)
+        self.poller = Poller(codec, [(s.name, s.serial, s.baudrate, s.address, s.port) for s in cfg.servers],
+                             clock=clock)
+        self.notifier = make_notifier(cfg, state_dir, self.journal, self.board.set_alarm)
+        self.board.on_ack(self._button_ack)
+        self.executor = Executor(make_handlers(cfg, self.board, self.poller, self.notifier, arpcheck.probe),
+                                 wake=wake, clock=clock)
+        specs = {s.name: s.ups for s in cfg.servers if s.ups}
+        self.ups_watch = UpsWatch(specs, cfg.ups.username, _secret(cfg.ups.password_file), cfg.ups.timeout) \
+            if specs else None
+        self._ups: dict[str, UpsObs] = {}
+        self._ups_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.control: ControlServer | None = None
+        self.sd_notify = sd_notify
+
+    def _next_run(self, path: Path) -> int:
+        """A counter that grows with every start: the frames' boot id and decide's run id."""
+        store = StateStore(path)
+        run = int((store.load() or {}).get("run", 0)) + 1
+        store.save({"run": run})
+        return run
+
+    def load_state(self, now: float) -> State:
+        data = self.store.load()
+        if data is None:
+            return State(since=now)
+        state = State.from_dict(data.get("site", data))
+        if data.get("kernel_boot") != kernel_boot_id():
+            state = state.rebased(now, self.cfg.timing.hold_down)
+        log.info("resuming: phase %s, primary %s, fenced %s", state.phase.value, state.primary,
+                 ", ".join(state.fenced) or "none")
+        return state
+
+    def save_state(self, state: State) -> None:
+        self.store.save({"site": state.to_dict(), "kernel_boot": kernel_boot_id()})
+
+    def start(self, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.control = ControlServer(self.cfg.site.socket, handler)
+        self.control.start()
+        if self.ups_watch is not None:
+            threading.Thread(target=self._watch_ups, name="ups-watch", daemon=True).start()
+
+    def _watch_ups(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            latest = self.ups_watch.poll()  # type: ignore[union-attr]
+            by_server = {s.name: latest[s.name] for s in self.cfg.servers if s.name in latest}
+            with self._ups_lock:
+                self._ups = by_server
+            self._stop.wait(max(0.0, self.cfg.ups.poll_interval - (time.monotonic() - started)))
+
+    def ups_latest(self) -> dict[str, UpsObs]:
+        with self._ups_lock:
+            return dict(self._ups)
+
+    def power(self) -> dict[str, tuple[bool, bool | None]]:
+        out = {}
+        for s in self.cfg.servers:
+            relay = self.board.relay(s.name)
+            out[s.name] = (relay.is_cut, relay.power_on())
+        return out
+
+    def _button_ack(self) -> None:
+        self.notifier.ack()
+        self.notifier.notify("alarm-acknowledged", text="push button")
+
+    @property
+    def vip_ip(self) -> str:
+        return str(ipaddress.ip_interface(self.cfg.vip.address).ip)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.control is not None:
+            self.control.stop()
+        self.executor.join(2.0)
+        self.poller.close()
+        self.notifier.close()
+
+
+def _secret(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError([f"ups.password_file = {path!r}: cannot read ({exc.strerror})"]) from exc

@@ -1,0 +1,256 @@
+"""arbiterd: the appliance daemon. A thin shell around the pure core.
+
+One fixed-rate loop: poll every link, observe once into a frozen snapshot, ``decide``,
+persist the new state, then hand the actions to the executor. Signal handlers only set
+flags. The loop is woken early when an action finishes, so a failover's steps follow each
+other without waiting for the next tick. systemd gets READY after the first full cycle and
+WATCHDOG only after a healthy one.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import json
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from firmware import config as config_mod
+from firmware.appliance import Appliance
+from firmware.config import Config
+from firmware.decide import decide
+from firmware.detector import observe_servers
+from firmware.errors import ArbiterError, ConfigError
+from firmware.model import Observations, Request, RequestKind
+from firmware.site_state import State
+from firmware.status import status_report
+
+log = logging.getLogger("arbiter")
+
+OVERRUN_LOG_EVERY_S = 60.0
+
+
+class Daemon:
+    def __init__(self, config_path: Path, clock=time.monotonic) -> None:
+        self.config_path = config_path
+        self.cfg = config_mod.load(config_path)
+        logging.basicConfig(level=self.cfg.site.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.clock = clock
+        self.started_at = clock()
+        self.app = Appliance(self.cfg, clock, wake=self._wake_event_set)
+        self.state = self.app.load_state(self.started_at)
+        self.requests: queue.Queue[Request] = queue.Queue()
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.last_obs: Observations | None = None
+        self.last_decision_at = self.started_at
+        self._dropped_seen = 0
+        self._overrun_logged = -OVERRUN_LOG_EVERY_S
+        self._logged_reason = ""
+
+    def _wake_event_set(self) -> None:
+        self.wake.set()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> int:
+        self._signals()
+        self.app.start(self.handle_request)
+        self.app.notifier.notify("arbiter-started", text=f"run {self.app.run_id}, phase {self.state.phase.value}")
+        interval = self.cfg.timing.interval
+        next_tick = self.clock()
+        ready = False
+        while not self.stop.is_set():
+            if self.reload.is_set():
+                self._reload()
+            healthy = self._cycle()
+            if not ready:
+                self.app.sd_notify("READY=1")
+                ready = True
+            if healthy:
+                self.app.sd_notify("WATCHDOG=1")
+            next_tick += interval
+            now = self.clock()
+            if now > next_tick + interval:
+                self._overrun(now - next_tick + interval)
+                next_tick = now
+            self.wake.wait(max(0.0, next_tick - now))
+            self.wake.clear()
+        self.app.close()
+        log.info("stopped; phase %s, primary %s", self.state.phase.value, self.state.primary)
+        return 0
+
+    def _cycle(self) -> bool:
+        """One poll-observe-decide-act cycle. False if it failed (no watchdog pet)."""
+        try:
+            now = self.clock()
+            self.app.poller.poll_all()
+            obs = self._observe(now)
+            d = decide(self.state, obs, now, self.cfg)
+            if _substance(d.state) != _substance(self.state) or d.actions:
+                self.app.save_state(d.state)
+            self.state = d.state
+            self.last_obs = obs
+            if d.reason and d.reason != self._logged_reason:
+                log.info("%s", d.reason)
+                self._logged_reason = d.reason
+                self.last_decision_at = now
+            self.app.executor.submit(d.actions)
+            self._frames_rejected()
+            return True
+        except ArbiterError as exc:
+            log.error("cycle failed: %s", exc)
+            return False
+
+    def _observe(self, now: float) -> Observations:
+        records = self.app.poller.snapshot()
+        servers = observe_servers(self.cfg, records, now, self.started_at, self.app.power(),
+                                  self.app.ups_latest())
+        return Observations(servers=servers, results=self.app.executor.results(),
+                            requests=tuple(self._drain_requests()), run=self.app.run_id)
+
+    def _drain_requests(self) -> list[Request]:
+        out = []
+        while True:
+            try:
+                out.append(self.requests.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _frames_rejected(self) -> None:
+        dropped = self.app.poller.dropped()
+        total = sum(dropped.values())
+        if total > self._dropped_seen:
+            self.app.notifier.notify("frames-rejected", text=", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
+        self._dropped_seen = total
+
+    def _overrun(self, late: float) -> None:
+        now = self.clock()
+        if now - self._overrun_logged >= OVERRUN_LOG_EVERY_S:
+            log.warning("cycle overran timing.interval = %g s by %.3f s", self.cfg.timing.interval, late)
+            self._overrun_logged = now
+
+    # ------------------------------------------------------------------ signals, reload
+
+    def _signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop())
+        signal.signal(signal.SIGINT, lambda *_: self._stop())
+        signal.signal(signal.SIGHUP, lambda *_: (self.reload.set(), self.wake.set()))
+
+    def _stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def _reload(self) -> None:
+        """Validate first; keep the old config on any error. Links are rebuilt on restart only."""
+        self.reload.clear()
+        try:
+            new = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload rejected, old config kept: %s", "; ".join(exc.problems))
+            self.app.notifier.notify("config-rejected", text="; ".join(exc.problems)[:200])
+            return
+        if [dataclasses.astuple(s) for s in new.servers] != [dataclasses.astuple(s) for s in self.cfg.servers]:
+            log.warning("reload: server list changed; it takes effect at the next restart")
+            new = dataclasses.replace(new, servers=self.cfg.servers)
+        self.cfg = new
+        self.app.cfg = new
+        self.app.notifier.notify("config-reloaded")
+        log.info("config reloaded from %s", self.config_path)
+
+    # ------------------------------------------------------------------ operator requests
+
+    def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, **status_report(self)}
+        if cmd == "events":
+            return {"ok": True, "events": self.app.journal.tail(int(req.get("n", 20)))}
+        if cmd == "why":
+            return {"ok": True, "reason": self.state.reason, "phase": self.state.phase.value,
+                    "at": f"{self.clock() - self.last_decision_at:.1f} s ago"}
+        if cmd == "ack":
+            self.app.notifier.ack()
+            self.app.notifier.notify("alarm-acknowledged")
+            return {"ok": True, "message": "alarm silenced until something new happens"}
+        kinds = {"switchover": RequestKind.SWITCHOVER, "failover": RequestKind.FAILOVER,
+                 "power-on": RequestKind.POWER_ON}
+        if cmd == "maintenance":
+            kind = RequestKind.MAINTENANCE_ON if req.get("on") in (True, "on") else RequestKind.MAINTENANCE_OFF
+        elif cmd in kinds:
+            kind = kinds[cmd]
+        else:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        server = req.get("server")
+        if server is not None and server not in [s.name for s in self.cfg.servers]:
+            return {"ok": False, "error": f"unknown server {server!r}"}
+        self.requests.put(Request(kind, server, bool(req.get("force"))))
+        self.wake.set()
+        return {"ok": True, "message": f"{cmd} queued; `arbiterctl why` shows what the appliance made of it"}
+
+
+def _substance(state: State) -> State:
+    """The state without its reason text: a new reason alone is not worth an SD card write."""
+    return dataclasses.replace(state, reason="")
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def check_config(path: Path, as_json: bool) -> int:
+    problems: list[str] = []
+    try:
+        cfg = config_mod.load(path)
+        config_mod.read_key(cfg.site.key_file)
+    except ConfigError as exc:
+        problems = exc.problems
+    if as_json:
+        print(json.dumps({"ok": not problems, "problems": problems}))
+    elif problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        print(f"{path}: {len(problems)} problem(s); the daemon will not start with this config", file=sys.stderr)
+    else:
+        vip = ipaddress.ip_interface(cfg.vip.address)
+        print(f"{path}: ok (site {cfg.site.name}, {len(cfg.servers)} servers, virtual IP {vip})")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="arbiterd",
+        description="Billmaster Arbiter appliance daemon: polls the servers over serial and LAN, "
+                    "fences a dead primary, promotes the in-sync standby, moves the virtual IP.")
+    parser.add_argument("--config", type=Path, default=Path("/etc/arbiter/arbiter.toml"),
+                        help="site configuration (TOML); default %(default)s")
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check-config", help="validate a config and exit non-zero naming every bad key")
+    check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true", help="machine-readable result")
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file, args.json)
+    try:
+        daemon = Daemon(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"arbiterd: config error: {p}", file=sys.stderr)
+        print("arbiterd: not started (fix the settings above; `arbiterd check-config FILE` checks a file)",
+              file=sys.stderr)
+        return 2
+    except ArbiterError as exc:
+        print(f"arbiterd: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

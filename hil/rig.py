@@ -1,0 +1,311 @@
+"""A running site on the HIL rig: the servers' agents, the appliance, NUT, the trap receiver,
+optionally PostgreSQL with its billing load, and the client probe, on top of hil.site.Site.
+
+The appliance's board is the rig's ("hil" kind, gpiozero mock pins behind a file bridge);
+a watcher thread turns relay outputs into physics: a server whose fence relay opens loses
+its power (processes killed, link down) and its power-sense input drops; a relay that
+closes again brings it back (link up, agent restarted).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from board.hil_bridge import HilGpio
+from firmware.control import request
+from firmware.errors import ArbiterError
+from hil import toml_out
+from hil.site import Site
+
+log = logging.getLogger("hil")
+
+PROBE_PORT = 7007
+AGENT_PORT = 5405
+TRAP_PORT = 1162
+NUT_PORT = 3493
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class RigOptions:
+    standbys: int = 1
+    database: bool = False
+    ups: bool = False
+    snmp: bool = True
+    arbiter: dict[str, dict[str, Any]] = field(default_factory=dict)  # config section overrides
+    prefix: str = "ba"
+
+
+def server_names(opts: RigOptions) -> list[str]:
+    return ["master", "standby"] + [f"standby{i}" for i in range(2, opts.standbys + 1)]
+
+
+class Rig:
+    def __init__(self, opts: RigOptions, workdir: Path) -> None:
+        self.opts = opts
+        self.workdir = workdir
+        self.servers = server_names(opts)
+        self.site = Site(opts.prefix, self.servers + ["arbiter", "client"], workdir)
+        self.gpio_dir = workdir / "gpio"
+        self.gpio = HilGpio(self.gpio_dir)
+        self.key_file = workdir / "site.key"
+        self.sock = str(workdir / "arbiter.sock")
+        self.events: list[tuple[float, str, str]] = []  # (monotonic, what, server)
+        self._powered = {s: True for s in self.servers}
+        self._stop = threading.Event()
+        self._procs: dict[str, Any] = {}
+        self.nut = None
+        self.traps = None
+        self.pg = None
+        self.load = None
+
+    # ------------------------------------------------------------------ building
+
+    def __enter__(self) -> Rig:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def build(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.site.build()
+        self.key_file.write_bytes(secrets.token_hex(32).encode())
+        os.chmod(self.key_file, 0o600)
+        for i, name in enumerate(self.servers, start=1):
+            self.gpio.set_input(f"sense{i}", True)
+        if self.opts.snmp:
+            self._start_traps()
+        if self.opts.ups:
+            self._start_nut()
+        if self.opts.database:
+            self._start_database()
+        for name in self.servers:
+            self._start_server(name)
+        # the site is in service before the appliance arrives: the master holds the address
+        self.site.add_address("master", self.site.vip)
+        self._start_arbiter()
+        threading.Thread(target=self._physics, name="rig-physics", daemon=True).start()
+        self._procs["probe"] = self.site.spawn(
+            "client", [PY, "-m", "hil.probe", "client", "--target", self.vip_ip, "--port", str(PROBE_PORT),
+                       "--interval", "0.01", "--arp", "--out", str(self.workdir / "probe.json")],
+            log_name="probe")
+
+    @property
+    def vip_ip(self) -> str:
+        return self.site.vip.split("/")[0]
+
+    def _start_traps(self) -> None:
+        from hil.snmptrapd import TrapReceiver
+        self.traps = TrapReceiver(self.workdir / "snmptrapd", TRAP_PORT, netns=self.site.netns("arbiter"))
+        self.traps.start()
+
+    def _start_nut(self) -> None:
+        from hil.nut import NutSite
+        self.nut = NutSite(self.workdir / "nut", [f"{s}-ups" for s in self.servers], NUT_PORT,
+                           listen="127.0.0.1", netns=self.site.netns("arbiter"))
+        self.nut.__enter__()
+
+    def _start_database(self) -> None:
+        from hil.billing import BillingLoad
+        from hil.postgres import NodeSpec, PgCluster
+        roles = ["primary", "sync"] + ["async"] * (len(self.servers) - 2)
+        nodes = [NodeSpec(name, self.site.ip(name), 5432, self.site.netns(name), role)
+                 for name, role in zip(self.servers, roles)]
+        self.pg = PgCluster(self.workdir / "pg", nodes)
+        self.pg.__enter__()
+        self.load_cls = BillingLoad
+
+    def start_billing(self, rate_hz: float = 50.0) -> None:
+        self._procs["billing"] = self.site.spawn(
+            "client", [PY, "-m", "hil.billing", "--dsn", self.billing_dsn(self.vip_ip),
+                       "--ledger", str(self.workdir / "ledger.txt"), "--rate", str(rate_hz)],
+            log_name="billing")
+
+    def billing_dsn(self, host: str) -> str:
+        return f"host={host} port=5432 user=postgres dbname=postgres connect_timeout=1"
+
+    def _start_server(self, name: str) -> None:
+        conf = self.workdir / f"agent-{name}.toml"
+        conf.write_text(toml_out.dumps(self.agent_config(name)))
+        self.site.spawn(name, [PY, "-m", "host_tools.agent", "--config", str(conf)], log_name=f"agent-{name}")
+        self.site.spawn(name, [PY, "-m", "hil.probe", "serve", "--port", str(PROBE_PORT), "--name", name],
+                        log_name=f"echo-{name}")
+
+    def agent_config(self, name: str) -> dict[str, Any]:
+        role_file = self.workdir / f"role-{name}.json"
+        if not role_file.exists():
+            role = "primary" if name == "master" else "standby"
+            role_file.write_text(json.dumps({"role": role, "in_sync": True, "lag_bytes": 0, "lag_s": 0.0}))
+        peers = [{"address": self.site.ip(p), "port": AGENT_PORT} for p in self.servers if p != name]
+        if self.opts.database:
+            replication = {"adapter": "postgres", **self.pg.adapter_settings(name)}  # type: ignore[union-attr]
+        else:
+            replication = {"adapter": "command", "status": f"cat {role_file}",
+                           "promote": f"{PY} -m hil.role {role_file} primary",
+                           "demote": f"{PY} -m hil.role {role_file} standby",
+                           "rejoin": f"{PY} -m hil.role {role_file} standby"}
+        return {
+            "agent": {"name": name, "key_file": str(self.key_file), "arbiter": "arbiter",
+                      "listen": "0.0.0.0", "port": AGENT_PORT,
+                      "serial": str(self.site.serial_path(name, "server")),
+                      "state_file": str(self.workdir / f"agent-{name}-state.json")},
+            "peers": peers,
+            "replication": replication,
+            "vip": {"address": self.site.vip, "interface": "eth0"},
+        }
+
+    def arbiter_config(self) -> dict[str, Any]:
+        servers = []
+        for i, name in enumerate(self.servers, start=1):
+            srv = {"name": name, "address": self.site.ip(name), "port": AGENT_PORT,
+                   "serial": str(self.site.serial_path(name, "arbiter")), "mac": self.site.mac(name),
+                   "fence_relay": f"relay{i}", "power_sense": f"sense{i}", "priority": 100 - i}
+            if self.opts.ups:
+                srv["ups"] = f"{name}-ups@127.0.0.1:{NUT_PORT}"
+            servers.append(srv)
+        cfg: dict[str, Any] = {
+            "site": {"name": "hil-site", "key_file": str(self.key_file),
+                     "state_dir": str(self.workdir / "arbiter-state"), "socket": self.sock},
+            "board": {"kind": "hil", "pin_factory": "mock", "alarm_relay": "alarm", "ack_button": "ack_button",
+                      "hil_gpio_dir": str(self.gpio_dir)},
+            "vip": {"address": self.site.vip, "interface": "eth0"},
+            "ups": {"poll_interval": 0.5},
+            "alerts": {"managers": [{"host": "127.0.0.1", "port": TRAP_PORT}] if self.opts.snmp else [],
+                       "min_repeat_s": 5.0},
+            "servers": servers,
+        }
+        for section, values in self.opts.arbiter.items():
+            cfg.setdefault(section, {}).update(values)
+        return cfg
+
+    def _start_arbiter(self) -> None:
+        conf = self.workdir / "arbiter.toml"
+        conf.write_text(toml_out.dumps(self.arbiter_config()))
+        self._procs["arbiter"] = self.site.spawn(
+            "arbiter", [PY, "-m", "firmware.daemon", "--config", str(conf)], log_name="arbiterd")
+
+    def restart_arbiter(self, kill: bool = True) -> None:
+        proc = self._procs["arbiter"]
+        proc.kill() if kill else proc.terminate()
+        proc.wait(5)
+        self.events.append((time.monotonic(), "arbiter-restart", ""))
+        self._start_arbiter()
+
+    # ------------------------------------------------------------------ physics
+
+    def _physics(self) -> None:
+        """Relay outputs become power: the fence relay of server i is relay<i>."""
+        relay = {name: False for name in self.servers}
+        while not self._stop.is_set():
+            for i, name in enumerate(self.servers, start=1):
+                cut = self.gpio.output(f"relay{i}")
+                if cut == relay[name]:
+                    continue
+                relay[name] = cut
+                self.events.append((time.monotonic(), "relay-cut" if cut else "relay-closed", name))
+                if cut and self._powered[name]:
+                    self.cut_power(name)
+                elif not cut and not self._powered[name]:
+                    self.restore_power(name)
+            self._stop.wait(0.002)
+
+    def cut_power(self, name: str) -> None:
+        self._powered[name] = False
+        self.site.power_cut(name)
+        if self.pg is not None:
+            self.pg.kill(name)
+        self.gpio.set_input(f"sense{self.servers.index(name) + 1}", False)
+
+    def restore_power(self, name: str) -> None:
+        self._powered[name] = True
+        self.gpio.set_input(f"sense{self.servers.index(name) + 1}", True)
+        self.site.power_on(name)
+        if self.pg is not None:
+            self.pg.start(name)
+        self._start_server(name)
+
+    # ------------------------------------------------------------------ observing
+
+    def status(self) -> dict[str, Any]:
+        return request(self.sock, {"cmd": "status"}, timeout=2.0)
+
+    def command(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return request(self.sock, payload, timeout=5.0)
+
+    def wait_for(self, check, timeout: float, what: str, step: float = 0.02) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.status()
+                if check(last):
+                    return last
+            except (OSError, RuntimeError, ValueError, ArbiterError) as exc:
+                last = str(exc)
+            time.sleep(step)
+        raise TimeoutError(f"{what}: not within {timeout:g} s (last status: {json.dumps(last)[:600]})")
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        def ready(st: dict[str, Any]) -> bool:
+            return (st.get("phase") == "normal" and st.get("primary") == "master"
+                    and all(s["alive"] for s in st["servers"])
+                    and all(link["state"] == "up" for s in st["servers"] for link in s["links"].values()))
+        return self.wait_for(ready, timeout, "site ready")
+
+    def first(self, what: str, server: str = "", after: float = 0.0) -> float | None:
+        return next((t for t, w, s in self.events if w == what and (not server or s == server) and t >= after),
+                    None)
+
+    def journal(self) -> list[dict[str, Any]]:
+        path = self.workdir / "arbiter-state" / "journal.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def stop_probe(self) -> dict[str, Any]:
+        proc = self._procs.pop("probe")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        return json.loads((self.workdir / "probe.json").read_text())
+
+    def alerts(self) -> list[str]:
+        if self.traps is None:
+            return []
+        return [r["event"] for r in self.traps.received()]
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        self._stop.set()
+        for part in (self.nut, self.pg):
+            if part is not None:
+                try:
+                    part.__exit__(None, None, None)
+                except Exception:  # teardown goes on whatever one part did
+                    log.exception("teardown")
+        if self.traps is not None:
+            self.traps.stop()
+        self.site.teardown()
+        subprocess.run(["true"])

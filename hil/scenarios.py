@@ -1,0 +1,294 @@
+"""The rig's fault scenarios. Each builds a site, waits until it is calm, injects one fault,
+watches what the appliance does, and returns a Report whose checks say what must hold.
+
+Scenario names are those of DESIGN.md; ``arbiter-hil list`` prints them with one line each.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from firmware.errors import ArbiterError
+from hil.report import Report
+from hil.rig import Rig, RigOptions
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    run: Callable[[Rig, Report], None]
+    options: RigOptions = RigOptions()
+    expect_failover: bool = False
+
+
+def _settle(rig: Rig, seconds: float = 1.0) -> None:
+    time.sleep(seconds)
+
+
+def _wait_primary(rig: Rig, name: str, timeout: float = 20.0) -> dict:
+    return rig.wait_for(lambda st: st.get("primary") == name and st.get("phase") == "normal",
+                        timeout, f"{name} primary")
+
+
+def _events(rig: Rig) -> list[str]:
+    return [r.get("event", "") for r in rig.journal()]
+
+
+def _finish_common(rig: Rig, report: Report, t0: float, expect_failover: bool) -> None:
+    """Fill the keys every scenario reports, and the checks every scenario shares."""
+    probe = rig.stop_probe()
+    events = _events(rig)
+    report.failovers = events.count("failover-completed")
+    report.false_failovers = 0 if expect_failover else events.count("failover-started")
+    report.split_brain = bool(probe.get("split_brain"))
+    report.alerts = sorted(set(rig.alerts()))
+    outages = [o for o in probe.get("outages", []) if o["end"] >= t0]
+    report.outage_s = max((o["duration"] for o in outages), default=0.0) if expect_failover else None
+    report.details["probe"] = {k: probe.get(k) for k in ("sent", "answered", "longest_outage", "hosts")}
+    report.details["journal"] = events
+    report.check("no split brain", not report.split_brain)
+    report.check("no false failover", report.false_failovers == 0)
+    if not expect_failover:
+        report.check("service never interrupted > 1 s",
+                     max((o["duration"] for o in outages), default=0.0) < 1.0)
+
+
+def _detection(rig: Rig, report: Report, t0: float, server: str = "master") -> None:
+    cut = rig.first("relay-cut", server, after=t0)
+    report.detection_s = None if cut is None else round(cut - t0, 3)
+    report.check("fenced", cut is not None)
+
+
+# ---------------------------------------------------------------------- the scenarios
+
+
+def power_loss(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.cut_power("master")
+    st = _wait_primary(rig, "standby")
+    _detection(rig, report, t0)
+    report.check("master fenced", any(s["fenced"] for s in st["servers"] if s["name"] == "master"))
+    _settle(rig)
+    _finish_common(rig, report, t0, True)
+    report.check("one failover", report.failovers == 1)
+
+
+def crash(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.site.kill_all("master")  # a kernel panic: every process gone, the link still up
+    _wait_primary(rig, "standby")
+    _detection(rig, report, t0)
+    _settle(rig)
+    _finish_common(rig, report, t0, True)
+    report.check("one failover", report.failovers == 1)
+
+
+def hang(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.site.hang("master")
+    _wait_primary(rig, "standby")
+    _detection(rig, report, t0)
+    rig.site.resume("master")  # whatever survived the fence wakes up: it must stay out
+    time.sleep(2.0)
+    st = rig.status()
+    master = next(s for s in st["servers"] if s["name"] == "master")
+    report.check("master stays fenced after SIGCONT", master["fenced"] and st["primary"] == "standby")
+    _finish_common(rig, report, t0, True)
+    report.check("one failover", report.failovers == 1)
+
+
+def short_hang(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    dead = float(rig.arbiter_config().get("timing", {}).get("dead_time", 0.2))
+    rig.site.hang("master")
+    time.sleep(dead / 2)
+    rig.site.resume("master")
+    time.sleep(3.0)
+    _finish_common(rig, report, t0, False)
+    report.check("master still primary", rig.status()["primary"] == "master")
+
+
+def _no_failover_fault(inject: Callable[[Rig], None], heal: Callable[[Rig], None], hold_s: float,
+                       expect_alert: str) -> Callable[[Rig, Report], None]:
+    def run(rig: Rig, report: Report) -> None:
+        rig.wait_ready()
+        _settle(rig)
+        t0 = time.monotonic()
+        inject(rig)
+        time.sleep(hold_s)
+        st = rig.status()
+        report.check("master still primary", st["primary"] == "master" and st["phase"] == "normal")
+        heal(rig)
+        time.sleep(2.0)
+        _finish_common(rig, report, t0, False)
+        if expect_alert:
+            report.check(f"alert {expect_alert}", expect_alert in _events(rig))
+    return run
+
+
+def _partition(rig: Rig) -> None:
+    rig.site.partition("arbiter", "master")
+    rig.site.pull_serial("master")
+
+
+def _heal_partition(rig: Rig) -> None:
+    rig.site.heal("arbiter", "master")
+    rig.site.plug_serial("master")
+
+
+def _noise(rig: Rig) -> None:
+    """Random bytes into both directions of the master's serial cable, in bursts."""
+    rnd = random.Random(7)
+    ends = [rig.site.serial_path("master", side) for side in ("arbiter", "server")]
+    fds = [os.open(str(p), os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK) for p in ends]
+    try:
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline:
+            for fd in fds:
+                try:
+                    os.write(fd, rnd.randbytes(rnd.randint(1, 64)))
+                except BlockingIOError:
+                    pass
+            time.sleep(0.01)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def serial_noise(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    _noise(rig)
+    st = rig.status()
+    report.details["frames_dropped"] = st.get("frames_dropped")
+    report.check("noise counted and dropped", sum(st.get("frames_dropped", {}).values()) > 0)
+    report.check("master still primary", st["primary"] == "master")
+    serial_up = next(s for s in st["servers"] if s["name"] == "master")["links"]["serial"]["state"]
+    report.check("serial link still up", serial_up in ("up", "late"))
+    _finish_common(rig, report, t0, False)
+
+
+def packet_loss(rig: Rig, report: Report) -> None:
+    seconds = float(os.environ.get("ARBITER_HIL_LOSS_SECONDS", "20"))
+    _no_failover_fault(lambda r: [r.site.loss(h, 5) for h in r.servers + ["arbiter"]],
+                       lambda r: r.site.clear_faults(), seconds, "")(rig, report)
+    report.details["loss_seconds"] = seconds
+
+
+def standby_down(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.cut_power("standby")
+    time.sleep(2.0)
+    st = rig.status()
+    report.check("master still primary", st["primary"] == "master")
+    report.check("standby not fenced", not next(s for s in st["servers"] if s["name"] == "standby")["fenced"])
+    _finish_common(rig, report, t0, False)
+    report.check("alert server-down", "server-down" in _events(rig))
+
+
+def old_master_returns(rig: Rig, report: Report) -> None:
+    power_loss_part(rig, report)
+    t1 = time.monotonic()
+    rig.restore_power("master")  # switched on by hand at the server, behind the relay's back
+    time.sleep(3.0)
+    st = rig.status()
+    report.check("standby stays primary", st["primary"] == "standby")
+    report.check("alert old-primary-returned", "old-primary-returned" in _events(rig))
+    _finish_common(rig, report, t1 - 10, True)
+    report.check("one failover", report.failovers == 1)
+
+
+def power_loss_part(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.cut_power("master")
+    _wait_primary(rig, "standby")
+    _detection(rig, report, t0)
+
+
+def arbiter_restart(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.cut_power("master")
+    rig.wait_for(lambda st: st.get("phase") not in ("normal", "starting"), 5.0, "failover begins", step=0.005)
+    rig.restart_arbiter(kill=True)
+    _wait_primary(rig, "standby", timeout=30.0)
+    _detection(rig, report, t0)
+    _settle(rig, 2.0)
+    _finish_common(rig, report, t0, True)
+    promotes = [e for e in _events(rig) if e == "failover-started"]
+    report.check("one failover", report.failovers == 1 and len(promotes) == 1)
+
+
+def ups_on_battery(rig: Rig, report: Report) -> None:
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.nut.set("master-ups", status="OB DISCHRG", charge=80, runtime=1200)
+    time.sleep(2.0)
+    rig.nut.set("master-ups", status="OL CHRG", charge=81, runtime=1300)
+    time.sleep(2.0)
+    events = _events(rig)
+    report.check("alert ups-on-battery", "ups-on-battery" in events)
+    report.check("alert ups-power-restored", "ups-power-restored" in events)
+    report.check("master still primary", rig.status()["primary"] == "master")
+    _finish_common(rig, report, t0, False)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("power-loss", "the master loses power: fence, promote, move the IP", power_loss, expect_failover=True),
+    Scenario("crash", "every process on the master dies, its link stays up", crash, expect_failover=True),
+    Scenario("hang", "the master freezes (SIGSTOP) past dead time, then thaws: it stays fenced", hang,
+             expect_failover=True),
+    Scenario("short-hang", "the master freezes for half the dead time: no failover", short_hang),
+    Scenario("lan-pull", "the master's LAN cable is pulled for 5 s: a warning, no failover",
+             _no_failover_fault(lambda r: r.site.lan_pull("master"), lambda r: r.site.lan_plug("master"), 5.0,
+                                "link-down")),
+    Scenario("serial-pull", "the master's serial cable is pulled for 5 s: a warning, no failover",
+             _no_failover_fault(lambda r: r.site.pull_serial("master"), lambda r: r.site.plug_serial("master"), 5.0,
+                                "link-down")),
+    Scenario("arbiter-partition", "the appliance loses the master on both links while the standby still hears "
+             "it: no failover", _no_failover_fault(_partition, _heal_partition, 5.0, "server-down")),
+    Scenario("packet-loss", "5 % random loss on every LAN port (nftables): no false failover", packet_loss),
+    Scenario("serial-noise", "random bytes on the master's serial line: dropped and counted, no failover",
+             serial_noise),
+    Scenario("standby-down", "the standby loses power: an alarm, no action", standby_down),
+    Scenario("old-master-returns", "after a failover the old master is switched on again: it stays out",
+             old_master_returns, expect_failover=True),
+    Scenario("arbiter-restart", "the appliance is killed in the middle of a failover and restarted",
+             arbiter_restart, expect_failover=True),
+    Scenario("ups-on-battery", "the master's UPS goes on battery and back: alerts, no action", ups_on_battery),
+)}
+
+
+def run_scenario(name: str, workdir: Path, options: RigOptions | None = None) -> Report:
+    scenario = SCENARIOS[name]
+    report = Report(name)
+    opts = options or scenario.options
+    started = time.monotonic()
+    try:
+        with Rig(dataclasses.replace(opts), workdir) as rig:
+            scenario.run(rig, report)
+    except (TimeoutError, RuntimeError, OSError, ArbiterError) as exc:
+        report.check(f"ran to the end ({exc})"[:300], False)
+    report.details["seconds"] = round(time.monotonic() - started, 1)
+    return report.finish()

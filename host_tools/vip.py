@@ -1,0 +1,98 @@
+"""Virtual IP takeover on a server: add the address (pyroute2, idempotent), announce it with
+gratuitous ARPs (scapy: only scapy.layers.l2 and scapy.sendrecv, scapy.all costs ~1 s and
+~90 MiB), keep refreshing ARP caches for a while (stale caches after a split are a known
+keepalived complaint), and release it on demote.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from firmware.errors import ActionError
+
+log = logging.getLogger("arbiter.vip")
+
+REFRESH_EVERY_S = 2.0
+
+
+class VipManager:
+    def __init__(self, address: str, interface: str, garp_count: int = 5, garp_interval: float = 0.2,
+                 refresh_s: float = 30.0) -> None:
+        self.iface_addr = ipaddress.ip_interface(address)
+        self.interface = interface
+        self.garp_count, self.garp_interval, self.refresh_s = garp_count, garp_interval, refresh_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        import scapy.layers.l2  # noqa: F401  (loads scapy's ARP layer now, not during a takeover)
+        import scapy.sendrecv  # noqa: F401
+
+    def _index(self, ipr: IPRoute) -> int:
+        found = ipr.link_lookup(ifname=self.interface)
+        if not found:
+            raise ActionError(f"vip.interface = {self.interface!r}: no such interface")
+        return found[0]
+
+    def held(self) -> bool:
+        with IPRoute() as ipr:
+            idx = self._index(ipr)
+            ip = str(self.iface_addr.ip)
+            return any(a.get_attr("IFA_ADDRESS") == ip for a in ipr.get_addr(index=idx))
+
+    def take(self) -> None:
+        """Add the address and send the first gratuitous ARP before returning."""
+        with IPRoute() as ipr:
+            idx = self._index(ipr)
+            try:
+                ipr.addr("add", index=idx, address=str(self.iface_addr.ip),
+                         prefixlen=self.iface_addr.network.prefixlen)
+            except NetlinkError as exc:
+                if exc.code != 17:  # EEXIST: already held, which is what we want
+                    raise ActionError(f"cannot add {self.iface_addr} on {self.interface}: {exc}") from exc
+        self._garp()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._announce, args=(self._stop,), name="garp", daemon=True)
+        self._thread.start()
+
+    def _garp(self) -> None:
+        from scapy.layers.l2 import ARP, Ether
+        from scapy.sendrecv import sendp
+        ip = str(self.iface_addr.ip)
+        frame = Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, psrc=ip, pdst=ip, hwdst="ff:ff:ff:ff:ff:ff")
+        try:
+            sendp(frame, iface=self.interface, verbose=False)
+        except OSError as exc:
+            log.warning("gratuitous ARP on %s failed: %s", self.interface, exc)
+
+    def _announce(self, stop: threading.Event) -> None:
+        """The rest of the burst, then a refresh every few seconds until refresh_s is over."""
+        for _ in range(self.garp_count - 1):
+            if stop.wait(self.garp_interval):
+                return
+            self._garp()
+        deadline = time.monotonic() + self.refresh_s
+        while time.monotonic() < deadline and not stop.wait(REFRESH_EVERY_S):
+            self._garp()
+
+    def release(self) -> None:
+        self._stop.set()
+        with IPRoute() as ipr:
+            idx = self._index(ipr)
+            try:
+                ipr.addr("del", index=idx, address=str(self.iface_addr.ip),
+                         prefixlen=self.iface_addr.network.prefixlen)
+            except NetlinkError as exc:
+                if exc.code != 99:  # EADDRNOTAVAIL: not held, which is what we want
+                    raise ActionError(f"cannot remove {self.iface_addr} from {self.interface}: {exc}") from exc
+
+    def close(self) -> None:
+        self._stop.set()

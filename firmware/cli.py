@@ -1,0 +1,164 @@
+"""arbiterctl: the operator's command line, over arbiterd's root-only control socket.
+
+Exit codes: 0 done, 1 refused by the daemon, 2 usage, 3 daemon not reachable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from firmware import config as config_mod
+from firmware.control import NotRunning, request
+from firmware.errors import ConfigError
+
+DEFAULT_SOCKET = "/run/arbiter/control.sock"
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}{unit}"
+    return f"{value}{unit}"
+
+
+def render_status(st: dict[str, Any]) -> str:
+    alarm = st.get("alarm", {})
+    head = [
+        f"site {st['site']}   phase {st['phase']}   primary {st.get('primary') or '-'}   mode {st['mode']}"
+        + ("   MAINTENANCE" if st.get("maintenance") else ""),
+        f"alarm {alarm.get('severity', '-')}{' (acknowledged)' if alarm.get('acked') else ''}"
+        + (f"   hold-down {st['hold_down_remaining_s']:.0f} s" if st.get("hold_down_remaining_s") else ""),
+        f"why: {st.get('last_reason') or '-'}",
+    ]
+    for r in st.get("running", []):
+        head.append(f"running: {r['action']} for {r['elapsed_s']:.1f} s")
+    cols = ("server", "role", "alive", "fenced", "power", "healthy", "serial", "lan", "in sync", "lag", "ups")
+    rows = [cols]
+    for s in st.get("servers", []):
+        links = s["links"]
+        rows.append((
+            s["name"], s["role"], _fmt(s["alive"]), _fmt(s["fenced"]), _fmt(s["power_on"]), _fmt(s["healthy"]),
+            _link(links.get("serial")), _link(links.get("lan")), _fmt(s["repl"]["in_sync"]),
+            _fmt(s["repl"]["lag_bytes"], " B"), (s.get("ups") or {}).get("status", "-"),
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(cols))]
+    table = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    dropped = st.get("frames_dropped") or {}
+    tail = [f"frames dropped: {', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))}"] if dropped else []
+    return "\n".join(head + [""] + table + tail)
+
+
+def _link(link: dict[str, Any] | None) -> str:
+    if not link or link["state"] == "absent":
+        return "-"
+    rtt = f" {link['rtt_ms']:.1f}ms" if link.get("rtt_ms") is not None else ""
+    return f"{link['state']}{rtt}"
+
+
+def _confirm(prompt: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print("arbiterctl: not confirmed (no terminal); add --yes", file=sys.stderr)
+        return False
+    return input(f"{prompt} Type 'yes' to go on: ").strip() == "yes"
+
+
+def _socket(args: argparse.Namespace) -> str:
+    if args.socket:
+        return args.socket
+    if args.config:
+        try:
+            return config_mod.load(args.config).site.socket
+        except ConfigError as exc:
+            raise SystemExit(f"arbiterctl: {args.config}: {'; '.join(exc.problems)}") from exc
+    return DEFAULT_SOCKET
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arbiterctl", description="Operate the Billmaster Arbiter appliance (root).")
+    p.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}, or site.socket of --config)")
+    p.add_argument("--config", help="read the socket path from this arbiterd config")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("status", help="servers, links, roles, replication, UPS, alarm, phase")
+    s.add_argument("--json", action="store_true", help="print the daemon's raw answer")
+    e = sub.add_parser("events", help="the newest events from the journal")
+    e.add_argument("-n", type=int, default=20, help="how many (default %(default)s)")
+    e.add_argument("--json", action="store_true")
+    sub.add_parser("why", help="the reason for the last decision")
+    sw = sub.add_parser("switchover", help="planned, zero-loss: demote, wait for sync, promote, move the IP")
+    sw.add_argument("--to", help="the standby to promote (default: the best in-sync one)")
+    f = sub.add_parser("failover", help="force a failover now: fences the primary; may LOSE DATA if the "
+                                        "target is not in sync")
+    f.add_argument("--to", required=True, help="the standby to promote")
+    f.add_argument("--force", action="store_true", help="required: you accept possible data loss")
+    f.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    m = sub.add_parser("maintenance", help="on: observe only (decide and report, act on nothing); "
+                                           "off: automatic again (also leaves a halt)")
+    m.add_argument("state", choices=("on", "off"))
+    sub.add_parser("ack", help="silence the alarm relay until something new happens")
+    po = sub.add_parser("power-on", help="close a fenced server's power relay; it rejoins as a standby")
+    po.add_argument("server")
+    po.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    return p
+
+
+def _payload(args: argparse.Namespace) -> dict[str, Any] | None:
+    c = args.command
+    if c == "events":
+        return {"cmd": "events", "n": args.n}
+    if c == "switchover":
+        return {"cmd": "switchover", "server": args.to}
+    if c == "failover":
+        if not args.force:
+            print("arbiterctl: failover needs --force: it fences the primary and promotes "
+                  f"{args.to} even if it lacks transactions. Use `switchover` for a planned change.",
+                  file=sys.stderr)
+            return None
+        warning = (f"WARNING: this fences the primary and promotes {args.to}. Transactions the primary "
+                   f"acknowledged but {args.to} has not received are LOST.")
+        return {"cmd": "failover", "server": args.to, "force": True} if _confirm(warning, args.yes) else None
+    if c == "maintenance":
+        return {"cmd": "maintenance", "on": args.state == "on"}
+    if c == "power-on":
+        ok = _confirm(f"Restore power to {args.server}? It was fenced; it will rejoin as a standby.", args.yes)
+        return {"cmd": "power-on", "server": args.server} if ok else None
+    return {"cmd": c}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    payload = _payload(args)
+    if payload is None:
+        return 1
+    try:
+        answer = request(_socket(args), payload)
+    except NotRunning as exc:
+        print(f"arbiterctl: {exc}", file=sys.stderr)
+        return 3
+    if not answer.get("ok"):
+        print(f"arbiterctl: refused: {answer.get('error', 'no reason given')}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(answer, indent=2))
+    elif args.command == "status":
+        print(render_status(answer))
+    elif args.command == "events":
+        for ev in answer["events"]:
+            where = "/".join(x for x in (ev.get("server"), ev.get("channel")) if x)
+            print(f"{ev.get('ts', '')}  {ev.get('severity', ''):<8} {ev.get('event', ''):<24} {where:<16} "
+                  f"{ev.get('text', '')}")
+    elif args.command == "why":
+        print(f"[{answer['phase']}, {answer['at']}] {answer['reason']}")
+    else:
+        print(answer.get("message", "ok"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -203,6 +203,9 @@ class Site:
         self.lan_pull(host)
 
     def power_on(self, host: str) -> None:
+        """The host boots: addresses added at run time (a virtual IP) are gone."""
+        sh("ip", "-n", self.netns(host), "addr", "flush", "dev", "eth0")
+        sh("ip", "-n", self.netns(host), "addr", "add", f"{self.ip(host)}/24", "dev", "eth0")
         self.lan_plug(host)
 
     def lan_pull(self, host: str) -> None:

@@ -31,7 +31,10 @@ def serve(port: int, name: str) -> None:
     tag = name.encode()
     while True:
         data, addr = sock.recvfrom(64)
-        sock.sendto(data[:8] + tag, addr)
+        try:
+            sock.sendto(data[:8] + tag, addr)
+        except OSError:
+            pass  # EPERM when netfilter drops the reply (the loss scenario): that probe is lost
 
 
 def analyse(sent: list[float], answers: dict[int, tuple[float, str]], interval: float,

@@ -1,0 +1,151 @@
+"""The appliance's links against a real agent: serial over socat pty pairs, UDP on loopback."""
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware.links import Poller
+from firmware.model import Channel
+from firmware.protocol import Codec, Kind
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cable:
+    def __init__(self, tmp: Path) -> None:
+        self.a, self.b = tmp / "tty-arbiter", tmp / "tty-server"
+        self.proc: subprocess.Popen | None = None
+
+    def plug(self) -> None:
+        self.proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while not (self.a.exists() and self.b.exists()):
+            assert time.monotonic() < deadline, "socat did not start"
+            time.sleep(0.01)
+
+    def pull(self) -> None:
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def site(tmp_path):
+    key = tmp_path / "key"
+    key.write_text(secrets.token_hex(32))
+    cable = Cable(tmp_path)
+    cable.plug()
+    port = free_port()
+    role = tmp_path / "role.json"
+    role.write_text(json.dumps({"role": "primary", "in_sync": True, "lag_bytes": 0}))
+    marker = tmp_path / "promoted"
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'''
+[agent]
+name = "master"
+key_file = "{key}"
+listen = "127.0.0.1"
+port = {port}
+serial = "{cable.b}"
+state_file = "{tmp_path / 'agent-state.json'}"
+[replication]
+adapter = "command"
+status = "cat {role}"
+[hooks]
+promote = "sh -c 'echo once >> {marker}'"
+''')
+    agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    codec = Codec("arbiter", key.read_bytes().rstrip(b"\n"), 1)
+    poller = Poller(codec, [("master", str(cable.a), 115200, "127.0.0.1", port)])
+    try:
+        yield poller, cable, agent, marker, port
+    finally:
+        poller.close()
+        agent.kill()
+        agent.wait()
+        cable.pull()
+
+
+def poll_for(poller: Poller, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        poller.poll_all()
+        time.sleep(0.02)
+
+
+def fresh(poller: Poller, channel: Channel, within: float = 0.3) -> bool:
+    rec = poller.snapshot()["master"][channel]
+    return rec.last_seen is not None and time.monotonic() - rec.last_seen < within
+
+
+def test_agent_answers_on_both_links(site):
+    poller, *_ = site
+    poll_for(poller, 1.5)
+    for channel in (Channel.SERIAL, Channel.LAN):
+        rec = poller.snapshot()["master"][channel]
+        assert fresh(poller, channel) and rec.report.role.value == "primary" and rec.rtt_s < 0.2
+
+
+def test_pulling_the_serial_cable_leaves_the_lan_alive_and_back(site):
+    poller, cable, *_ = site
+    poll_for(poller, 1.0)
+    cable.pull()
+    poll_for(poller, 1.0)
+    assert not fresh(poller, Channel.SERIAL) and fresh(poller, Channel.LAN)
+    cable.plug()
+    poll_for(poller, 2.0)
+    assert fresh(poller, Channel.SERIAL), "the serial link must come back when the cable is plugged again"
+
+
+def test_silencing_the_lan_leaves_the_serial_alive(site):
+    poller, _cable, _agent, _marker, port = site
+    poll_for(poller, 1.0)
+    poller._udp_peer["master"] = ("127.0.0.1", free_port())  # the LAN path now leads nowhere
+    poll_for(poller, 1.0)
+    assert fresh(poller, Channel.SERIAL) and not fresh(poller, Channel.LAN)
+
+
+def test_replayed_reply_is_rejected_and_counted(site, tmp_path):
+    poller, _cable, _agent, _marker, port = site
+    poll_for(poller, 1.0)  # the agent is up
+    key = (tmp_path / "key").read_bytes().rstrip(b"\n")
+    spy = Codec("spy", key, 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1.0)
+    _, poll = spy.make(Kind.POLL)
+    sock.sendto(poll, ("127.0.0.1", port))
+    captured = sock.recv(4096)  # a genuine reply, captured on the wire
+    before = sum(poller.dropped().values())
+    poller._receive("master", Channel.LAN, captured)
+    poller._receive("master", Channel.LAN, captured)
+    dropped = poller.dropped()
+    assert sum(dropped.values()) == before + 2
+    assert dropped.get("stale-reply", 0) + dropped.get("replay", 0) >= 2
+
+
+def test_command_runs_once_though_sent_on_both_links_and_repeated(site):
+    poller, _cable, _agent, marker, _port = site
+    poll_for(poller, 0.5)
+    cmd = poller.send_command("master", "promote", {})
+    deadline = time.monotonic() + 5
+    while poller.command_result(cmd) is None and time.monotonic() < deadline:
+        poller.poll_all()
+        time.sleep(0.02)
+    assert poller.command_result(cmd) == (True, "")
+    poll_for(poller, 0.5)
+    assert marker.read_text().splitlines() == ["once"]

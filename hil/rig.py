@@ -40,7 +40,7 @@ PY = sys.executable
 class RigOptions:
     standbys: int = 1
     database: bool = False
-    ups: bool = False
+    ups: bool = True
     snmp: bool = True
     arbiter: dict[str, dict[str, Any]] = field(default_factory=dict)  # config section overrides
     prefix: str = "ba"

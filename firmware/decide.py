@@ -95,8 +95,13 @@ def _new_run(step: _Step) -> None:
         step.act(HoldFence(step.state.fenced))
     step.update(seen_run=step.obs.run)
     if step.state.phase in BUSY and step.state.issued_run != step.obs.run:
-        _REENTER[step.state.phase](step)
-        step.why(f"resumed {step.state.phase.value} after a restart")
+        s = step.state
+        # the alert of the interrupted run may have died with it: better twice than never
+        started = "switchover-started" if s.operation == "switchover" else "failover-started"
+        step.notify(started, s.old or "", text=f"resumed in {s.phase.value} after an appliance restart:"
+                                                f" {s.old} -> {s.target}")
+        _REENTER[s.phase](step)
+        step.why(f"resumed {s.phase.value} after a restart")
 
 
 def _requests(step: _Step) -> None:

@@ -284,6 +284,10 @@ class Rig:
                 continue
         return out
 
+    def agent_log(self, server: str) -> str:
+        path = self.workdir / "logs" / f"agent-{server}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def stop_probe(self) -> dict[str, Any]:
         proc = self._procs.pop("probe")
         proc.send_signal(signal.SIGTERM)

@@ -242,8 +242,10 @@ def arbiter_restart(rig: Rig, report: Report) -> None:
     _detection(rig, report, t0)
     _settle(rig, 2.0)
     _finish_common(rig, report, t0, True)
-    promotes = [e for e in _events(rig) if e == "failover-started"]
-    report.check("one failover", report.failovers == 1 and len(promotes) == 1)
+    promotes = rig.agent_log("standby").count(" promote: ok")
+    report.details["promotes"] = promotes
+    report.check("one failover, promoted once", report.failovers == 1 and promotes == 1)
+    report.check("alert failover-started", "failover-started" in _events(rig))
 
 
 def ups_on_battery(rig: Rig, report: Report) -> None:

@@ -41,7 +41,7 @@ def _events(rig: Rig) -> list[str]:
 
 
 def _finish_common(rig: Rig, report: Report, t0: float, expect_failover: bool,
-                   service_kept: bool = True) -> None:
+                   service_kept: bool = True, measure_outage: bool | None = None) -> None:
     """Fill the keys every scenario reports, and the checks every scenario shares."""
     probe = rig.stop_probe()
     events = _events(rig)
@@ -50,12 +50,13 @@ def _finish_common(rig: Rig, report: Report, t0: float, expect_failover: bool,
     report.split_brain = bool(probe.get("split_brain"))
     report.alerts = sorted(set(rig.alerts()))
     outages = [o for o in probe.get("outages", []) if o["end"] >= t0]
-    report.outage_s = max((o["duration"] for o in outages), default=0.0) if expect_failover else None
+    measure = expect_failover if measure_outage is None else measure_outage
+    report.outage_s = max((o["duration"] for o in outages), default=0.0) if measure else None
     report.details["probe"] = {k: probe.get(k) for k in ("sent", "answered", "longest_outage", "hosts")}
     report.details["journal"] = events
     report.check("no split brain", not report.split_brain)
     report.check("no false failover", report.false_failovers == 0)
-    if not expect_failover and service_kept:
+    if not measure and service_kept:
         report.check("service never interrupted > 1 s",
                      max((o["duration"] for o in outages), default=0.0) < 1.0)
 
@@ -263,6 +264,41 @@ def ups_on_battery(rig: Rig, report: Report) -> None:
     _finish_common(rig, report, t0, False)
 
 
+def ups_drain(rig: Rig, report: Report) -> None:
+    """The master's UPS drains under load: a planned switchover before its power drops."""
+    rig.wait_ready()
+    if rig.opts.database:
+        rig.start_billing()
+    _settle(rig, 2.0)
+    t0 = time.monotonic()
+    rig.nut.set("master-ups", status="OB DISCHRG", charge=60, runtime=900)
+    time.sleep(2.0)
+    rig.nut.set("master-ups", status="OB DISCHRG LB", charge=9, runtime=120)
+    st = _wait_primary(rig, "standby", timeout=30.0)
+    switched = time.monotonic()
+    report.check("standby primary before the master's power drops", st["primary"] == "standby")
+    time.sleep(1.0)
+    rig.cut_power("master")  # the batteries are flat
+    time.sleep(2.0)
+    report.check("no failover after the switchover", rig.status()["primary"] == "standby")
+    events = _events(rig)
+    for event in ("ups-on-battery", "ups-low-battery", "switchover-started", "switchover-completed"):
+        report.check(f"alert {event}", event in events)
+    report.details["switchover_s"] = round(switched - t0, 2)
+    _finish_billing(rig, report)
+    _finish_common(rig, report, t0, False, measure_outage=True)
+
+
+def _finish_billing(rig: Rig, report: Report) -> None:
+    if not rig.opts.database:
+        return
+    acked, lost, gap = rig.stop_billing()
+    report.acked_tx, report.lost_tx = acked, lost
+    report.details["billing_longest_gap_s"] = gap
+    report.check("acknowledged transactions written", acked > 0)
+    report.check("no acknowledged transaction lost", lost == 0)
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("power-loss", "the master loses power: fence, promote, move the IP", power_loss, expect_failover=True),
     Scenario("crash", "every process on the master dies, its link stays up", crash, expect_failover=True),
@@ -287,6 +323,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("arbiter-restart", "the appliance is killed in the middle of a failover and restarted",
              arbiter_restart, expect_failover=True),
     Scenario("ups-on-battery", "the master's UPS goes on battery and back: alerts, no action", ups_on_battery),
+    Scenario("ups-drain", "the master's UPS drains to low battery: planned switchover to the standby before "
+             "the master's power drops", ups_drain),
 )}
 
 

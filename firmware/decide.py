@@ -527,15 +527,25 @@ def _fail(step: _Step, event: str, why: str) -> None:
     step.why(f"{s.operation} {s.old} -> {s.target} stopped: {why}; waiting for an operator")
 
 
-def _fencing(step: _Step) -> None:
+def _awaited(step: _Step, waiting: str, event: str, failure: str) -> str | None:
+    """The phase's outcome detail once its actions succeeded; None while waiting or after a
+    failure, which is handled here (``failure`` gets the detail in ``{}``)."""
     out = _outcome(step)
-    s = step.state
     if out is None:
-        step.why(f"fencing {s.old}: waiting for power-off confirmation")
-        return
+        step.why(waiting)
+        return None
     ok, detail = out
     if not ok:
-        _fail(step, "fence-failed", f"fence of {s.old} not confirmed ({detail}); no promotion")
+        _fail(step, event, failure.format(detail))
+        return None
+    return detail
+
+
+def _fencing(step: _Step) -> None:
+    s = step.state
+    detail = _awaited(step, f"fencing {s.old}: waiting for power-off confirmation", "fence-failed",
+                      f"fence of {s.old} not confirmed ({{}}); no promotion")
+    if detail is None:
         return
     step.update(fenced=_with(s.fenced, s.old or ""))
     step.notify("fence-done", s.old or "", text=detail)
@@ -544,13 +554,8 @@ def _fencing(step: _Step) -> None:
 
 
 def _promoting(step: _Step) -> None:
-    out = _outcome(step)
     s = step.state
-    if out is None:
-        step.why(f"promoting {s.target}")
-        return
-    if not out[0]:
-        _fail(step, "failover-failed", f"promote of {s.target} failed ({out[1]})")
+    if _awaited(step, f"promoting {s.target}", "failover-failed", f"promote of {s.target} failed ({{}})") is None:
         return
     step.update(primary=s.target)
     step.why(f"{s.target} is primary; moving the virtual IP")
@@ -558,13 +563,9 @@ def _promoting(step: _Step) -> None:
 
 
 def _taking_ip(step: _Step) -> None:
-    out = _outcome(step)
     s = step.state
-    if out is None:
-        step.why(f"{s.target} taking the virtual IP")
-        return
-    if not out[0]:
-        _fail(step, "failover-failed", f"{s.target} could not take the virtual IP ({out[1]})")
+    if _awaited(step, f"{s.target} taking the virtual IP", "failover-failed",
+                f"{s.target} could not take the virtual IP ({{}})") is None:
         return
     if step.cfg.vip.verify == "none":
         _complete(step, "takeover not verified (vip.verify = none)")
@@ -607,13 +608,9 @@ def _complete(step: _Step, detail: str) -> None:
 
 
 def _demoting(step: _Step) -> None:
-    out = _outcome(step)
     s = step.state
-    if out is None:
-        step.why(f"switchover: demoting {s.old} and releasing its virtual IP")
-        return
-    if not out[0]:
-        _fail(step, "switchover-failed", f"demote of {s.old} failed ({out[1]})")
+    if _awaited(step, f"switchover: demoting {s.old} and releasing its virtual IP", "switchover-failed",
+                f"demote of {s.old} failed ({{}})") is None:
         return
     step.update(phase=Phase.SYNCING, since=step.now, awaiting=())
     step.why(f"{s.old} demoted; waiting until {s.target} has every transaction")

@@ -1,0 +1,94 @@
+"""The config schema: every problem named with key, value and bound; cross-field timing
+checks; typos are errors; check-config and the daemon refuse a bad file."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware import config
+from firmware.daemon import check_config
+from firmware.errors import ConfigError
+from tests.unit.sitekit import site_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def problems(**sections) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        site_config(**sections)
+    return exc.value.problems
+
+
+def test_defaults_are_valid():
+    cfg = site_config()
+    assert cfg.timing.dead_time == 0.2 and cfg.policy.lag_limit_bytes == 0
+
+
+def test_bound_and_type_errors_name_key_value_and_bound():
+    got = problems(timing={"interval": 0.001, "hold_down": "long"})
+    assert "timing.interval = 0.001: below the minimum 0.005" in got
+    assert "timing.hold_down = 'long': must be float" in got
+
+
+def test_unknown_key_is_an_error_not_a_default():
+    got = problems(timing={"dead_tme": 3.0})
+    assert any(p.startswith("timing.dead_tme: unknown key") for p in got)
+
+
+@pytest.mark.parametrize("timing,needle", [
+    ({"interval": 0.1, "dead_time": 0.25, "warn_time": 0.2}, "must exceed timing.interval x timing.min_misses"),
+    ({"dead_time": 5.0, "init_dead": 3.0, "warn_time": 1.0}, "timing.init_dead = 3.0: must exceed timing.dead_time"),
+    ({"hold_down": 1.0, "dead_time": 2.0, "warn_time": 1.0, "init_dead": 5.0}, "timing.hold_down = 1.0"),
+    ({"warn_time": 0.3}, "timing.warn_time = 0.3: must lie between"),
+])
+def test_cross_field_timing_checks(timing, needle):
+    assert any(needle in p for p in problems(timing=timing))
+
+
+def test_fencing_relay_needs_relay_and_readback_or_an_explicit_none():
+    cfg = site_config()
+    data = {"site": {"name": "s", "key_file": "/k"}, "vip": {"address": "192.0.2.1/24", "verify": "none"},
+            "servers": [{"name": "a", "address": "192.0.2.2"}, {"name": "b", "address": "192.0.2.3"}]}
+    with pytest.raises(ConfigError) as exc:
+        config.parse(data)
+    assert any("fence_relay and power_sense are required" in p for p in exc.value.problems)
+    config.parse({**data, "policy": {"fencing": "none"}})  # said explicitly: accepted
+    assert cfg.policy.fencing == "relay"
+
+
+def test_mock_pins_only_on_the_rig():
+    assert any("board.pin_factory = 'mock': only allowed with board.kind = 'hil'" in p
+               for p in problems(board={"kind": "pi4", "pin_factory": "mock"}))
+
+
+def test_check_config_lists_every_problem_and_fails(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[site]\nname = "Bad Name"\nkey_file = "/nonexistent"\n[timing]\ninterval = 99\n'
+                   '[vip]\naddress = "nope"\n[[servers]]\nname = "a"\n')
+    assert check_config(bad, as_json=False) == 1
+    err = capsys.readouterr().err
+    assert "site.name = 'Bad Name'" in err and "timing.interval = 99" in err and "error:" in err
+
+
+def test_daemon_refuses_to_start_with_a_bad_safety_setting(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("x" * 32)
+    bad = tmp_path / "arbiter.toml"
+    bad.write_text(f'[site]\nname = "s"\nkey_file = "{key}"\nstate_dir = "{tmp_path}"\n'
+                   '[timing]\nhold_down = 0.5\n[vip]\naddress = "192.0.2.1/24"\nverify = "none"\n'
+                   '[policy]\nfencing = "none"\n[[servers]]\nname = "a"\naddress = "192.0.2.2"\n'
+                   '[[servers]]\nname = "b"\naddress = "192.0.2.3"\n')
+    done = subprocess.run([sys.executable, "-m", "firmware.daemon", "--config", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "timing.hold_down = 0.5: below the minimum 1.0" in done.stderr and "not started" in done.stderr
+
+
+def test_short_key_is_refused(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("short")
+    with pytest.raises(ConfigError, match="key is 5 bytes, minimum 16"):
+        config.read_key(key)

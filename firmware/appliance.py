@@ -100,10 +100,11 @@ class Appliance:
             return dict(self._ups)
 
     def power(self) -> dict[str, tuple[bool, bool | None]]:
-        out = {}
+        out: dict[str, tuple[bool, bool | None]] = {}
         for s in self.cfg.servers:
-            relay = self.board.relay(s.name)
-            out[s.name] = (relay.is_cut, relay.power_on())
+            if s.fence_relay:  # policy.fencing = "none" sites have no relay to read
+                relay = self.board.relay(s.name)
+                out[s.name] = (relay.is_cut, relay.power_on())
         return out
 
     def _button_ack(self) -> None:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from board.sdnotify import watchdog_interval
 from firmware import config as config_mod
 from firmware.appliance import Appliance
 from firmware.config import Config
@@ -55,6 +56,7 @@ class Daemon:
         self._dropped_seen = 0
         self._overrun_logged = -OVERRUN_LOG_EVERY_S
         self._logged_reason = ""
+        self._errors: dict[str, tuple[float, int]] = {}
 
     def _wake_event_set(self) -> None:
         self.wake.set()
@@ -68,6 +70,8 @@ class Daemon:
         interval = self.cfg.timing.interval
         next_tick = self.clock()
         ready = False
+        pet_every = min(watchdog_interval() or 1.0, 1.0)
+        last_pet = -pet_every
         while not self.stop.is_set():
             if self.reload.is_set():
                 self._reload()
@@ -75,8 +79,9 @@ class Daemon:
             if not ready:
                 self.app.sd_notify("READY=1")
                 ready = True
-            if healthy:
-                self.app.sd_notify("WATCHDOG=1")
+            if healthy and self.clock() - last_pet >= pet_every:
+                self.app.sd_notify("WATCHDOG=1")  # only from the loop, only after a healthy cycle
+                last_pet = self.clock()
             next_tick += interval
             now = self.clock()
             if now > next_tick + interval:
@@ -107,8 +112,19 @@ class Daemon:
             self._frames_rejected()
             return True
         except ArbiterError as exc:
-            log.error("cycle failed: %s", exc)
+            self._cycle_failed(str(exc))
             return False
+
+    def _cycle_failed(self, error: str) -> None:
+        """One log line per distinct error per minute: an SD card must survive a long fault."""
+        now = self.clock()
+        last, count = self._errors.get(error, (-OVERRUN_LOG_EVERY_S, 0))
+        if now - last >= OVERRUN_LOG_EVERY_S:
+            more = f" (and {count} more times since the last report)" if count else ""
+            log.error("cycle failed: %s%s; no watchdog pet for this cycle", error, more)
+            self._errors[error] = (now, 0)
+        else:
+            self._errors[error] = (last, count + 1)
 
     def _observe(self, now: float) -> Observations:
         records = self.app.poller.snapshot()

@@ -23,6 +23,8 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lines = len(self._read())
         self._file = open(self.path, "a")
+        if self.path.stat().st_size and not _ends_with_newline(self.path):
+            self._file.write("\n")  # a line torn by a power cut must not swallow the next record
         self._synced = time.monotonic()
 
     def _read(self) -> list[dict[str, Any]]:
@@ -69,3 +71,9 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"

@@ -19,7 +19,9 @@ from types import TracebackType
 
 log = logging.getLogger("hil.snmptrapd")
 
-IETF_MIB_DIR = Path(os.environ.get("ARBITER_IETF_MIBS", "/work/shared/mibs/ietf"))
+# the IETF base modules live in ../shared/mibs/ietf beside the repository
+IETF_MIB_DIR = Path(os.environ.get("ARBITER_IETF_MIBS",
+                                   Path(__file__).resolve().parents[2] / "shared" / "mibs" / "ietf"))
 OWN_MIB_DIR = Path(__file__).resolve().parent.parent / "firmware" / "mibs"
 _MARK = "ARBTRAP"
 _SEP = " |~| "

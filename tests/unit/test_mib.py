@@ -12,7 +12,9 @@ from firmware.events import EVENTS
 from firmware.mib import DEFAULT_ENTERPRISE, notification_name, notification_oid, object_oid, render_mib
 
 COMMITTED = Path(__file__).resolve().parents[2] / "firmware" / "mibs" / "BILLMASTER-ARBITER-MIB"
-IETF = os.environ.get("ARBITER_IETF_MIBS", "/work/shared/mibs/ietf")
+from hil.snmptrapd import IETF_MIB_DIR
+
+IETF = str(IETF_MIB_DIR)
 
 
 def smilint(path: Path) -> str:

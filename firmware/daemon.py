@@ -24,7 +24,6 @@ from typing import Any
 from board.sdnotify import watchdog_interval
 from firmware import config as config_mod
 from firmware.appliance import Appliance
-from firmware.config import Config
 from firmware.decide import decide
 from firmware.detector import observe_servers
 from firmware.errors import ArbiterError, ConfigError

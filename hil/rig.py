@@ -43,6 +43,7 @@ class RigOptions:
     ups: bool = True
     snmp: bool = True
     arbiter: dict[str, dict[str, Any]] = field(default_factory=dict)  # config section overrides
+    lagging: tuple[str, ...] = ()  # stand-in database: these standbys report a replication lag
     prefix: str = "ba"
 
 
@@ -151,7 +152,9 @@ class Rig:
         role_file = self.workdir / f"role-{name}.json"
         if not role_file.exists():
             role = "primary" if name == "master" else "standby"
-            role_file.write_text(json.dumps({"role": role, "in_sync": True, "lag_bytes": 0, "lag_s": 0.0}))
+            lag = 8 << 20 if name in self.opts.lagging else 0
+            role_file.write_text(json.dumps({"role": role, "in_sync": not lag, "lag_bytes": lag,
+                                             "lag_s": 3.0 if lag else 0.0}))
         peers = [{"address": self.site.ip(p), "port": AGENT_PORT} for p in self.servers if p != name]
         if self.opts.database:
             replication = {"adapter": "postgres", **self.pg.adapter_settings(name)}  # type: ignore[union-attr]

@@ -285,6 +285,69 @@ def _finish_billing(rig: Rig, report: Report) -> None:
     report.check("no acknowledged transaction lost", lost == 0)
 
 
+def switchover(rig: Rig, report: Report) -> None:
+    """An operator's planned switchover: demote, wait for sync, promote, move the IP."""
+    rig.wait_ready()
+    if rig.opts.database:
+        rig.start_billing()
+    _settle(rig, 2.0)
+    t0 = time.monotonic()
+    answer = rig.command({"cmd": "switchover"})
+    report.check("switchover accepted", answer.get("ok"))
+    st = _wait_primary(rig, "standby", timeout=30.0)
+    master = next(s for s in st["servers"] if s["name"] == "master")
+    report.check("old master is a standby, not fenced", not master["fenced"])
+    _settle(rig, 2.0)
+    report.check("old master reports the standby role",
+                 next(s for s in rig.status()["servers"] if s["name"] == "master")["role"] == "standby")
+    events = _events(rig)
+    report.check("alert switchover-completed", "switchover-completed" in events)
+    _finish_billing(rig, report)
+    _finish_common(rig, report, t0, False, measure_outage=True)
+
+
+def reinstate(rig: Rig, report: Report) -> None:
+    """After a failover an operator restores the old master's power: it rejoins as a standby."""
+    t0 = power_loss_part(rig, report)
+    answer = rig.command({"cmd": "power-on", "server": "master"})
+    report.check("power-on accepted", answer.get("ok"))
+    st = rig.wait_for(lambda st: next(s for s in st["servers"] if s["name"] == "master")["role"] == "standby"
+                      and next(s for s in st["servers"] if s["name"] == "master")["alive"], 30.0,
+                      "old master back as a standby")
+    master = next(s for s in st["servers"] if s["name"] == "master")
+    report.check("old master rejoined as a standby", master["role"] == "standby" and not master["fenced"])
+    report.check("standby stays primary", st["primary"] == "standby")
+    _finish_billing(rig, report)
+    _finish_common(rig, report, t0, True)
+    report.check("one failover, no failback", report.failovers == 1)
+
+
+def lagging_standby(rig: Rig, report: Report) -> None:
+    """The in-sync standby is down and the other one lags: no automatic failover; an
+    operator forces one."""
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.cut_power("standby")
+    time.sleep(1.0)
+    rig.cut_power("master")
+    time.sleep(3.0)
+    st = rig.status()
+    events = _events(rig)
+    report.check("no automatic failover onto the lagging standby", st["primary"] == "master" and
+                 "failover-started" not in events)
+    report.check("alert standby-lagging", "standby-lagging" in events)
+    report.check("alert operator-needed", "operator-needed" in events)
+    answer = rig.command({"cmd": "failover", "server": "standby2", "force": True})
+    report.check("forced failover accepted", answer.get("ok"))
+    st = _wait_primary(rig, "standby2")
+    _detection(rig, report, t0)
+    report.check("master fenced before the forced promotion",
+                 next(s for s in st["servers"] if s["name"] == "master")["fenced"])
+    _finish_common(rig, report, t0, True)
+    report.check("one failover, by the operator", report.failovers == 1)
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("power-loss", "the master loses power: fence, promote, move the IP",
              _failover_fault(lambda r: r.cut_power("master")), expect_failover=True),
@@ -311,6 +374,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("arbiter-restart", "the appliance is killed in the middle of a failover and restarted",
              arbiter_restart, expect_failover=True),
     Scenario("ups-on-battery", "the master's UPS goes on battery and back: alerts, no action", ups_on_battery),
+    Scenario("switchover", "an operator's planned switchover to the standby", switchover),
+    Scenario("reinstate", "after a failover an operator restores the old master's power: it rejoins as a "
+             "standby", reinstate, expect_failover=True),
+    Scenario("lagging-standby", "the in-sync standby is down, the other lags: the appliance waits for an "
+             "operator, who forces the failover", lagging_standby,
+             RigOptions(standbys=2, lagging=("standby2",)), expect_failover=True),
     Scenario("ups-drain", "the master's UPS drains to low battery: planned switchover to the standby before "
              "the master's power drops", ups_drain),
 )}

@@ -56,6 +56,7 @@ class Daemon:
         self._overrun_logged = -OVERRUN_LOG_EVERY_S
         self._logged_reason = ""
         self._errors: dict[str, tuple[float, int]] = {}
+        self._progress_logged: dict[str, float] = {}
 
     def _wake_event_set(self) -> None:
         self.wake.set()
@@ -108,11 +109,19 @@ class Daemon:
                 self._logged_reason = d.reason
                 self.last_decision_at = now
             self.app.executor.submit(d.actions)
+            self._progress(now)
             self._frames_rejected()
             return True
         except ArbiterError as exc:
             self._cycle_failed(str(exc))
             return False
+
+    def _progress(self, now: float) -> None:
+        """A line a second for every slow action, so an operator sees a promote still running."""
+        for action, elapsed in self.app.executor.running():
+            if elapsed >= 1.0 and now - self._progress_logged.get(action.id, 0.0) >= 1.0:
+                log.info("still running: %s for %.0f s", action.id, elapsed)
+                self._progress_logged[action.id] = now
 
     def _cycle_failed(self, error: str) -> None:
         """One log line per distinct error per minute: an SD card must survive a long fault."""

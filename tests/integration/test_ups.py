@@ -63,3 +63,29 @@ def test_dead_driver_and_dead_upsd_are_alerts_not_exceptions(nut):
 def test_unknown_ups_is_named(nut):
     obs = UpsWatch({"master": f"nosuch@127.0.0.1:{nut.port}"}).poll()["master"]
     assert not obs.reachable and obs.error == "unknown UPS name"
+
+
+def test_every_policy_from_real_readings(nut):
+    from firmware.ups_policy import ups_intent
+    watch = UpsWatch({"master": f"alpha@127.0.0.1:{nut.port}", "standby": f"beta@127.0.0.1:{nut.port}"})
+    wait_for(watch, "standby", lambda o: o.reachable and "OL" in o.flags)
+
+    def intent():
+        return ups_intent("master", watch.poll(), ["standby"], {"master": 0, "standby": 0}, 300.0, True)
+
+    nut.set("alpha", "OB DISCHRG", charge=70, runtime=900)
+    wait_for(watch, "master", lambda o: "OB" in o.flags)
+    assert intent().kind == "none"  # on battery alone: an alert, no action
+    nut.set("alpha", "OB DISCHRG LB", charge=9, runtime=100)
+    wait_for(watch, "master", lambda o: "LB" in o.flags)
+    assert (intent().kind, intent().target) == ("switchover", "standby")
+    nut.set("beta", "OB DISCHRG", charge=70, runtime=900)
+    wait_for(watch, "standby", lambda o: "OB" in o.flags)
+    got = intent()
+    assert got.kind == "backup-shutdown" and got.shutdown_order == ("standby", "master")
+    nut.set("alpha", "OB DISCHRG", charge=60, runtime=800)
+    wait_for(watch, "master", lambda o: "LB" not in o.flags)
+    assert intent().kind == "all-on-battery"
+    nut.kill_driver("alpha")
+    wait_for(watch, "master", lambda o: not o.reachable)
+    assert intent().kind == "none"  # lost monitoring never acts

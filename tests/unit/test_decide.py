@@ -313,3 +313,39 @@ def test_split_brain_suspected_when_two_macs_answer():
     st2, actions, _ = step(st, obs(dead("master"), server("standby"),
                                    results=(failed("VerifyIp#5", "two MACs answer: 02:..:01, 02:..:02"),)))
     assert "Notify:split-brain-suspected" in kinds(actions)
+
+
+# ---------------------------------------------------------------- UPS policies through decide
+
+
+def _ups(flags: str, runtime: float = 1800):
+    from firmware.model import UpsObs
+    return UpsObs("u", True, frozenset(flags.split()), 50.0, runtime)
+
+
+def test_low_battery_on_the_primary_starts_a_planned_switchover():
+    st = dataclasses.replace(NORMAL, ups_seen=(("master", True, ("OB",), 50.0, 900.0),))
+    st2, actions, reason = step(st, obs(server("master", ups=_ups("OB LB", 100)), server("standby", ups=_ups("OL"))))
+    assert st2.phase is Phase.DEMOTING and st2.target == "standby" and st2.operation == "switchover"
+    assert "Notify:ups-low-battery" in kinds(actions) and "switching over to standby" in reason
+    _, again, _ = step(st2, obs(server("master", ups=_ups("OB LB", 90)), server("standby", ups=_ups("OL"))), now=100.1)
+    assert not any(isinstance(a, Demote) for a in again)  # once, not every cycle
+
+
+def test_low_battery_with_no_standby_on_line_backs_up_then_shuts_down_in_order():
+    from firmware.model import Backup, Shutdown
+    o = obs(server("master", ups=_ups("OB LB", 100)), server("standby", ups=_ups("OB", 900)))
+    st2, actions, reason = step(NORMAL, o)
+    acting = [a for a in actions if isinstance(a, (Backup, Shutdown))]
+    assert [(type(a).__name__, a.server) for a in acting] == [("Backup", "master"), ("Shutdown", "standby"),
+                                                               ("Shutdown", "master")]
+    assert st2.phase is Phase.NORMAL and "backup, then shutdown" in reason
+    _, again, _ = step(st2, o, now=100.1)
+    assert not any(isinstance(a, (Backup, Shutdown)) for a in again)
+
+
+def test_ups_already_on_battery_at_start_up_raises_nothing():
+    st2, actions, _ = step(NORMAL, obs(server("master", ups=_ups("OB")), server("standby", ups=_ups("OL"))))
+    assert "Notify:ups-on-battery" not in kinds(actions)
+    _, actions, _ = step(st2, obs(server("master", ups=_ups("OL")), server("standby", ups=_ups("OB"))), now=101)
+    assert "Notify:ups-on-battery" in kinds(actions) and "Notify:ups-power-restored" in kinds(actions)

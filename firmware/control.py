@@ -47,10 +47,11 @@ class ControlServer:
         self._thread.start()
 
     def _serve(self) -> None:
-        assert self._sock is not None
+        sock = self._sock  # stop() may clear the attribute while this thread waits in accept()
+        assert sock is not None
         while True:
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return  # closed by stop()
             threading.Thread(target=self._client, args=(conn,), daemon=True).start()

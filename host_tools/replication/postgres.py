@@ -1,0 +1,350 @@
+"""The PostgreSQL adapter: streaming replication state read from the server itself, and
+promote / demote / rejoin carried out with pg_promote, pg_ctl and pg_rewind.
+
+What the agent reports, and why:
+
+* role: ``pg_is_in_recovery()``; a server that does not answer is "unknown".
+* On a primary: ``in_sync`` is true while a standby the primary treats as synchronous
+  (``sync_state`` sync or quorum) is streaming, i.e. acknowledged commits exist on two
+  machines; ``lag_bytes`` is the flush lag of its best standby (what a failover now could
+  lose), ``lag_s`` that standby's replay lag; ``peer_alive`` is true while any standby streams.
+* On a standby: ``peer_alive`` is true while the WAL receiver is streaming and has heard the
+  primary within ``peer_timeout`` seconds (the primary's sender pings every
+  wal_sender_timeout / 2, so a silent link is noticed without waiting for TCP);
+  ``lag_bytes`` is WAL received but not yet replayed (what a promotion must still replay,
+  and what grows when replay is paused or slow), ``lag_s`` the age of the last replayed
+  transaction while replay is behind (0 when it is not).
+* ``in_sync`` on a standby. A standby cannot see the primary's view, so the rule is: its
+  application name (``application_name``, default the server's cluster_name) is a candidate
+  in ``synchronous_standby_names``, which the cluster keeps identical on every node (it is
+  copied by pg_basebackup and pg_rewind; ``promote`` rewrites it). While its stream is alive
+  that is enough: the primary cannot acknowledge a commit before a synchronous standby has
+  flushed it. Once the stream is gone, the last state still holds only if this standby is
+  the ONLY candidate (then no commit was acknowledged without it); with several
+  candidates the answer is unknown (None) and the appliance does not fail over on it.
+
+Actions:
+
+* promote: ``synchronous_standby_names`` is first set (ALTER SYSTEM, reload) to
+  ``ANY 1 (sync_after_promote minus this node)``, or emptied when that list is empty, so
+  that the new primary does not wait for itself; then ``pg_promote(wait => true)``.
+  Emptying it means the new primary runs with one copy until a standby is back; a site that
+  prefers to stop writes instead names its standbys in ``sync_after_promote``.
+* demote (planned switchover): ``pg_ctl stop -m fast`` (a clean stop sends all WAL to the
+  standbys first), then standby.signal and a ``primary_conninfo`` listing every peer with
+  ``target_session_attrs=read-write``, so the WAL receiver follows whichever peer becomes
+  primary; start.
+* rejoin(primary): stop if running, ``pg_rewind`` from the named primary, standby config
+  with that primary first, start.
+
+Commands needing the data directory run as ``os_user`` (runuser when the agent is root),
+each with ``timeout`` seconds.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firmware.errors import ActionError, ConfigError
+from host_tools.replication import ReplicationStatus
+
+DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
+
+_PRIMARY_SQL = """
+SELECT application_name, state, sync_state,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint,
+       extract(epoch FROM replay_lag)::float8
+FROM pg_stat_replication
+"""
+
+_STANDBY_SQL = """
+SELECT r.status,
+       extract(epoch FROM clock_timestamp() - r.last_msg_receipt_time)::float8,
+       greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint,
+       CASE WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0.0
+            ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 END,
+       current_setting('synchronous_standby_names'), current_setting('cluster_name'),
+       pg_is_wal_replay_paused()
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
+"""
+
+
+@dataclass(frozen=True)
+class PgSettings:
+    """The [replication] table of an agent whose server runs PostgreSQL."""
+
+    host: str = "/var/run/postgresql"  # a socket directory or a host name
+    port: int = 5432
+    user: str = "postgres"
+    dbname: str = "postgres"
+    connect_timeout: int = 2
+    pgdata: str = ""
+    bindir: str = DEFAULT_BINDIR
+    os_user: str = "postgres"
+    log_file: str = ""  # pg_ctl's log; default: postgresql.log beside the data directory
+    application_name: str = ""  # default for status: the server's cluster_name; demote/rejoin need it
+    peers: dict[str, str] = field(default_factory=dict)  # server name -> "host:port"
+    replication_user: str = "postgres"
+    peer_timeout: float = 3.0
+    sync_after_promote: tuple[str, ...] = ()
+    timeout: float = 60.0
+
+    def conninfo(self) -> str:
+        return (f"host={self.host} port={self.port} user={self.user} dbname={self.dbname} "
+                f"connect_timeout={self.connect_timeout} application_name=arbiter-agent")
+
+
+_BOUNDS: dict[str, tuple[type, float, float]] = {
+    "port": (int, 1, 65535), "connect_timeout": (int, 1, 60), "peer_timeout": (float, 0.5, 600.0),
+    "timeout": (float, 1.0, 3600.0),
+}
+_TEXT = ("host", "user", "dbname", "pgdata", "bindir", "os_user", "log_file", "application_name",
+         "replication_user")
+
+
+def parse_settings(table: dict[str, Any]) -> PgSettings:
+    """Every bad key is named with its value and bound; nothing falls back silently."""
+    known = {"adapter", "peers", "sync_after_promote", *_BOUNDS, *_TEXT}
+    problems = [f"replication.{k}: unknown key (known: {', '.join(sorted(known))})"
+                for k in sorted(set(table) - known)]
+    values: dict[str, Any] = {}
+    for key, (kind, lo, hi) in _BOUNDS.items():
+        if key in table:
+            v = table[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
+                    or not lo <= v <= hi:
+                problems.append(f"replication.{key} = {v!r}: must be {'an integer' if kind is int else 'a number'}"
+                                f" from {lo:g} to {hi:g}")
+            else:
+                values[key] = kind(v)
+    for key in _TEXT:
+        if key in table:
+            if not isinstance(table[key], str):
+                problems.append(f"replication.{key} = {table[key]!r}: must be a string")
+            else:
+                values[key] = table[key]
+    problems += _peer_problems(table.get("peers", {}), table.get("sync_after_promote", []))
+    if problems:
+        raise ConfigError(problems)
+    return PgSettings(**values, peers=dict(table.get("peers", {})),
+                      sync_after_promote=tuple(table.get("sync_after_promote", [])))
+
+
+def _peer_problems(peers: object, sync: object) -> list[str]:
+    problems = []
+    if not isinstance(peers, dict) or not all(
+            isinstance(v, str) and re.fullmatch(r"[^\s:]+:\d{1,5}", v) for v in peers.values()):
+        problems.append(f"replication.peers = {peers!r}: must map server names to \"host:port\"")
+    if not isinstance(sync, list) or not all(isinstance(s, str) and s for s in sync):
+        problems.append(f"replication.sync_after_promote = {sync!r}: must be a list of application names")
+    return problems
+
+
+def parse_sync_names(value: str) -> tuple[int, tuple[str, ...]]:
+    """``synchronous_standby_names`` as (how many must confirm, candidate names); '*' is kept."""
+    text = value.strip()
+    if not text:
+        return 0, ()
+    m = re.fullmatch(r"(?:(?:FIRST|ANY)\s+)?(\d+)\s*\((.*)\)", text, flags=re.IGNORECASE | re.DOTALL)
+    num, body = (int(m.group(1)), m.group(2)) if m else (1, text)
+    names = tuple(n.strip().strip('"') for n in body.split(",") if n.strip())
+    return num, names
+
+
+def as_os_user(user: str, argv: list[str], netns: str | None = None) -> list[str]:
+    """Data-directory commands must not run as root; runuser is skipped when we already are ``user``."""
+    cmd = argv if os.geteuid() == pwd.getpwnam(user).pw_uid else ["runuser", "-u", user, "--", *argv]
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
+def standby_conninfo(hosts: list[str], user: str, application_name: str) -> str:
+    """One conninfo naming every candidate primary: libpq tries them in order and keeps the
+    one that accepts writes, so a standby follows a failover without being reconfigured."""
+    names = [h.rsplit(":", 1)[0] for h in hosts]
+    ports = [h.rsplit(":", 1)[1] for h in hosts]
+    return (f"host={','.join(names)} port={','.join(ports)} user={user} application_name={application_name} "
+            "target_session_attrs=read-write connect_timeout=2 keepalives_idle=1 keepalives_interval=1 "
+            "keepalives_count=3")
+
+
+def write_standby_config(pgdata: Path, conninfo: str) -> None:
+    """What ``pg_basebackup -R`` writes: standby.signal and primary_conninfo in postgresql.auto.conf,
+    owned by the data directory's owner."""
+    owner = pgdata.stat()
+    auto = pgdata / "postgresql.auto.conf"
+    lines = auto.read_text().splitlines() if auto.exists() else []
+    kept = [ln for ln in lines if not ln.strip().startswith("primary_conninfo")]
+    quoted = conninfo.replace("'", "''")
+    auto.write_text("\n".join([*kept, f"primary_conninfo = '{quoted}'"]) + "\n")
+    signal = pgdata / "standby.signal"
+    signal.touch()
+    for path in (auto, signal):
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
+class PostgresAdapter:
+    """One connection, reused across status reads (the agent reads every few tens of ms) and
+    guarded by a lock (status and actions run on different threads)."""
+
+    def __init__(self, settings: PgSettings) -> None:
+        self.s = settings
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> PostgresAdapter:
+        return cls(parse_settings(table))
+
+    # ------------------------------------------------------------------ reading
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        import psycopg2
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg2.connect(self.s.conninfo())
+                    self._conn.autocommit = True
+                with self._conn.cursor() as cur:
+                    cur.execute(sql)
+                    return cur.fetchall() if cur.description else []
+            except psycopg2.Error:
+                self._close()
+                raise
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # a broken connection may fail to close; it is dropped either way
+                pass
+        self._conn = None
+
+    def status(self) -> ReplicationStatus:
+        import psycopg2
+        try:
+            in_recovery = self._query("SELECT pg_is_in_recovery()")[0][0]
+            return self._standby_status() if in_recovery else self._primary_status()
+        except psycopg2.Error as exc:
+            return ReplicationStatus("unknown", detail=f"postgres at {self.s.host}:{self.s.port}: "
+                                                       f"{str(exc).strip().splitlines()[0][:160]}")
+
+    def _primary_status(self) -> ReplicationStatus:
+        rows = self._query(_PRIMARY_SQL)
+        streaming = [r for r in rows if r[1] == "streaming"]
+        sync = [r for r in streaming if r[2] in ("sync", "quorum")]
+        best = min(sync or streaming, key=lambda r: r[3] if r[3] is not None else 2 ** 62, default=None)
+        detail = ", ".join(f"{r[0]} {r[1]}/{r[2]}" for r in rows) or "no standby connected"
+        return ReplicationStatus("primary", in_sync=bool(sync), lag_bytes=None if best is None else best[3],
+                                 lag_s=None if best is None else (best[4] or 0.0), peer_alive=bool(streaming),
+                                 detail=detail[:200])
+
+    def _standby_status(self) -> ReplicationStatus:
+        status, age, lag_bytes, lag_s, sync_names, cluster_name, paused = self._query(_STANDBY_SQL)[0]
+        alive = status == "streaming" and age is not None and age < self.s.peer_timeout
+        in_sync = self._standby_in_sync(alive, sync_names, self.s.application_name or cluster_name)
+        detail = f"receiver {status or 'stopped'}" + (f", last heard {age:.1f} s ago" if age is not None else "")
+        return ReplicationStatus("standby", in_sync=in_sync, lag_bytes=lag_bytes, lag_s=lag_s, peer_alive=alive,
+                                 detail=detail + (", replay paused" if paused else ""))
+
+    @staticmethod
+    def _standby_in_sync(alive: bool, sync_names: str, name: str) -> bool | None:
+        num, names = parse_sync_names(sync_names)
+        if num == 0 or (name not in names and "*" not in names):
+            return False
+        if alive:
+            return True
+        return True if names == (name,) else None
+
+    # ------------------------------------------------------------------ acting
+
+    def promote(self) -> None:
+        import psycopg2
+        try:
+            if not self._query("SELECT pg_is_in_recovery()")[0][0]:
+                return
+            self._set_sync_names_for_primary()
+            done = self._query(f"SELECT pg_promote(wait => true, wait_seconds => {int(self.s.timeout)})")[0][0]
+        except psycopg2.Error as exc:
+            raise ActionError(f"promote: postgres at {self.s.host}:{self.s.port}: {str(exc).strip()[:200]}") from exc
+        if not done:
+            raise ActionError(f"promote: pg_promote did not finish within replication.timeout = {self.s.timeout:g} s")
+
+    def _set_sync_names_for_primary(self) -> None:
+        me = self.s.application_name or self._query("SHOW cluster_name")[0][0]
+        others = [n for n in self.s.sync_after_promote if n != me]
+        value = f"ANY 1 ({', '.join(_quote_ident(n) for n in others)})" if others else ""
+        self._query("ALTER SYSTEM SET synchronous_standby_names = '{}'".format(value.replace("'", "''")))
+        self._query("SELECT pg_reload_conf()")
+
+    def demote(self) -> None:
+        if self._in_recovery() is True:
+            return
+        self._pg_ctl("stop", "-m", "fast")
+        self._become_standby(list(self.s.peers))
+
+    def rejoin(self, primary: str) -> None:
+        if primary not in self.s.peers:
+            raise ActionError(f"rejoin: primary {primary!r} is not in replication.peers "
+                              f"({', '.join(sorted(self.s.peers)) or 'empty'})")
+        if self._running():
+            self._pg_ctl("stop", "-m", "fast")
+        host, port = self.s.peers[primary].rsplit(":", 1)
+        source = f"host={host} port={port} user={self.s.user} dbname={self.s.dbname} connect_timeout=2"
+        self._run([f"{self.s.bindir}/pg_rewind", "-D", self._pgdata(), "--source-server", source], "pg_rewind")
+        self._become_standby([primary, *[p for p in self.s.peers if p != primary]])
+
+    def _become_standby(self, order: list[str]) -> None:
+        if not self.s.application_name:
+            raise ActionError("replication.application_name is not set: a standby needs it to be named "
+                              "in synchronous_standby_names")
+        conninfo = standby_conninfo([self.s.peers[p] for p in order], self.s.replication_user,
+                                   self.s.application_name)
+        write_standby_config(Path(self._pgdata()), conninfo)
+        self._pg_ctl("start")
+
+    def _in_recovery(self) -> bool | None:
+        import psycopg2
+        try:
+            return bool(self._query("SELECT pg_is_in_recovery()")[0][0])
+        except psycopg2.Error:
+            return None
+
+    def _running(self) -> bool:
+        done = subprocess.run(as_os_user(self.s.os_user, [f"{self.s.bindir}/pg_ctl", "status", "-D", self._pgdata()]),
+                              capture_output=True, timeout=self.s.timeout)
+        return done.returncode == 0
+
+    def _pgdata(self) -> str:
+        if not self.s.pgdata:
+            raise ActionError("replication.pgdata is not set: it is needed to stop, rewind and start the server")
+        return self.s.pgdata
+
+    def _pg_ctl(self, *args: str) -> None:
+        log_file = self.s.log_file or str(Path(self._pgdata()).parent / "postgresql.log")
+        argv = [f"{self.s.bindir}/pg_ctl", *args, "-D", self._pgdata(), "-w", "-t", str(int(self.s.timeout))]
+        if args[0] == "start":
+            argv += ["-l", log_file]
+        self._run(argv, f"pg_ctl {args[0]}")
+        with self._lock:
+            self._close()
+
+    def _run(self, argv: list[str], what: str) -> None:
+        try:
+            done = subprocess.run(as_os_user(self.s.os_user, argv), capture_output=True, text=True,
+                                  timeout=self.s.timeout + 5, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise ActionError(f"{what} did not finish within replication.timeout = {self.s.timeout:g} s") from exc
+        except OSError as exc:
+            raise ActionError(f"{what}: cannot run ({exc})") from exc
+        if done.returncode != 0:
+            raise ActionError(f"{what} exit {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -40,17 +40,17 @@ class Executor:
         self._threads: list[threading.Thread] = []
 
     def submit(self, actions: Iterable[Action]) -> None:
-        batch = []
-        for action in actions:
-            if isinstance(action, REPORTING):
-                self._run(action)
-            else:
-                batch.append(action)
+        """The acting batch starts first: an alert must never delay a fence."""
+        actions = list(actions)
+        batch = [a for a in actions if not isinstance(a, REPORTING)]
         if batch:
             t = threading.Thread(target=self._run_batch, args=(batch,), daemon=True,
                                  name=f"exec-{batch[0].id}")
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
             t.start()
+        for action in actions:
+            if isinstance(action, REPORTING):
+                self._run(action)
 
     def results(self) -> tuple[ActionResult, ...]:
         """The outcomes since the last call (each reported once)."""

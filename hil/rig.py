@@ -123,23 +123,32 @@ class Rig:
         self.nut.__enter__()
 
     def _start_database(self) -> None:
-        from hil.billing import BillingLoad
         from hil.postgres import NodeSpec, PgCluster
         roles = ["primary", "sync"] + ["async"] * (len(self.servers) - 2)
         nodes = [NodeSpec(name, self.site.ip(name), 5432, self.site.netns(name), role)
                  for name, role in zip(self.servers, roles)]
-        self.pg = PgCluster(self.workdir / "pg", nodes)
+        self.pg = PgCluster(self.workdir / "pg", nodes, listen_all=True)
         self.pg.__enter__()
-        self.load_cls = BillingLoad
 
     def start_billing(self, rate_hz: float = 50.0) -> None:
+        # a billing client that bounds its waits on a dead server, as a production one should
+        dsn = (f"host={self.vip_ip} port=5432 user=postgres dbname=postgres connect_timeout=1 "
+               "tcp_user_timeout=1000 keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=2")
         self._procs["billing"] = self.site.spawn(
-            "client", [PY, "-m", "hil.billing", "--dsn", self.billing_dsn(self.vip_ip),
-                       "--ledger", str(self.workdir / "ledger.txt"), "--rate", str(rate_hz)],
-            log_name="billing")
+            "client", [PY, "-m", "hil.billing", "--dsn", dsn, "--ledger", str(self.workdir / "ledger.txt"),
+                       "--rate", str(rate_hz)], log_name="billing")
 
-    def billing_dsn(self, host: str) -> str:
-        return f"host={host} port=5432 user=postgres dbname=postgres connect_timeout=1"
+    def stop_billing(self) -> tuple[int, int, float | None]:
+        """(acknowledged, lost, longest gap) checked against the primary the appliance names."""
+        from hil.billing import verify
+        proc = self._procs.pop("billing")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        summary_file = self.workdir / "ledger.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        primary = self.status()["primary"]
+        acked, lost, _ = verify(self.pg.dsn(primary), self.workdir / "ledger.txt")  # type: ignore[union-attr]
+        return acked, lost, summary.get("longest_gap_s")
 
     def _start_server(self, name: str) -> None:
         conf = self.workdir / f"agent-{name}.toml"

@@ -75,7 +75,9 @@ def _failover_fault(inject: Callable[[Rig], None], after: Callable[[Rig, Report]
     """A fault that must end in exactly one failover to the standby, the master fenced."""
     def run(rig: Rig, report: Report) -> None:
         rig.wait_ready()
-        _settle(rig)
+        if rig.opts.database:
+            rig.start_billing()
+        _settle(rig, 2.0 if rig.opts.database else 1.0)
         t0 = time.monotonic()
         inject(rig)
         st = _wait_primary(rig, "standby")
@@ -83,7 +85,8 @@ def _failover_fault(inject: Callable[[Rig], None], after: Callable[[Rig, Report]
         report.check("master fenced", next(s for s in st["servers"] if s["name"] == "master")["fenced"])
         if after is not None:
             after(rig, report)
-        _settle(rig)
+        _settle(rig, 2.0 if rig.opts.database else 1.0)
+        _finish_billing(rig, report)
         _finish_common(rig, report, t0, True)
         report.check("one failover", report.failovers == 1)
     return run
@@ -349,8 +352,9 @@ def lagging_standby(rig: Rig, report: Report) -> None:
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("power-loss", "the master loses power: fence, promote, move the IP",
-             _failover_fault(lambda r: r.cut_power("master")), expect_failover=True),
+    Scenario("power-loss", "the master loses power under billing load (PostgreSQL, synchronous standby): "
+             "fence, promote, move the IP, lose nothing", _failover_fault(lambda r: r.cut_power("master")),
+             RigOptions(database=True), expect_failover=True),
     Scenario("crash", "every process on the master dies (a kernel panic), its link stays up",
              _failover_fault(lambda r: r.site.kill_all("master")), expect_failover=True),
     Scenario("hang", "the master freezes (SIGSTOP) past dead time, then thaws: it stays fenced",

@@ -190,7 +190,7 @@ class PgCluster:
     def kill(self, name: str) -> None:
         """Power loss: SIGKILL the postmaster and every one of its children at once.
 
-        The stale postmaster.pid is removed as a reboot would make it harmless: here the dead
+        The stale postmaster.pid and socket lock are removed as a reboot would make them harmless: the dead
         postmaster can linger as a zombie whose pid still answers, and the server would refuse
         to start over a lock file whose owner looks alive."""
         pid = self.pid(name)
@@ -206,6 +206,8 @@ class PgCluster:
         while any(_alive(p) for p in victims) and time.monotonic() < deadline:
             time.sleep(0.01)
         (self.data(name) / "postmaster.pid").unlink(missing_ok=True)
+        for leftover in self.socket_dir(name).glob(".s.PGSQL.*"):  # /run is a tmpfs: a reboot empties it
+            leftover.unlink(missing_ok=True)
 
     def sql(self, name: str, query: str, timeout: float = 30.0) -> list[tuple[Any, ...]]:
         import psycopg2

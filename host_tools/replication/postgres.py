@@ -34,8 +34,8 @@ Actions:
   standbys first), then standby.signal and a ``primary_conninfo`` listing every peer with
   ``target_session_attrs=read-write``, so the WAL receiver follows whichever peer becomes
   primary; start.
-* rejoin(primary): stop if running, ``pg_rewind`` from the named primary, standby config
-  with that primary first, start.
+* rejoin(primary): stop if running, CHECKPOINT on the named primary (see ``_checkpoint``),
+  ``pg_rewind`` from it, standby config with that primary first, start.
 
 Commands needing the data directory run as ``os_user`` (runuser when the agent is root),
 each with ``timeout`` seconds.
@@ -296,6 +296,7 @@ class PostgresAdapter:
             self._pg_ctl("stop", "-m", "fast")
         host, port = self.s.peers[primary].rsplit(":", 1)
         source = f"host={host} port={port} user={self.s.user} dbname={self.s.dbname} connect_timeout=2"
+        _checkpoint(source, primary)
         self._run([f"{self.s.bindir}/pg_rewind", "-D", self._pgdata(), "--source-server", source], "pg_rewind")
         self._become_standby([primary, *[p for p in self.s.peers if p != primary]])
 
@@ -330,7 +331,10 @@ class PostgresAdapter:
         argv = [f"{self.s.bindir}/pg_ctl", *args, "-D", self._pgdata(), "-w", "-t", str(int(self.s.timeout))]
         if args[0] == "start":
             argv += ["-l", log_file]
-        self._run(argv, f"pg_ctl {args[0]}")
+        try:
+            self._run(argv, f"pg_ctl {args[0]}")
+        except ActionError as exc:
+            raise ActionError(f"{exc}; {log_file} ends: {_tail(log_file)}") from exc
         with self._lock:
             self._close()
 
@@ -348,3 +352,29 @@ class PostgresAdapter:
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _checkpoint(source: str, name: str) -> None:
+    """A freshly promoted primary names its new timeline in pg_control only after its first
+    checkpoint; before that pg_rewind sees one timeline and wrongly decides that no rewind is
+    needed, and the rejoined server then refuses the new primary's WAL."""
+    import psycopg2
+    try:
+        conn = psycopg2.connect(source)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("CHECKPOINT")
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        raise ActionError(f"rejoin: CHECKPOINT on the new primary {name}: {str(exc).strip()[:200]}") from exc
+
+
+def _tail(path: str, size: int = 400) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - size))
+            return f.read().decode(errors="replace").strip()
+    except OSError as exc:
+        return f"(unreadable: {exc.strerror})"

@@ -1,0 +1,187 @@
+"""The PostgreSQL adapter and the rig's cluster against real PostgreSQL 15 servers on
+loopback (random free ports): a primary, a synchronous and an asynchronous standby.
+
+Loopback has no virtual IP, so the billing load's DSN names both servers with
+target_session_attrs=read-write: libpq then finds the new primary as a client would
+through the moved address.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware.errors import ActionError, ConfigError
+from hil.billing import BillingLoad
+from hil.postgres import NodeSpec, PgCluster
+from host_tools.replication import ReplicationStatus, make_adapter
+from host_tools.replication.postgres import PostgresAdapter, parse_sync_names
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def make_cluster() -> Iterator:
+    made: list[tuple[PgCluster, Path]] = []
+
+    def build() -> PgCluster:
+        workdir = Path(tempfile.mkdtemp(prefix="ba-pg-"))
+        ports = _free_ports(3)
+        nodes = [NodeSpec("n1", "127.0.0.1", ports[0], None, "primary"),
+                 NodeSpec("n2", "127.0.0.1", ports[1], None, "sync"),
+                 NodeSpec("n3", "127.0.0.1", ports[2], None, "async")]
+        cluster = PgCluster(workdir, nodes)
+        made.append((cluster, workdir))
+        return cluster.__enter__()
+
+    try:
+        yield build
+    finally:
+        for cluster, workdir in made:
+            cluster.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def adapters(cluster: PgCluster) -> dict[str, PostgresAdapter]:
+    return {n: make_adapter({"adapter": "postgres", **cluster.adapter_settings(n)})  # type: ignore[misc]
+            for n in cluster.nodes}
+
+
+def wait_status(adapter: PostgresAdapter, check, timeout: float, what: str) -> ReplicationStatus:
+    deadline = time.monotonic() + timeout
+    status = adapter.status()
+    while not check(status):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s; last {status}")
+        time.sleep(0.02)
+        status = adapter.status()
+    return status
+
+
+def test_roles_sync_and_a_paused_async_standby(make_cluster) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    primary = wait_status(ad["n1"], lambda s: s.in_sync, 10, "primary with its sync standby")
+    assert primary.role == "primary" and primary.peer_alive and "n2 streaming/sync" in primary.detail
+    sync = ad["n2"].status()
+    assert (sync.role, sync.in_sync, sync.peer_alive) == ("standby", True, True)
+    assert sync.lag_bytes is not None and sync.lag_s is not None
+    before = ad["n3"].status()
+    assert (before.role, before.in_sync, before.peer_alive) == ("standby", False, True)
+
+    cluster.sql("n1", "INSERT INTO billing VALUES ('replayed', 0)")  # lag_s needs a replayed commit
+    wait_status(ad["n3"], lambda s: s.lag_bytes == 0, 5, "async standby replaying")
+    cluster.sql("n3", "SELECT pg_wal_replay_pause()")
+    for i in range(20):
+        cluster.sql("n1", f"INSERT INTO billing VALUES ('paused-{i}', {i})")
+    paused = wait_status(ad["n3"], lambda s: (s.lag_bytes or 0) > 0, 5, "replay lag on the paused standby")
+    assert paused.in_sync is False and "replay paused" in paused.detail and paused.lag_s > 0
+    assert ad["n2"].status().lag_bytes == 0 or ad["n2"].status().in_sync
+    cluster.sql("n3", "SELECT pg_wal_replay_resume()")
+    wait_status(ad["n3"], lambda s: s.lag_bytes == 0, 5, "paused standby catching up")
+
+
+def test_kill_promote_rejoin_under_billing_load(make_cluster, capsys) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    p1, p2 = cluster.nodes["n1"].port, cluster.nodes["n2"].port
+    dsn = (f"host=127.0.0.1,127.0.0.1 port={p1},{p2} target_session_attrs=read-write user=postgres "
+           "dbname=postgres connect_timeout=2")
+    ledger = cluster.workdir / "ledger.txt"
+    load = BillingLoad(dsn, ledger, rate_hz=200.0).start()
+    try:
+        deadline = time.monotonic() + 10
+        while load.summary().acked < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert load.summary().acked >= 100, load.summary()
+
+        killed = time.monotonic()
+        cluster.kill("n1")
+        lost_peer = wait_status(ad["n2"], lambda s: s.peer_alive is False, 5, "standby noticing the dead primary")
+        assert lost_peer.role == "standby" and lost_peer.in_sync is True  # sole sync candidate: holds every ack
+        ad["n2"].promote()
+        cluster.sql("n2", "INSERT INTO billing VALUES ('after-promote', 1)")
+        promoted_s = time.monotonic() - killed
+        assert ad["n2"].status().role == "primary"
+
+        before = load.summary().acked
+        deadline = time.monotonic() + 10
+        while load.summary().acked < before + 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        summary = load.stop()
+    acked, lost, lost_ids = load.verify(cluster.dsn("n2"))
+    assert acked == summary.acked and acked > 200
+    assert lost == 0, lost_ids[:10]
+    assert summary.longest_gap_s < 10.0
+
+    ad["n1"].rejoin("n2")
+    rejoined = wait_status(ad["n1"], lambda s: s.peer_alive, 15, "old primary streaming from the new one")
+    assert rejoined.role == "standby"
+    wait_status(ad["n2"], lambda s: "n1 streaming" in s.detail, 10, "new primary seeing the old one")
+    count = "SELECT count(*) FROM billing"
+    deadline = time.monotonic() + 10
+    while (rows := (cluster.sql("n1", count)[0][0], cluster.sql("n2", count)[0][0]))[0] != rows[1]:
+        assert time.monotonic() < deadline, f"rejoined standby did not catch up: n1 {rows[0]}, n2 {rows[1]} rows"
+        time.sleep(0.05)
+    with capsys.disabled():
+        print(f"\n[postgres] kill -> promoted and accepting writes through the adapter: {promoted_s:.3f} s; "
+              f"billing load: {acked} acked, {lost} lost, longest gap {summary.longest_gap_s:.3f} s")
+
+
+def test_planned_switchover_demote_then_promote(make_cluster) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    cluster.sql("n1", "INSERT INTO billing VALUES ('before-switchover', 1)")
+    ad["n1"].demote()
+    ad["n2"].promote()
+    assert ad["n2"].status().role == "primary"
+    assert cluster.sql("n2", "SELECT count(*) FROM billing WHERE id = 'before-switchover'") == [(1,)]
+    demoted = wait_status(ad["n1"], lambda s: s.peer_alive, 15, "demoted primary following the new one")
+    assert demoted.role == "standby"
+    wait_status(ad["n3"], lambda s: s.peer_alive, 15, "async standby following the new primary")
+    cluster.sql("n2", "INSERT INTO billing VALUES ('after-switchover', 1)")
+
+
+def test_unreachable_server_is_unknown_and_actions_fail(make_cluster) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    cluster.kill("n3")
+    status = ad["n3"].status()
+    assert status.role == "unknown" and str(cluster.nodes["n3"].port) in status.detail
+    with pytest.raises(ActionError, match="promote"):
+        ad["n3"].promote()
+    with pytest.raises(ActionError, match="not in replication.peers"):
+        ad["n3"].rejoin("nobody")
+
+
+def test_bad_settings_name_key_value_and_bound() -> None:
+    with pytest.raises(ConfigError) as err:
+        make_adapter({"adapter": "postgres", "port": 70000, "peer_timeout": 0.1, "peers": {"a": "nohost"},
+                      "colour": "red"})
+    text = str(err.value)
+    assert "replication.port = 70000" in text and "1 to 65535" in text
+    assert "replication.peer_timeout = 0.1" in text and "replication.peers" in text
+    assert "replication.colour: unknown key" in text
+
+
+@pytest.mark.parametrize("value, parsed", [
+    ("", (0, ())), ("n2", (1, ("n2",))), ('"n2", n3', (1, ("n2", "n3"))),
+    ("FIRST 2 (a, b, c)", (2, ("a", "b", "c"))), ("ANY 1 (\"x\")", (1, ("x",))), ("2 (a,b)", (2, ("a", "b"))),
+])
+def test_synchronous_standby_names_parsing(value: str, parsed: tuple) -> None:
+    assert parse_sync_names(value) == parsed

@@ -1,0 +1,99 @@
+"""The command adapter's contract, exercised with real scripts: one JSON object on stdout
+for status, exit codes and timeouts for actions."""
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware.errors import ActionError, ConfigError
+from host_tools.replication import ReplicationStatus, make_adapter
+from host_tools.replication.command import CommandAdapter
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def _status_of(tmp_path: Path, stdout: str, code: int = 0) -> ReplicationStatus:
+    out = tmp_path / "out.txt"
+    out.write_text(stdout)
+    return CommandAdapter(_script(tmp_path / "status", f"cat {out}\nexit {code}\n"), timeout=5).status()
+
+
+def test_full_status_object(tmp_path: Path) -> None:
+    doc = {"role": "standby", "in_sync": True, "lag_bytes": 4096, "lag_s": 0.25, "peer_alive": False,
+           "detail": "dgmgrl: apply lag 0 s"}
+    assert _status_of(tmp_path, json.dumps(doc)) == ReplicationStatus("standby", True, 4096, 0.25, False,
+                                                                      "dgmgrl: apply lag 0 s")
+
+
+def test_nulls_and_missing_keys_are_unknown_values(tmp_path: Path) -> None:
+    status = _status_of(tmp_path, '{"role": "primary", "in_sync": null}')
+    assert status == ReplicationStatus("primary", None, None, None, None, "")
+
+
+@pytest.mark.parametrize("stdout, code, expect", [
+    ('{"role": "primary"}', 3, "exit 3"),
+    ("ORA-16525: the Data Guard broker is not yet available", 0, "no valid JSON"),
+    ('{"in_sync": true}', 0, "no valid JSON"),
+    ('{"role": "leader"}', 0, "role 'leader'"),
+    ('{"role": "standby", "in_sync": "yes"}', 0, "expected true/false/null"),
+    ('{"role": "standby", "lag_bytes": true}', 0, "expected a number"),
+])
+def test_bad_output_is_role_unknown_with_the_reason(tmp_path: Path, stdout: str, code: int, expect: str) -> None:
+    status = _status_of(tmp_path, stdout, code)
+    assert status.role == "unknown" and expect in status.detail
+
+
+def test_status_timeout_and_missing_program_are_unknown(tmp_path: Path) -> None:
+    slow = CommandAdapter(_script(tmp_path / "slow", "sleep 5\n"), timeout=0.3).status()
+    assert slow.role == "unknown" and "within 0.3 s" in slow.detail
+    missing = CommandAdapter(str(tmp_path / "nowhere"), timeout=1).status()
+    assert missing.role == "unknown" and "cannot run" in missing.detail
+
+
+def test_actions_run_their_commands_with_the_primary_named(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    act = _script(tmp_path / "act", f'echo "$1 ${{ARBITER_PRIMARY:-}}" >> {log}\n')
+    adapter = make_adapter({"adapter": "command", "status": "true", "promote": f"{act} promote",
+                            "demote": f"{act} demote", "rejoin": f"{act} rejoin", "timeout": 5})
+    adapter.promote()
+    adapter.demote()
+    adapter.rejoin("master")
+    assert log.read_text().splitlines() == ["promote ", "demote ", "rejoin master"]
+
+
+def test_failed_slow_or_unset_actions_raise(tmp_path: Path) -> None:
+    fail = _script(tmp_path / "fail", "echo 'ORA-16627: operation disallowed' >&2\nexit 1\n")
+    adapter = CommandAdapter("true", promote_cmd=fail, demote_cmd=_script(tmp_path / "slow", "sleep 5\n"),
+                             timeout=0.5)
+    with pytest.raises(ActionError, match="replication.promote exit 1: ORA-16627"):
+        adapter.promote()
+    with pytest.raises(ActionError, match="replication.demote did not finish within 0.5 s"):
+        adapter.demote()
+    with pytest.raises(ActionError, match="replication.rejoin is not configured"):
+        adapter.rejoin("master")
+
+
+def test_commands_are_not_run_through_a_shell(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    adapter = CommandAdapter(f"{sys.executable} -c 'import sys; print(sys.argv[1:])' ; touch {marker}", timeout=5)
+    assert adapter.status().role == "unknown"
+    assert not marker.exists()
+
+
+def test_bad_settings_name_key_value_and_bound() -> None:
+    with pytest.raises(ConfigError) as err:
+        make_adapter({"adapter": "command", "timeout": 0, "colour": "red"})
+    text = str(err.value)
+    assert "replication.status: required" in text
+    assert "replication.timeout = 0: must be a number from 0.1 to 3600" in text
+    assert "replication.colour: unknown key" in text
+    with pytest.raises(ConfigError, match="replication.adapter = 'oracle': must be one of"):
+        make_adapter({"adapter": "oracle"})

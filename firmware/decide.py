@@ -62,7 +62,7 @@ class _Step:
 
     def enter(self, phase: Phase, *waits: Action) -> None:
         issued = tuple(self.act(a).id for a in waits)
-        self.update(phase=phase, since=self.now, awaiting=issued, issued_run=self.obs.run)
+        self.update(phase=phase, since=self.now, awaiting=issued, results=(), issued_run=self.obs.run)
 
     def why(self, text: str) -> None:
         self.reasons.append(text)
@@ -498,11 +498,18 @@ def _ups_policy(step: _Step) -> None:
 
 
 def _outcome(step: _Step) -> tuple[bool, str] | None:
-    """(all ok, details) once every awaited action reported; a timeout counts as failure."""
-    results = [step.obs.result(i) for i in step.state.awaiting]
-    if all(r is not None for r in results):
-        bad = [f"{r.action_id}: {r.detail}" for r in results if r and not r.ok]
-        return (not bad, "; ".join(bad) or "; ".join(r.detail for r in results if r and r.detail))
+    """(all ok, details) once every awaited action reported; a timeout counts as failure.
+
+    Each result comes in one cycle only, and the actions of a phase may finish in different
+    cycles, so what came is kept in the state until the phase has everything."""
+    got = {i: (ok, d) for i, ok, d in step.state.results}
+    for r in step.obs.results:
+        if r.action_id in step.state.awaiting:
+            got[r.action_id] = (r.ok, r.detail)
+    step.update(results=tuple((i, ok, d) for i, (ok, d) in got.items()))
+    if all(i in got for i in step.state.awaiting):
+        bad = [f"{i}: {got[i][1]}" for i in step.state.awaiting if not got[i][0]]
+        return (not bad, "; ".join(bad) or "; ".join(got[i][1] for i in step.state.awaiting if got[i][1]))
     limit = _phase_timeout(step.state.phase, step.cfg)
     if step.now - step.state.since > limit:
         return False, f"no result within {limit:.1f} s"

@@ -58,6 +58,7 @@ class State:
     hold_down_until: float | None = None
     maintenance: bool = False
     awaiting: tuple[str, ...] = ()  # ids of the actions this phase waits for
+    results: tuple[tuple[str, bool, str], ...] = ()  # (id, ok, detail) of those that reported
     issued_run: int = 0  # the daemon run that issued them
     seen_run: int = 0  # the daemon run that last decided
     next_ref: int = 1
@@ -81,6 +82,7 @@ class State:
         kwargs["phase"] = Phase(kwargs.get("phase", Phase.STARTING.value))
         for name in ("fenced", "rejoining", "returned", "awaiting", "conditions"):
             kwargs[name] = tuple(kwargs.get(name, ()))
+        kwargs["results"] = tuple((i, ok, d) for i, ok, d in kwargs.get("results", ()))
         kwargs["ups_seen"] = tuple(
             (s, r, tuple(f), c, t) for s, r, f, c, t in kwargs.get("ups_seen", ()))
         return cls(**kwargs)

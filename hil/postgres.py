@@ -170,7 +170,16 @@ class PgCluster:
         return done.stdout
 
     def start(self, name: str) -> None:
+        """After a simulated power cut the killed postmaster can linger as a zombie, which
+        PostgreSQL's lock check takes for a running server; a reboot leaves no such process,
+        so a pid file naming a dead or zombie process is removed first."""
         node = self.nodes[name]
+        pidfile = self.data(name) / "postmaster.pid"
+        try:
+            if not _alive(int(pidfile.read_text().split("\n", 1)[0])):
+                pidfile.unlink()
+        except (OSError, ValueError):
+            pass
         self._cmd(node, [f"{self.bindir}/pg_ctl", "start", "-D", str(self.data(name)), "-w", "-t", "60",
                          "-l", str(self.workdir / name / "postgresql.log")])
 

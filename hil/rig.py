@@ -231,10 +231,13 @@ class Rig:
                     continue
                 relay[name] = cut
                 self.events.append((time.monotonic(), "relay-cut" if cut else "relay-closed", name))
-                if cut and self._powered[name]:
-                    self.cut_power(name)
-                elif not cut and not self._powered[name]:
-                    self.restore_power(name)
+                try:
+                    if cut and self._powered[name]:
+                        self.cut_power(name)
+                    elif not cut and not self._powered[name]:
+                        self.restore_power(name)
+                except Exception:  # the rig's physics must go on whatever one server did
+                    log.exception("rig: power change of %s failed", name)
             self._stop.wait(0.002)
 
     def cut_power(self, name: str) -> None:
@@ -248,9 +251,9 @@ class Rig:
         self._powered[name] = True
         self.gpio.set_input(f"sense{self.servers.index(name) + 1}", True)
         self.site.power_on(name)
+        self._start_server(name)  # the agent first: it must answer even if the database does not
         if self.pg is not None:
             self.pg.start(name)
-        self._start_server(name)
 
     # ------------------------------------------------------------------ observing
 

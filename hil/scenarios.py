@@ -311,6 +311,9 @@ def switchover(rig: Rig, report: Report) -> None:
 
 def reinstate(rig: Rig, report: Report) -> None:
     """After a failover an operator restores the old master's power: it rejoins as a standby."""
+    if rig.opts.database:
+        rig.wait_ready()
+        rig.start_billing()
     t0 = power_loss_part(rig, report)
     answer = rig.command({"cmd": "power-on", "server": "master"})
     report.check("power-on accepted", answer.get("ok"))
@@ -378,14 +381,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("arbiter-restart", "the appliance is killed in the middle of a failover and restarted",
              arbiter_restart, expect_failover=True),
     Scenario("ups-on-battery", "the master's UPS goes on battery and back: alerts, no action", ups_on_battery),
-    Scenario("switchover", "an operator's planned switchover to the standby", switchover),
+    Scenario("switchover", "an operator's planned switchover under billing load: demote, wait for sync, "
+             "promote, move the IP; nothing lost", switchover, RigOptions(database=True)),
     Scenario("reinstate", "after a failover an operator restores the old master's power: it rejoins as a "
-             "standby", reinstate, expect_failover=True),
+             "standby (pg_rewind)", reinstate, RigOptions(database=True), expect_failover=True),
     Scenario("lagging-standby", "the in-sync standby is down, the other lags: the appliance waits for an "
              "operator, who forces the failover", lagging_standby,
-             RigOptions(standbys=2, lagging=("standby2",)), expect_failover=True),
+             RigOptions(standbys=2, database=True), expect_failover=True),
     Scenario("ups-drain", "the master's UPS drains to low battery: planned switchover to the standby before "
-             "the master's power drops", ups_drain),
+             "the master's power drops; nothing lost", ups_drain, RigOptions(database=True)),
 )}
 
 

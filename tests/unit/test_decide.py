@@ -349,3 +349,13 @@ def test_ups_already_on_battery_at_start_up_raises_nothing():
     assert "Notify:ups-on-battery" not in kinds(actions)
     _, actions, _ = step(st2, obs(server("master", ups=_ups("OL")), server("standby", ups=_ups("OB"))), now=101)
     assert "Notify:ups-on-battery" in kinds(actions) and "Notify:ups-power-restored" in kinds(actions)
+
+
+def test_a_phase_waiting_on_two_actions_gets_their_results_in_different_cycles():
+    o = obs(server("master"), server("standby"), requests=(Request(RequestKind.SWITCHOVER),))
+    st, actions, _ = step(NORMAL, o)
+    demote, release = [a for a in actions if isinstance(a, (Demote, ReleaseIp))]
+    st, _, _ = step(st, obs(server("master"), server("standby"), results=(ok(demote.id),)), now=100.05)
+    assert st.phase is Phase.DEMOTING
+    st, _, _ = step(st, obs(server("master"), server("standby"), results=(ok(release.id),)), now=100.1)
+    assert st.phase is Phase.SYNCING

@@ -125,7 +125,7 @@ def test_kill_promote_rejoin_under_billing_load(make_cluster, capsys) -> None:
     finally:
         summary = load.stop()
     acked, lost, lost_ids = load.verify(cluster.dsn("n2"))
-    assert acked == summary.acked and acked > 200
+    assert acked == summary.acked and acked >= 200
     assert lost == 0, lost_ids[:10]
     assert summary.longest_gap_s < 10.0
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hil.lifecycle import Built
 from host_tools.replication.postgres import (DEFAULT_BINDIR, as_os_user, standby_conninfo,
                                              write_standby_config)
 
@@ -72,7 +73,7 @@ class NodeSpec:
     role: str  # "primary", "sync" or "async"
 
 
-class PgCluster:
+class PgCluster(Built):
     def __init__(self, workdir: Path, nodes: list[NodeSpec], bindir: str = DEFAULT_BINDIR,
                  listen_all: bool = False) -> None:
         """``listen_all``: in the rig's namespaces every server listens on every address, so
@@ -86,17 +87,6 @@ class PgCluster:
         self.bindir = bindir
 
     # ------------------------------------------------------------------ building
-
-    def __enter__(self) -> PgCluster:
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def build(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

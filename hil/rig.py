@@ -25,6 +25,7 @@ from board.hil_bridge import HilGpio
 from firmware.control import request
 from firmware.errors import ArbiterError
 from hil import toml_out
+from hil.lifecycle import Built
 from hil.site import Site
 
 log = logging.getLogger("hil")
@@ -51,7 +52,7 @@ def server_names(opts: RigOptions) -> list[str]:
     return ["master", "standby"] + [f"standby{i}" for i in range(2, opts.standbys + 1)]
 
 
-class Rig:
+class Rig(Built):
     def __init__(self, opts: RigOptions, workdir: Path) -> None:
         self.opts = opts
         self.workdir = workdir
@@ -71,17 +72,6 @@ class Rig:
         self.load = None
 
     # ------------------------------------------------------------------ building
-
-    def __enter__(self) -> Rig:
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def build(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ from the agent's config.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +32,22 @@ class Adapter(Protocol):
     def demote(self) -> None: ...
 
     def rejoin(self, primary: str) -> None: ...
+
+
+def run_checked(argv: list[str], what: str, timeout: float, env: dict[str, str] | None = None) -> str:
+    """Run an adapter's command without a shell; its stdout, or ActionError saying what failed."""
+    from firmware.errors import ActionError
+
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired as exc:
+        raise ActionError(f"{what} did not finish within replication.timeout = {timeout:g} s") from exc
+    except OSError as exc:
+        raise ActionError(f"{what}: cannot run ({exc})") from exc
+    if done.returncode != 0:
+        raise ActionError(f"{what} exit {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
+    return done.stdout
 
 
 def make_adapter(table: dict) -> Adapter:

@@ -17,13 +17,11 @@ Every command runs without a shell (split like a shell would), with ``timeout`` 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
 from dataclasses import dataclass
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import ReplicationStatus
+from host_tools.replication import ReplicationStatus, run_checked
 
 _ROLES = ("primary", "standby", "unknown")
 
@@ -51,16 +49,7 @@ class CommandAdapter:
                    float(timeout))
 
     def _run(self, cmd: str, what: str, env: dict[str, str] | None = None) -> str:
-        try:
-            done = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=self.timeout,
-                                  env={**os.environ, **(env or {})})
-        except subprocess.TimeoutExpired as exc:
-            raise ActionError(f"replication.{what} did not finish within {self.timeout:g} s") from exc
-        except OSError as exc:
-            raise ActionError(f"replication.{what}: cannot run ({exc})") from exc
-        if done.returncode != 0:
-            raise ActionError(f"replication.{what} exit {done.returncode}: {done.stderr.strip()[:200]}")
-        return done.stdout
+        return run_checked(shlex.split(cmd), f"replication.{what}", self.timeout, env)
 
     def status(self) -> ReplicationStatus:
         try:

@@ -23,12 +23,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import ReplicationStatus
+from host_tools.replication import ReplicationStatus, run_checked
 
 
 @dataclass(frozen=True)
@@ -152,15 +151,7 @@ class DrbdAdapter:
         return cls(resource, table.get("status", cls.status_cmd), table.get("drbdadm", cls.drbdadm), float(timeout))
 
     def _run(self, argv: list[str], what: str) -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise ActionError(f"{what} did not finish within replication.timeout = {self.timeout:g} s") from exc
-        except OSError as exc:
-            raise ActionError(f"{what}: cannot run ({exc})") from exc
-        if done.returncode != 0:
-            raise ActionError(f"{what} exit {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}")
-        return done.stdout
+        return run_checked(argv, what, self.timeout)
 
     def status(self) -> ReplicationStatus:
         cmd = self.status_cmd.format(resource=self.resource)

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import ReplicationStatus
+from host_tools.replication import ReplicationStatus, run_checked
 
 DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
 
@@ -352,15 +352,7 @@ class PostgresAdapter:
             self._close()
 
     def _run(self, argv: list[str], what: str) -> None:
-        try:
-            done = subprocess.run(as_os_user(self.s.os_user, argv), capture_output=True, text=True,
-                                  timeout=self.s.timeout + 5, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise ActionError(f"{what} did not finish within replication.timeout = {self.s.timeout:g} s") from exc
-        except OSError as exc:
-            raise ActionError(f"{what}: cannot run ({exc})") from exc
-        if done.returncode != 0:
-            raise ActionError(f"{what} exit {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
+        run_checked(as_os_user(self.s.os_user, argv), what, self.s.timeout + 5)
 
 
 def _quote_ident(name: str) -> str:

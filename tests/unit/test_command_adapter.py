@@ -53,7 +53,7 @@ def test_bad_output_is_role_unknown_with_the_reason(tmp_path: Path, stdout: str,
 
 def test_status_timeout_and_missing_program_are_unknown(tmp_path: Path) -> None:
     slow = CommandAdapter(_script(tmp_path / "slow", "sleep 5\n"), timeout=0.3).status()
-    assert slow.role == "unknown" and "within 0.3 s" in slow.detail
+    assert slow.role == "unknown" and "within replication.timeout = 0.3 s" in slow.detail
     missing = CommandAdapter(str(tmp_path / "nowhere"), timeout=1).status()
     assert missing.role == "unknown" and "cannot run" in missing.detail
 
@@ -75,7 +75,7 @@ def test_failed_slow_or_unset_actions_raise(tmp_path: Path) -> None:
                              timeout=0.5)
     with pytest.raises(ActionError, match="replication.promote exit 1: ORA-16627"):
         adapter.promote()
-    with pytest.raises(ActionError, match="replication.demote did not finish within 0.5 s"):
+    with pytest.raises(ActionError, match="replication.demote did not finish within replication.timeout = 0.5 s"):
         adapter.demote()
     with pytest.raises(ActionError, match="replication.rejoin is not configured"):
         adapter.rejoin("master")

@@ -253,13 +253,18 @@ def ups_on_battery(rig: Rig, report: Report) -> None:
     _finish_common(rig, report, t0, False)
 
 
-def ups_drain(rig: Rig, report: Report) -> None:
-    """The master's UPS drains under load: a planned switchover before its power drops."""
+def _ready_under_load(rig: Rig) -> float:
+    """The site calm, the billing load running where a database runs; the fault's start time."""
     rig.wait_ready()
     if rig.opts.database:
         rig.start_billing()
     _settle(rig, 2.0)
-    t0 = time.monotonic()
+    return time.monotonic()
+
+
+def ups_drain(rig: Rig, report: Report) -> None:
+    """The master's UPS drains under load: a planned switchover before its power drops."""
+    t0 = _ready_under_load(rig)
     rig.nut.set("master-ups", status="OB DISCHRG", charge=60, runtime=900)
     time.sleep(2.0)
     rig.nut.set("master-ups", status="OB DISCHRG LB", charge=9, runtime=120)
@@ -290,11 +295,7 @@ def _finish_billing(rig: Rig, report: Report) -> None:
 
 def switchover(rig: Rig, report: Report) -> None:
     """An operator's planned switchover: demote, wait for sync, promote, move the IP."""
-    rig.wait_ready()
-    if rig.opts.database:
-        rig.start_billing()
-    _settle(rig, 2.0)
-    t0 = time.monotonic()
+    t0 = _ready_under_load(rig)
     answer = rig.command({"cmd": "switchover"})
     report.check("switchover accepted", answer.get("ok"))
     st = _wait_primary(rig, "standby", timeout=30.0)

@@ -47,14 +47,7 @@ class VipManager:
 
     def take(self) -> None:
         """Add the address and send the first gratuitous ARP before returning."""
-        with IPRoute() as ipr:
-            idx = self._index(ipr)
-            try:
-                ipr.addr("add", index=idx, address=str(self.iface_addr.ip),
-                         prefixlen=self.iface_addr.network.prefixlen)
-            except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: already held, which is what we want
-                    raise ActionError(f"cannot add {self.iface_addr} on {self.interface}: {exc}") from exc
+        self._address("add", done_code=17)  # EEXIST: already held, which is what we want
         self._garp()
         self._stop.set()
         if self._thread is not None:
@@ -85,14 +78,17 @@ class VipManager:
 
     def release(self) -> None:
         self._stop.set()
+        self._address("del", done_code=99)  # EADDRNOTAVAIL: not held, which is what we want
+
+    def _address(self, op: str, done_code: int) -> None:
+        """Add or delete the address; the error that means "already so" is success (idempotent)."""
         with IPRoute() as ipr:
             idx = self._index(ipr)
             try:
-                ipr.addr("del", index=idx, address=str(self.iface_addr.ip),
-                         prefixlen=self.iface_addr.network.prefixlen)
+                ipr.addr(op, index=idx, address=str(self.iface_addr.ip), prefixlen=self.iface_addr.network.prefixlen)
             except NetlinkError as exc:
-                if exc.code != 99:  # EADDRNOTAVAIL: not held, which is what we want
-                    raise ActionError(f"cannot remove {self.iface_addr} from {self.interface}: {exc}") from exc
+                if exc.code != done_code:
+                    raise ActionError(f"cannot {op} {self.iface_addr} on {self.interface}: {exc}") from exc
 
     def close(self) -> None:
         self._stop.set()

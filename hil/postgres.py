@@ -111,6 +111,10 @@ class PgCluster(Built):
 
     def _prepare(self, node: NodeSpec) -> None:
         home = self.workdir / node.name
+        socket = home / "sock" / f".s.PGSQL.{node.port}"
+        if len(str(socket)) > 107:
+            raise RuntimeError(f"{node.name}: socket path {socket} is {len(str(socket))} bytes, over the 107 a Unix "
+                               "socket allows; use a shorter work directory")
         home.mkdir(exist_ok=True)
         (home / "sock").mkdir(exist_ok=True)
         (home / "node.conf").write_text(

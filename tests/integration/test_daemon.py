@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,10 @@ import pytest
 from board.hil_bridge import HilGpio
 from firmware.control import request
 from hil import toml_out
+from tests.integration.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEAD, INTERVAL = 0.2, 0.04
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Site:

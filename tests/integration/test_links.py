@@ -14,14 +14,9 @@ import pytest
 from firmware.links import Poller
 from firmware.model import Channel
 from firmware.protocol import Codec, Kind
+from tests.integration.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cable:

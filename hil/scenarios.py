@@ -232,9 +232,12 @@ def arbiter_restart(rig: Rig, report: Report) -> None:
     _detection(rig, report, t0)
     _settle(rig, 2.0)
     _finish_common(rig, report, t0, True)
+    # a kill after the agent promoted but before the result was saved makes the resumed run
+    # promote again: idempotent on the server, so one or two promote commands are both right
     promotes = rig.agent_log("standby").count(" promote: ok")
     report.details["promotes"] = promotes
-    report.check("one failover, promoted once", report.failovers == 1 and promotes == 1)
+    report.check("one failover, only the standby promoted", report.failovers == 1 and 1 <= promotes <= 2
+                 and " promote: " not in rig.agent_log("master"))
     report.check("alert failover-started", "failover-started" in _events(rig))
 
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-  python3-venv iproute2 nftables socat procps psmisc util-linux
+  python3-venv python3-dev gcc libc6-dev iproute2 nftables socat procps psmisc util-linux
   nut-server nut-client snmptrapd snmp smitools
   postgresql keepalived iputils-arping
   fdisk dosfstools mtools e2fsprogs

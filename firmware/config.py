@@ -21,6 +21,8 @@ from firmware.errors import ConfigError
 
 _REQUIRED = object()
 MAX_STANDBYS = 9
+SERIAL_BYTES_PER_POLL = 300  # a poll (66 B) and a full reply (217 B) on the wire, with COBS and delimiters
+SERIAL_MAX_SHARE = 0.8  # heartbeats may use at most this share of a serial line
 
 
 def setting(default: Any = _REQUIRED, *, lo: float | None = None, hi: float | None = None,
@@ -279,6 +281,14 @@ def _cross_checks(cfg: Config) -> list[str]:
     if t.dead_time >= t.watchdog_timeout:
         p.append(f"timing.dead_time = {t.dead_time}: must be below timing.watchdog_timeout"
                  f" = {t.watchdog_timeout}")
+    for i, s in enumerate(cfg.servers):
+        if s.serial:
+            need = SERIAL_BYTES_PER_POLL / t.interval  # a poll and its reply, COBS-framed
+            have = SERIAL_MAX_SHARE * s.baudrate / 10  # 8N1: ten bits a byte
+            if need > have:
+                p.append(f"servers[{i}].baudrate = {s.baudrate}: too slow for timing.interval = {t.interval}"
+                         f" ({need:.0f} B/s of heartbeat, at most {have:.0f} B/s allowed:"
+                         f" {SERIAL_MAX_SHARE:.0%} of the line); raise the interval or the baud rate")
     names = [s.name for s in cfg.servers]
     if not 2 <= len(names) <= 1 + MAX_STANDBYS:
         p.append(f"servers: {len(names)} configured; need 2..{1 + MAX_STANDBYS} (one primary,"

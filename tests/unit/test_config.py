@@ -92,3 +92,9 @@ def test_short_key_is_refused(tmp_path):
     key.write_text("short")
     with pytest.raises(ConfigError, match="key is 5 bytes, minimum 16"):
         config.read_key(key)
+
+
+def test_serial_line_must_carry_the_heartbeat():
+    got = problems(timing={"interval": 0.02, "warn_time": 0.06, "dead_time": 0.1, "min_misses": 3})
+    assert any(p.startswith("servers[0].baudrate = 115200: too slow for timing.interval = 0.02") for p in got)
+    site_config()  # the defaults (0.04 s at 115200 baud) fit

@@ -5,7 +5,6 @@ parts themselves (board, links, alerts, UPS watch, control socket, state) stay s
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -110,10 +109,6 @@ class Appliance:
     def _button_ack(self) -> None:
         self.notifier.ack()
         self.notifier.notify("alarm-acknowledged", text="push button")
-
-    @property
-    def vip_ip(self) -> str:
-        return str(ipaddress.ip_interface(self.cfg.vip.address).ip)
 
     def close(self) -> None:
         self._stop.set()

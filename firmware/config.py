@@ -93,7 +93,6 @@ class Board:
                                doc="auto picks the board's own; mock only with kind hil")
     alarm_relay: str = setting("", doc="pin name of the alarm relay in the board's pin map")
     ack_button: str = setting("", doc="pin name of the acknowledge push button")
-    watchdog_device: str = setting("", doc="hardware watchdog; empty: systemd owns it")
     hil_gpio_dir: str = setting("", doc="kind hil only: the rig's GPIO bridge directory")
 
 
@@ -109,9 +108,6 @@ class Vip:
     address: str = setting(doc="the service's virtual IP with prefix, e.g. 192.0.2.10/24")
     verify: str = setting("arp", choices=("arp", "none"), safety=True)
     interface: str = setting("eth0", doc="the appliance's LAN interface for ARP probes")
-    garp_count: int = setting(5, lo=1, hi=100, doc="gratuitous ARPs sent at takeover")
-    garp_interval: float = setting(0.2, lo=0.01, hi=10.0)
-    garp_refresh_s: float = setting(30.0, lo=0.0, hi=3600.0, doc="keep refreshing ARP caches this long")
 
 
 @dataclass(frozen=True, kw_only=True)

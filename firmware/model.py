@@ -72,14 +72,6 @@ class UpsObs:
     runtime_s: float | None = None
     error: str = ""
 
-    @property
-    def on_battery(self) -> bool | None:
-        return None if not self.reachable else "OB" in self.flags
-
-    @property
-    def low_battery(self) -> bool | None:
-        return None if not self.reachable else ("LB" in self.flags or "FSD" in self.flags)
-
 
 @dataclass(frozen=True)
 class ServerObs:
@@ -132,19 +124,10 @@ class ActionResult:
 
 
 @dataclass(frozen=True)
-class VipObs:
-    """ARP verification: MAC addresses that answered for the virtual IP."""
-
-    macs: frozenset[str]
-    at: float
-
-
-@dataclass(frozen=True)
 class Observations:
     servers: tuple[ServerObs, ...]
     results: tuple[ActionResult, ...] = ()
     requests: tuple[Request, ...] = ()
-    vip: VipObs | None = None
     run: int = 0  # the daemon's boot id: actions issued by an earlier run are re-issued
 
     def server(self, name: str) -> ServerObs:

@@ -69,7 +69,6 @@ class Rig(Built):
         self.nut = None
         self.traps = None
         self.pg = None
-        self.load = None
 
     # ------------------------------------------------------------------ building
 

@@ -9,7 +9,6 @@ from typing import Any
 from firmware.config import build_section, setting
 from firmware.errors import ConfigError
 
-OPS = ("promote", "demote", "take_ip", "release_ip", "backup", "shutdown", "rejoin")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,33 +1,41 @@
 """keepalived (VRRP) on the rig, for the side-by-side benchmark: the same site, the same
-client probe, the same fault. Both servers start as BACKUP with different priorities and
-nopreempt, so the one that comes back never takes the address back (no failback, as the
-appliance does); the master starts with the address.
+client probe, the same fault.
+
+What is fair: every server starts as BACKUP with its own priority and ``nopreempt``, so a
+server that comes back never takes the address back (the appliance does no automatic
+failback either); the first server is started alone and wins the first election, as the
+master holds the address when the appliance arrives. Gratuitous ARP is left at keepalived's
+defaults (a burst of 5 on becoming master, 5 more 5 s later): a stock installation, not one
+tuned for the rig.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from hil.site import Proc, Site, sh
+from hil.site import Proc, Site
+
+ROUTER_ID = 51
+TOP_PRIORITY = 200
+PRIORITY_STEP = 10
 
 
-def config(router_id: int, priority: int, advert_int: float, vip: str, name: str) -> str:
+def config(name: str, priority: int, advert_int: float, vip: str, version: int = 3,
+           preempt: bool = False, router_id: int = ROUTER_ID) -> str:
+    """One server's keepalived.conf: one VRRP instance on eth0 carrying the virtual IP."""
+    no_failback = "" if preempt else "    nopreempt\n"
     return f"""global_defs {{
     router_id {name}
-    vrrp_garp_master_delay 0
-    vrrp_garp_master_repeat 5
-    vrrp_garp_interval 0.2
     script_user root
     enable_script_security
 }}
 vrrp_instance billing {{
     state BACKUP
-    nopreempt
-    interface eth0
+{no_failback}    interface eth0
     virtual_router_id {router_id}
     priority {priority}
     advert_int {advert_int:g}
-    version 3
+    version {version}
     virtual_ipaddress {{
         {vip} dev eth0
     }}
@@ -36,36 +44,56 @@ vrrp_instance billing {{
 
 
 class Keepalived:
-    def __init__(self, site: Site, servers: list[str], advert_int: float, workdir: Path) -> None:
-        self.site, self.servers, self.advert_int, self.workdir = site, servers, advert_int, workdir
+    """keepalived in each server's namespace: only its VRRP process (``-P``), in the
+    foreground (``-n``), logging to the console (``-l -D``, not syslog: ``-G``), with pid
+    files of its own so several instances share one machine."""
+
+    def __init__(self, site: Site, servers: list[str], advert_int: float, workdir: Path | None = None,
+                 *, vip: str | None = None, version: int = 3, preempt: bool = False) -> None:
+        if version == 2 and advert_int != int(advert_int):
+            raise ValueError(f"advert_int={advert_int:g}: VRRPv2 needs whole seconds; use version=3")
+        self.site, self.servers, self.advert_int = site, servers, advert_int
+        self.workdir = workdir or site.workdir / "keepalived"
+        self.vip = vip or site.vip
+        self.version, self.preempt = version, preempt
         self.procs: dict[str, Proc] = {}
 
     def start(self) -> None:
+        """The first server alone first, until it holds the address; then the others."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         for i, name in enumerate(self.servers):
-            conf = self.workdir / f"keepalived-{name}.conf"
-            conf.write_text(config(51, 200 - 10 * i, self.advert_int, self.site.vip, name))
-            self.procs[name] = self.site.spawn(
-                name, ["keepalived", "-n", "-l", "-D", "-P", "-f", str(conf),
-                       "-p", str(self.workdir / f"ka-{name}.pid"), "-r", str(self.workdir / f"ka-vrrp-{name}.pid")],
-                log_name=f"keepalived-{name}")
-            if i == 0:
-                time.sleep(4 * self.advert_int + 0.5)  # the master wins the first election alone
+            self._start_one(name, TOP_PRIORITY - PRIORITY_STEP * i)
+            if i == 0 and not self.wait_holder(name, 4 * self.advert_int + 5):
+                raise TimeoutError(f"keepalived: {name} did not take {self.vip} within "
+                                   f"{4 * self.advert_int + 5:g} s (holders {self.holder()})")
+
+    def _start_one(self, name: str, priority: int) -> None:
+        conf = self.workdir / f"keepalived-{name}.conf"
+        conf.write_text(config(name, priority, self.advert_int, self.vip, self.version, self.preempt))
+        pid, vrrp_pid = (self.site.run_dir / f"keepalived-{name}{s}.pid" for s in ("", "-vrrp"))
+        self.procs[name] = self.site.spawn(
+            name, ["keepalived", "-n", "-l", "-D", "-G", "-P", "-f", str(conf), "-p", str(pid), "-r", str(vrrp_pid)],
+            log_name=f"keepalived-{name}")
 
     def holder(self) -> list[str]:
-        ip = self.site.vip.split("/")[0]
-        return [n for n in self.servers
-                if ip in sh("ip", "-n", self.site.netns(n), "-4", "addr", "show", "eth0", check=False).stdout]
+        """The servers that have the virtual IP on eth0 (two during a split brain)."""
+        return [n for n in self.servers if self.vip in self.site.addresses(n)]
 
-    def wait_holder(self, name: str, timeout: float) -> bool:
+    def wait_holder(self, name: str, timeout: float, alone: bool = True) -> bool:
+        """True once ``name`` holds the address and, if ``alone``, no other server does (a
+        server cut off from the LAN keeps it: then wait with ``alone=False``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.holder() == [name]:
+            held = self.holder()
+            if held == [name] or (not alone and name in held):
                 return True
             time.sleep(0.05)
         return False
 
     def stop(self) -> None:
+        """SIGTERM: keepalived removes the address it holds on the way out."""
         for proc in self.procs.values():
             proc.terminate()
+        for proc in self.procs.values():
             proc.wait(5)
+        self.procs = {}

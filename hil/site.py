@@ -268,6 +268,11 @@ class Site:
         tracked = [p.pid for p in self.procs.get(host, []) if p.alive()]
         return sorted(set(tracked) | set(netns.pids(self.netns(host))))
 
+    def all_pids(self) -> list[int]:
+        """Every live process the site owns, serial cables included: what teardown must end."""
+        cables = [p.pid for p in self._socat.values() if p.poll() is None]
+        return sorted({pid for host in self.hosts for pid in self.host_pids(host)} | set(cables))
+
     def kill_all(self, host: str) -> None:
         """Every process of the host dies at once; its link stays as it is."""
         procs = self.procs.pop(host, [])
@@ -326,12 +331,13 @@ class Site:
         if not 0 <= percent <= 100:
             raise ValueError(f"loss percent={percent}: must be within 0..100")
         script = f"table inet {LOSS_TABLE} {{}}\ndelete table inet {LOSS_TABLE}\n"
+        odds = "" if percent == 100 else f"numgen random mod 100 < {percent} "  # nft caps at 99
         if percent:
             script += (f"table inet {LOSS_TABLE} {{\n"
                        f" chain input {{ type filter hook input priority -10; "
-                       f"iifname \"eth0\" numgen random mod 100 < {percent} drop; }}\n"
+                       f"iifname \"eth0\" {odds}drop; }}\n"
                        f" chain output {{ type filter hook output priority -10; "
-                       f"oifname \"eth0\" numgen random mod 100 < {percent} drop; }}\n}}\n")
+                       f"oifname \"eth0\" {odds}drop; }}\n}}\n")
         netns.nft(self.netns(host), script)
 
     def partition(self, a: str, b: str) -> None:

@@ -29,9 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Self
+from typing import Any
 
 from hil import netns
+from hil.lifecycle import Built
 
 SUBNET = "192.0.2"  # TEST-NET-1: documentation addresses, used only inside our namespaces
 VIP = f"{SUBNET}.100/24"
@@ -102,7 +103,7 @@ class Proc:
             return self.popen.poll()
 
 
-class Site:
+class Site(Built):
     """The namespaces, links, cables and processes of one rig run. Build once, tear down once."""
 
     vip = VIP
@@ -164,17 +165,6 @@ class Site:
 
     # ------------------------------------------------------------------ build and teardown
 
-    def __enter__(self) -> Self:
-        try:
-            self.build()
-        except BaseException:
-            self.teardown()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.teardown()
-
     def build(self) -> None:
         """Leftovers of a crashed run with the same prefix go first; teardown is armed before
         the first namespace exists, so a failure half way leaves nothing behind."""
@@ -202,6 +192,9 @@ class Site:
         netns.link_set(ns, "lo", True)
         netns.ip(self.lan, "link", "set", port, "master", "br0")
         netns.link_set(self.lan, port, True)
+
+    def close(self) -> None:
+        self.teardown()
 
     def teardown(self) -> None:
         """Idempotent and uninterruptible by the signals it handles: a second Ctrl-C while

@@ -103,7 +103,10 @@ def request(path: str, payload: dict[str, Any], timeout: float = 5.0) -> dict[st
     sock.settimeout(timeout)
     try:
         sock.connect(path)
-        sock.sendall(json.dumps(payload).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(payload).encode() + b"\n")
+        except BrokenPipeError:
+            pass  # a refusing daemon answers and closes without reading: its answer is still queued
         with sock.makefile("rb") as f:
             line = f.readline()
     except (FileNotFoundError, ConnectionRefusedError) as exc:

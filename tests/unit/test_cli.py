@@ -87,6 +87,18 @@ def test_other_uid_is_refused(tmp_path):
         request(str(tmp_path / "s"), {"cmd": "status"})
 
 
+def test_refusal_is_read_even_when_it_closes_before_the_request_is_sent(tmp_path):
+    # A request larger than the socket buffer is still being written when the refusal
+    # arrives and the server closes: the client's write breaks, the answer is still there.
+    server = ControlServer(str(tmp_path / "s"), lambda r: {"ok": True}, allowed_uid=os.getuid() + 1)
+    server.start()
+    try:
+        big = {"cmd": "status", "pad": "x" * (4 << 20)}
+        assert request(str(tmp_path / "s"), big) == {"ok": False, "error": "root only"}
+    finally:
+        server.stop()
+
+
 def test_socket_file_is_private(daemon):
     sock, _ = daemon
     assert os.stat(sock).st_mode & 0o777 == 0o600

@@ -36,14 +36,17 @@ def test_killing_a_writer_at_random_instants_never_leaves_a_torn_file(tmp_path):
     path = tmp_path / "state.json"
     writer = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
               "from firmware.state import StateStore\n"
-              f"s = StateStore({str(path)!r}); i = 0\n"
+              f"s = StateStore({str(path)!r}); i = 1\n"
+              "s.save({'n': i, 'pad': 'x' * 4000}); print('saving', flush=True)\n"
               "while True:\n    i += 1; s.save({'n': i, 'pad': 'x' * 4000})\n")
     seen = []
     for round_ in range(25):
-        proc = subprocess.Popen([sys.executable, "-c", writer])
-        time.sleep(0.05 + (round_ % 5) * 0.013)
+        proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"saving\n"
+        time.sleep((round_ % 5) * 0.007)  # kill at different points of the save loop
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
         data = StateStore(path).load()
         assert data is not None and data["pad"] == "x" * 4000
         seen.append(data["n"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -190,6 +191,8 @@ def _check_value(key: str, value: Any, f: dataclasses.Field, hint: Any) -> str |
         value = float(value)
     if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
         return f"{key} = {value!r}: must be {want.__name__}"
+    if want is float and not math.isfinite(value):
+        return f"{key} = {value!r}: must be a finite number"
     if meta.get("lo") is not None and value < meta["lo"]:
         return f"{key} = {value!r}: below the minimum {meta['lo']}"
     if meta.get("hi") is not None and value > meta["hi"]:
@@ -252,13 +255,21 @@ def parse(data: dict[str, Any]) -> Config:
             if mgr is not None:
                 managers.append(mgr)
         sections["alerts"] = dataclasses.replace(alerts, managers=managers)
-    if problems or any(v is None for v in sections.values()):
+    if any(v is None for v in sections.values()):
         raise ConfigError(problems or ["config: incomplete"])
     cfg = Config(servers=tuple(servers), **sections)
-    problems = _cross_checks(cfg)
+    # Cross-field checks run even after per-key errors, so check-config names everything at
+    # once; a check that involves a section with a bad key would judge a default: left out.
+    bad = {_sections_named(p)[0] for p in problems if _sections_named(p)}
+    problems += [p for p in _cross_checks(cfg) if not bad & set(_sections_named(p))]
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _sections_named(problem: str) -> list[str]:
+    """The config sections a problem's text names, in order (``timing.dead_time`` -> timing)."""
+    return re.findall(r"\b(%s)\b[.\[ :]" % "|".join((*_SECTIONS, "servers")), problem)
 
 
 def _cross_checks(cfg: Config) -> list[str]:

@@ -33,6 +33,26 @@ def test_bound_and_type_errors_name_key_value_and_bound():
     assert "timing.hold_down = 'long': must be float" in got
 
 
+@pytest.mark.parametrize("key", ["hold_down", "init_dead", "dead_time", "interval"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_and_infinity_are_refused(key, value):
+    # NaN compares false against every bound: without this check hold_down = nan would pass
+    # and silently disable the hold-down
+    assert f"timing.{key} = {value!r}: must be a finite number" in problems(timing={key: value})
+
+
+def test_cross_field_errors_come_with_the_per_key_errors():
+    got = problems(timing={"init_dead": 0.1}, site={"mode": "sleepy"})
+    assert any(p.startswith("site.mode = 'sleepy'") for p in got)
+    assert any(p.startswith("timing.init_dead = 0.1: must exceed timing.dead_time") for p in got)
+
+
+def test_a_cross_check_on_a_bad_key_is_left_out():
+    # dead_time is wrong itself: judging init_dead against its default would mislead
+    got = problems(timing={"dead_time": "fast", "init_dead": 0.1})
+    assert got == ["timing.dead_time = 'fast': must be float"]
+
+
 def test_unknown_key_is_an_error_not_a_default():
     got = problems(timing={"dead_tme": 3.0})
     assert any(p.startswith("timing.dead_tme: unknown key") for p in got)

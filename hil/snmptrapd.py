@@ -35,27 +35,39 @@ _UPTIME_NAMES = ("DISMAN-EVENT-MIB::sysUpTimeInstance", "SNMPv2-MIB::sysUpTime.0
 V3User = tuple[str, str, str, str]  # user, auth pass, priv pass, sender engine id (hex, "" for informs)
 
 
-def stage_mibs(dest: Path, sources: list[Path], probe: str) -> list[str]:
-    """Copies the modules into ``dest`` and drops lines net-snmp's parser rejects.
+def stage_mibs(dest: Path, base: Path, own: Path, probe: str) -> list[str]:
+    """Copies the modules into ``dest`` and drops lines net-snmp's parser rejects in the
+    base modules only; a rejected line in our own MIB is an error.
 
     A damaged copy of a base module (one stray line) makes net-snmp lose the whole OID tree
     under it; dropping exactly the lines it names, with a warning, keeps the rig usable.
     Returns the dropped lines.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    for src in sources:
+    ours = set()
+    for src in (base, own):
         for f in sorted(p for p in src.iterdir() if p.is_file()):
             shutil.copyfile(f, dest / f.name)
+            if src == own:
+                ours.add(f.name)
     dropped: list[str] = []
     for _ in range(10):
         out = subprocess.run(["snmptranslate", "-M", str(dest), "-m", "ALL", "-On", probe],
                              capture_output=True, text=True, check=False)
         bad = [(int(m.group(1)), Path(m.group(2))) for m in _AT_LINE.finditer(out.stderr)
                if Path(m.group(2)).parent == dest]
-        if not bad:
+        if not bad:  # the base modules parse: now any complaint about ours is ours
+            ours_named = [line for line in out.stderr.splitlines() if any(str(dest / n) in line for n in ours)]
+            if ours_named:
+                raise RuntimeError(f"net-snmp complains about our own MIB: {' / '.join(ours_named[:4])}")
+            if out.returncode != 0 or not out.stdout.startswith("."):
+                raise RuntimeError(f"{probe} does not resolve with the MIBs in {dest}: "
+                                   + " / ".join(out.stderr.splitlines()[:4]))
             return dropped
         number, path = bad[0]
         lines = path.read_text().splitlines(keepends=True)
+        if path.name in ours:
+            raise RuntimeError(f"{own / path.name} line {number} rejected by net-snmp: {lines[number - 1]!r}")
         dropped.append(f"{path.name}:{number}: {lines[number - 1].strip()}")
         log.warning("MIB %s line %d rejected by net-snmp, dropped: %r", path.name, number, lines[number - 1])
         del lines[number - 1]
@@ -76,7 +88,7 @@ class TrapReceiver:
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []  # one per start: snmptrapd truncates its -Lf file
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.dropped_mib_lines = stage_mibs(self.mibs, [ietf_dir, mib_dir], "BILLMASTER-ARBITER-MIB::arbLinkDown")
+        self.dropped_mib_lines = stage_mibs(self.mibs, ietf_dir, mib_dir, "BILLMASTER-ARBITER-MIB::arbLinkDown")
         self.conf.write_text(_config(community, v3_users or []))
 
     def start(self) -> None:

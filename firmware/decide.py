@@ -588,17 +588,30 @@ def _verifying(step: _Step) -> None:
         step.why(f"verifying that only {s.target} answers ARP for the virtual IP")
         return
     ok, detail = out
+    result = step.obs.result(s.awaiting[0]) if s.awaiting else None
     if ok:
         _complete(step, detail)
-    elif "two" in detail or "split" in detail:
-        step.notify("split-brain-suspected", s.target or "", text=detail)
-        _complete(step, f"split brain suspected: {detail}")
+    elif result is not None and result.code == "split-brain":
+        _split_brain(step, detail)
     elif s.verify_tries < VERIFY_TRIES:
         step.update(verify_tries=s.verify_tries + 1)
         step.enter(Phase.VERIFYING, VerifyIp(s.target or ""))
         step.why(f"ARP check {s.verify_tries} of {VERIFY_TRIES} failed ({detail}); trying again")
     else:
         _fail(step, "failover-failed", f"takeover not verified after {VERIFY_TRIES} ARP checks ({detail})")
+
+
+def _split_brain(step: _Step, detail: str) -> None:
+    """The target is primary, but another host answers for the virtual IP too: alarm, and
+    nothing more automatic until an operator has looked (maintenance off resumes)."""
+    s = step.state
+    step.notify("split-brain-suspected", s.target or "", text=detail)
+    step.notify("operator-needed", text=f"split brain suspected after {s.operation} to {s.target}: {detail}")
+    if s.operation != "switchover":
+        step.update(hold_down_until=step.now + step.cfg.timing.hold_down, failovers=s.failovers + 1)
+    step.enter(Phase.HALTED)
+    step.why(f"{s.operation} {s.old} -> {s.target}: {s.target} is primary but the virtual IP is answered"
+             f" by more than one host ({detail}); split brain suspected, waiting for an operator")
 
 
 def _complete(step: _Step, detail: str) -> None:

@@ -25,7 +25,17 @@ class ConfigError(ArbiterError):
 
 
 class ActionError(ArbiterError):
-    """An action the executor could not carry out (timeout, refusal, lost confirmation)."""
+    """An action the executor could not carry out (timeout, refusal, lost confirmation).
+
+    ``code`` tells decide what kind of failure it was, where the kind changes the outcome."""
+
+    code = ""
+
+
+class SplitBrainSuspected(ActionError):
+    """More than one MAC answers for the virtual IP."""
+
+    code = "split-brain"
 
 
 class HardwareError(ArbiterError):

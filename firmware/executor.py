@@ -83,11 +83,12 @@ class Executor:
             return False
         with self._lock:
             self._running[action.id] = Running(action, self._clock())
+        code = ""
         try:
             detail = handler(action)
             ok = True
         except ArbiterError as exc:
-            ok, detail = False, str(exc)
+            ok, detail, code = False, str(exc), getattr(exc, "code", "")
             log.error("%s failed: %s", action.id, exc)
         except Exception as exc:  # a bug in a handler must still end the phase
             ok, detail = False, f"internal error: {exc!r}"
@@ -96,7 +97,7 @@ class Executor:
             with self._lock:
                 self._running.pop(action.id, None)
         if not isinstance(action, REPORTING):
-            self._record(ActionResult(action.id, ok, detail or ""))
+            self._record(ActionResult(action.id, ok, detail or "", code))
             log.info("%s %s%s", action.id, "done" if ok else "FAILED", f": {detail}" if detail else "")
         return ok
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from firmware.config import Config
-from firmware.errors import ActionError
+from firmware.errors import ActionError, SplitBrainSuspected
 from firmware.executor import Handler, wait_for
 from firmware.model import (Backup, Demote, Fence, HoldFence, Notify, PowerOn, Promote,
                             Rejoin, ReleaseIp, SetStatus, Shutdown, TakeIp, VerifyIp)
@@ -79,7 +79,7 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
         if macs == {want}:
             return f"only {a.expect} ({want}) answers for {ip}"
         if len(macs) > 1:
-            raise ActionError(f"two MACs answer for {ip}: {', '.join(sorted(macs))} (expected {want})")
+            raise SplitBrainSuspected(f"{len(macs)} MACs answer for {ip}: {', '.join(sorted(macs))} (expected {want})")
         if not macs:
             raise ActionError(f"no ARP answer for {ip} on {cfg.vip.interface}")
         raise ActionError(f"{next(iter(macs))} answers for {ip}, expected {a.expect} ({want})")

@@ -121,6 +121,7 @@ class ActionResult:
     action_id: str
     ok: bool
     detail: str = ""
+    code: str = ""  # ActionError.code of a failure, e.g. "split-brain"
 
 
 @dataclass(frozen=True)

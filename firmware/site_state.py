@@ -9,6 +9,7 @@ Transitions (``decide`` is the only code that makes them)::
     SYNCING --target has everything--> PROMOTING
     PROMOTING --target is primary--> TAKING_IP --address added--> VERIFYING
     VERIFYING --only the target's MAC answers ARP--> NORMAL (hold-down after a failover)
+    VERIFYING --more than one MAC answers (split brain suspected)--> HALTED
     FENCING/PROMOTING/TAKING_IP/VERIFYING/DEMOTING/SYNCING --failure or timeout--> HALTED
     HALTED --operator failover/switchover--> FENCING/DEMOTING
     HALTED --maintenance off--> NORMAL

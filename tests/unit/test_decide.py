@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from firmware.decide import decide
-from firmware.model import (Demote, Fence, HoldFence, LinkState, Notify, Promote, Rejoin,
+from firmware.model import (ActionResult, Demote, Fence, HoldFence, LinkState, Notify, Promote, Rejoin,
                             ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
 from firmware.site_state import Phase, State
 from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
@@ -307,12 +307,28 @@ def test_halt_is_left_only_by_an_operator():
     assert st3.phase is Phase.NORMAL
 
 
+VERIFYING = dataclasses.replace(NORMAL, phase=Phase.VERIFYING, old="master", target="standby", primary="standby",
+                                awaiting=("VerifyIp#5",), issued_run=1, operation="failover", fenced=("master",),
+                                verify_tries=1)
+
+
 def test_split_brain_suspected_when_two_macs_answer():
-    st = dataclasses.replace(NORMAL, phase=Phase.VERIFYING, old="master", target="standby", primary="standby",
-                             awaiting=("VerifyIp#5",), issued_run=1, operation="failover", fenced=("master",))
-    st2, actions, _ = step(st, obs(dead("master"), server("standby"),
-                                   results=(failed("VerifyIp#5", "two MACs answer: 02:..:01, 02:..:02"),)))
-    assert "Notify:split-brain-suspected" in kinds(actions)
+    split = ActionResult("VerifyIp#5", False, "2 MACs answer: 02:..:01, 02:..:02", "split-brain")
+    st2, actions, reason = step(VERIFYING, obs(dead("master"), server("standby"), results=(split,)))
+    assert kinds(actions)[:2] == ["Notify:split-brain-suspected", "Notify:operator-needed"]
+    assert "02:..:01, 02:..:02" in next(a for a in actions if isinstance(a, Notify)).text
+    assert st2.phase is Phase.HALTED and st2.primary == "standby" and st2.hold_down_until is not None
+    assert "split brain suspected, waiting for an operator" in reason
+    assert "Notify:failover-completed" not in kinds(actions)
+
+
+def test_a_wrong_mac_is_retried_whatever_the_words_of_the_detail():
+    # the kind of failure comes from its code, not from words such as "two" in a server's name
+    wrong = failed("VerifyIp#5", "02:00:00:00:00:01 answers, expected node-two (02:00:00:00:00:02): split?")
+    st2, actions, reason = step(VERIFYING, obs(dead("master"), server("standby"), results=(wrong,)))
+    assert st2.phase is Phase.VERIFYING and st2.verify_tries == 2
+    assert "Notify:split-brain-suspected" not in kinds(actions)
+    assert "ARP check 1 of 3 failed" in reason
 
 
 # ---------------------------------------------------------------- UPS policies through decide

@@ -129,7 +129,7 @@ def test_verify_reports_both_macs_on_split_brain():
     ex = executor(Timeline(), macs=frozenset({MACS["master"], MACS["standby"]}))
     ex.submit([VerifyIp("standby", ref=1)])
     (result,) = drain(ex, 1)
-    assert not result.ok and "two MACs" in result.detail
+    assert not result.ok and "2 MACs" in result.detail and result.code == "split-brain"
     assert MACS["master"] in result.detail and MACS["standby"] in result.detail
 
 

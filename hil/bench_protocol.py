@@ -79,6 +79,7 @@ def main() -> None:
         role.write_text(json.dumps({"role": "standby", "in_sync": True, "lag_bytes": 0, "lag_s": 0.0}))
         conf = tmp / "agent.toml"
         conf.write_text(f'[agent]\nname = "master"\nkey_file = "{key}"\nlisten = "127.0.0.1"\nport = 25405\n'
+                        f'state_file = "{tmp / "agent-state.json"}"\n'
                         f'serial = "{b}"\n[replication]\nadapter = "command"\nstatus = "cat {role}"\n')
         agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

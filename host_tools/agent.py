@@ -39,23 +39,29 @@ class Agent:
     def __init__(self, cfg: AgentConfig, adapter: Adapter | None = None) -> None:
         self.cfg = cfg
         a = cfg.agent
-        self.codec = Codec(a.name, read_key(a.key_file), time.time_ns() // 1000)
+        saved = self._load_state()
+        self.boot_id = max(int(saved.get("boot", 0)) + 1, time.time_ns() // 1000)
+        self.codec = Codec(a.name, read_key(a.key_file), self.boot_id)
         self.codec_lock = threading.Lock()
         self.adapter = adapter if adapter is not None else (
             make_adapter(cfg.replication) if cfg.replication else None)
         self.status = ReplicationStatus("unknown", detail="not read yet")
         self.healthy = not a.health_command
-        self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(self._load_commands())
+        self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(
+            (k, v) for k, v in saved.get("commands", {}).items() if isinstance(v, dict) and v.get("done"))
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.vip = self._vip_manager() if cfg.vip.address else None
         self._peer_polls: dict[int, float] = {}
+        self._peer_lock = threading.Lock()  # the peer thread adds polls, the receivers take them
         self._primary_heard: float | None = None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((a.listen, a.port))
         self.sock.settimeout(0.2)
         self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None) if a.serial else None
         self._last_link: dict[str, Any] = {}
+        with self.lock:
+            self._save_state()  # the boot id is spent: the next start must use a higher one
 
     # ------------------------------------------------------------------ lifetime
 
@@ -111,13 +117,15 @@ class Agent:
             for peer in self.cfg.peers:
                 with self.codec_lock:
                     seq, raw = self.codec.make(Kind.POLL)
-                self._peer_polls[seq] = now
+                with self._peer_lock:
+                    self._peer_polls[seq] = now
                 try:
                     self.sock.sendto(raw, (peer.address, peer.port))
                 except OSError:
                     pass
-            for old in [s for s, t in self._peer_polls.items() if now - t > 2.0]:
-                self._peer_polls.pop(old, None)
+            with self._peer_lock:
+                for old in [s for s, t in self._peer_polls.items() if now - t > 2.0]:
+                    del self._peer_polls[old]
             self.stop.wait(self.cfg.agent.peer_interval)
 
     def hears_primary(self) -> bool | None:
@@ -152,6 +160,12 @@ class Agent:
             self.serial.write(raw)
 
     def _handle(self, raw: bytes, reply: Any) -> None:
+        try:
+            self._dispatch(raw, reply)
+        except Exception:  # an authenticated but malformed frame must not end a receiver thread
+            log.exception("frame handling failed; frame dropped")
+
+    def _dispatch(self, raw: bytes, reply: Any) -> None:
         with self.codec_lock:
             frame = self.codec.read(raw)
         if frame is None:
@@ -177,7 +191,9 @@ class Agent:
                 "hears_primary": self.hears_primary(), "detail": st.detail[:200]}
 
     def _peer_reply(self, frame: Frame) -> None:
-        sent = self._peer_polls.pop(int(frame.payload.get("re", -1)), None)
+        re = frame.payload.get("re")
+        with self._peer_lock:
+            sent = self._peer_polls.pop(re, None) if isinstance(re, int) else None
         if sent is not None and frame.payload.get("role") == "primary":
             self._primary_heard = time.monotonic()
 
@@ -216,7 +232,7 @@ class Agent:
         with self.lock:
             self.commands[cmd_id] = {"done": True, "ok": ok, "detail": detail}
             reply = self._last_link.pop(cmd_id, None)
-            self._save_commands()
+            self._save_state()
         if reply is not None:
             reply(self._make(Kind.ACK, {"id": cmd_id, "done": True, "ok": ok, "detail": detail}))
 
@@ -265,24 +281,25 @@ class Agent:
         self.vip.release()
         return f"{self.cfg.vip.address} released"
 
-    def _load_commands(self) -> list[tuple[str, dict[str, Any]]]:
-        path = self.cfg.agent.state_file
-        if not path or not Path(path).exists():
-            return []
+    def _load_state(self) -> dict[str, Any]:
+        """The last boot id and the executed command ids: a command replayed after a restart
+        is answered from here, never run again."""
+        path = Path(self.cfg.agent.state_file)
+        if not path.exists():
+            return {}
         try:
-            return [(k, v) for k, v in json.loads(Path(path).read_text()).items() if v.get("done")]
-        except (OSError, ValueError, AttributeError):
-            log.warning("%s: unreadable; forgetting earlier command ids", path)
-            return []
+            data = json.loads(path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            log.warning("%s: unreadable (agent.state_file); forgetting earlier command ids", path)
+            return {}
 
-    def _save_commands(self) -> None:
+    def _save_state(self) -> None:
         path = self.cfg.agent.state_file
-        if not path:
-            return
         done = {k: v for k, v in self.commands.items() if v.get("done")}
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump(done, f)
+            json.dump({"boot": self.boot_id, "commands": done}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

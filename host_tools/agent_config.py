@@ -23,7 +23,7 @@ class AgentSection:
     health_command: str = setting("", doc="exit 0 = the service is healthy; empty: always healthy")
     health_interval: float = setting(1.0, lo=0.05, hi=600.0)
     status_interval: float = setting(0.05, lo=0.01, hi=60.0, doc="how often replication state is read")
-    state_file: str = setting("", doc="remembers executed command ids across restarts")
+    state_file: str = setting(doc="remembers the boot counter and executed command ids across restarts")
     peer_interval: float = setting(0.04, lo=0.005, hi=10.0)
     peer_dead_time: float = setting(0.2, lo=0.02, hi=120.0,
                                     doc="no reply from the primary's agent this long: it is not heard")

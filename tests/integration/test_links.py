@@ -13,7 +13,7 @@ import pytest
 
 from firmware.links import Poller
 from firmware.model import Channel
-from firmware.protocol import Codec, Kind
+from firmware.protocol import Codec, Kind, decode
 from tests.integration.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +144,74 @@ def test_command_runs_once_though_sent_on_both_links_and_repeated(site):
     assert poller.command_result(cmd) == (True, "")
     poll_for(poller, 0.5)
     assert marker.read_text().splitlines() == ["once"]
+
+
+def _agent_udp(tmp_path: Path, port: int) -> tuple[socket.socket, bytes]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2.0)
+    sock.connect(("127.0.0.1", port))
+    return sock, (tmp_path / "key").read_bytes().rstrip(b"\n")
+
+
+def _ack(sock: socket.socket, key: bytes, cmd_id: str) -> dict:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        frame = decode(sock.recv(4096), key)
+        if frame.kind is Kind.ACK and frame.payload["id"] == cmd_id and frame.payload["done"]:
+            return frame.payload
+    raise AssertionError(f"no final ack for {cmd_id}")
+
+
+def test_a_command_replayed_after_an_agent_restart_is_not_run_again(site, tmp_path):
+    _poller, _cable, agent, marker, port = site
+    sock, key = _agent_udp(tmp_path, port)
+    _, captured = Codec("arbiter", key, 7).make(Kind.COMMAND, {"id": "arbiter-7-1", "op": "promote", "args": {}})
+    time.sleep(1.0)  # the agent is up
+    sock.send(captured)
+    assert _ack(sock, key, "arbiter-7-1")["ok"]
+    agent.kill()
+    agent.wait()
+    again = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(tmp_path / "agent.toml")],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        sock.send(captured)  # its replay window is new, its memory of done commands is not
+        assert _ack(sock, key, "arbiter-7-1")["ok"]
+        assert marker.read_text().splitlines() == ["once"]
+    finally:
+        again.kill()
+        again.wait()
+
+
+def test_the_boot_id_grows_across_restarts_even_with_the_clock_behind(tmp_path):
+    key = tmp_path / "key"
+    key.write_text(secrets.token_hex(32))
+    ahead = time.time_ns() // 1000 + 10**12  # as if the last start had a clock ten days ahead
+    (tmp_path / "state.json").write_text(json.dumps({"boot": ahead, "commands": {}}))
+    port = free_port()
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'[agent]\nname = "master"\nkey_file = "{key}"\nlisten = "127.0.0.1"\nport = {port}\n'
+                    f'state_file = "{tmp_path / "state.json"}"\n')
+    agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sock, k = _agent_udp(tmp_path, port)
+        time.sleep(1.0)
+        sock.send(Codec("arbiter", k, 1).make(Kind.POLL)[1])
+        assert decode(sock.recv(4096), k).boot_id == ahead + 1
+        assert json.loads((tmp_path / "state.json").read_text())["boot"] == ahead + 1
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_a_malformed_but_signed_reply_does_not_stop_the_agent(site, tmp_path):
+    poller, _cable, _agent, _marker, port = site
+    poll_for(poller, 1.0)  # the agent is up
+    sock, key = _agent_udp(tmp_path, port)
+    spy = Codec("spy", key, 1)
+    for bad in ({"re": "not a number"}, {"re": [1]}, {"re": None}):
+        sock.send(spy.make(Kind.REPLY, bad)[1])
+    time.sleep(0.2)
+    poll_for(poller, 1.0)
+    assert fresh(poller, Channel.LAN), "the agent must still answer on UDP"

@@ -16,7 +16,7 @@ from board.gpio import Board, make_factory
 from board.sdnotify import notify as sd_notify
 from firmware import arpcheck
 from firmware.config import Config, read_key
-from firmware.errors import ConfigError
+from firmware.errors import ConfigError, StateError
 from firmware.control import ControlServer
 from firmware.executor import Executor
 from firmware.hands import make_handlers
@@ -70,6 +70,12 @@ class Appliance:
         if data is None:
             return State(since=now)
         state = State.from_dict(data.get("site", data))
+        named = {state.primary, state.old, state.target, *state.fenced, *state.rejoining} - {None, ""}
+        unknown = sorted(named - {s.name for s in self.cfg.servers})
+        if unknown:
+            raise StateError(f"{self.store.path}: the saved state names {', '.join(unknown)}, not in the config's"
+                             " [[servers]]; put the server back in the config, or check the site and remove the"
+                             " state file to start afresh")
         if data.get("kernel_boot") != kernel_boot_id():
             state = state.rebased(now, self.cfg.timing.hold_down)
         log.info("resuming: phase %s, primary %s, fenced %s", state.phase.value, state.primary,

@@ -76,16 +76,16 @@ class Daemon:
             if self.reload.is_set():
                 self._reload()
             healthy = self._cycle()
-            if not ready:
-                self.app.sd_notify("READY=1")
+            if healthy and not ready:
+                self.app.sd_notify("READY=1")  # after the first full cycle that worked
                 ready = True
             if healthy and self.clock() - last_pet >= pet_every:
                 self.app.sd_notify("WATCHDOG=1")  # only from the loop, only after a healthy cycle
                 last_pet = self.clock()
-            next_tick += interval
+            cycle_start, next_tick = next_tick, next_tick + interval
             now = self.clock()
-            if now > next_tick + interval:
-                self._overrun(now - next_tick + interval)
+            if now > next_tick:  # this cycle ran past its slot: start the next one now
+                self._overrun(now - cycle_start - interval)
                 next_tick = now
             self.wake.wait(max(0.0, next_tick - now))
             self.wake.clear()

@@ -14,14 +14,17 @@ What the agent reports, and why:
   ``lag_bytes`` is WAL received but not yet replayed (what a promotion must still replay,
   and what grows when replay is paused or slow), ``lag_s`` the age of the last replayed
   transaction while replay is behind (0 when it is not).
-* ``in_sync`` on a standby. A standby cannot see the primary's view, so the rule is: its
-  application name (``application_name``, default the server's cluster_name) is a candidate
-  in ``synchronous_standby_names``, which the cluster keeps identical on every node (it is
-  copied by pg_basebackup and pg_rewind; ``promote`` rewrites it). While its stream is alive
-  that is enough: the primary cannot acknowledge a commit before a synchronous standby has
-  flushed it. Once the stream is gone, the last state still holds only if this standby is
-  the ONLY candidate (then no commit was acknowledged without it); with several
-  candidates the answer is unknown (None) and the appliance does not fail over on it.
+* ``in_sync`` on a standby. A standby cannot see the primary's view (and after the primary's
+  death nobody can), so it answers from ``synchronous_standby_names``, which the cluster
+  keeps identical on every node (copied by pg_basebackup and pg_rewind; ``promote``
+  rewrites it), and its own application name (``application_name``, default cluster_name):
+  true only when every acknowledged commit must have been flushed here, that is when this
+  standby is named and the number that must confirm is at least the number of candidates
+  (``"db2"``, ``FIRST 2 (db2, db3)``, ``ANY 2 (db2, db3)``); false when it is not named.
+  With fewer confirmations than candidates (``ANY 1 (db2, db3)``, ``FIRST 1 (...)``, ``*``)
+  a commit may have been acknowledged by another standby alone, whatever this one's stream
+  looks like: the answer is unknown (None), and the appliance does not promote it on its
+  own (an operator can, with ``arbiterctl failover --force``).
 
 Actions:
 
@@ -159,6 +162,16 @@ def parse_sync_names(value: str) -> tuple[int, tuple[str, ...]]:
     return num, names
 
 
+def standby_holds_every_ack(sync_names: str, name: str) -> bool | None:
+    """Must every acknowledged commit be on standby ``name``? (see the module's notes)"""
+    num, names = parse_sync_names(sync_names)
+    if num == 0 or (name not in names and "*" not in names):
+        return False
+    if "*" in names or num < len(names):
+        return None
+    return True
+
+
 def as_os_user(user: str, argv: list[str], netns: str | None = None) -> list[str]:
     """Data-directory commands must not run as root; runuser is skipped when we already are ``user``."""
     cmd = argv if os.geteuid() == pwd.getpwnam(user).pw_uid else ["runuser", "-u", user, "--", *argv]
@@ -249,19 +262,10 @@ class PostgresAdapter:
     def _standby_status(self) -> ReplicationStatus:
         status, age, lag_bytes, lag_s, sync_names, cluster_name, paused = self._query(_STANDBY_SQL)[0]
         alive = status == "streaming" and age is not None and age < self.s.peer_timeout
-        in_sync = self._standby_in_sync(alive, sync_names, self.s.application_name or cluster_name)
+        in_sync = standby_holds_every_ack(sync_names, self.s.application_name or cluster_name)
         detail = f"receiver {status or 'stopped'}" + (f", last heard {age:.1f} s ago" if age is not None else "")
         return ReplicationStatus("standby", in_sync=in_sync, lag_bytes=lag_bytes, lag_s=lag_s, peer_alive=alive,
                                  detail=detail + (", replay paused" if paused else ""))
-
-    @staticmethod
-    def _standby_in_sync(alive: bool, sync_names: str, name: str) -> bool | None:
-        num, names = parse_sync_names(sync_names)
-        if num == 0 or (name not in names and "*" not in names):
-            return False
-        if alive:
-            return True
-        return True if names == (name,) else None
 
     # ------------------------------------------------------------------ acting
 

@@ -10,7 +10,12 @@ Status comes from ``drbdsetup status RES --json`` (a list of resources, each wit
 ``out-of-sync:KiB`` only under --statistics), for sites whose drbd-utils predate --json.
 
 in_sync: every local volume is UpToDate, at least one peer is Connected, and every connected
-peer's volumes are UpToDate with nothing out of sync. peer_alive: some peer is Connected
+peer's volumes are UpToDate with nothing out of sync. A Secondary that has lost every peer
+(its Primary died) keeps its last disk state; that UpToDate proves it holds every write only
+when the resource has DRBD's peer fencing (``fencing resource-and-stonith`` with a fence-peer
+handler, or quorum), which freezes a Primary that loses its peer until the peer is outdated.
+The site says so with ``replication.peer_fencing``: true, such a Secondary is in sync while
+UpToDate; false, it is unknown and never promoted automatically. peer_alive: some peer is Connected
 (for a Secondary, that is the stream from the Primary). lag_bytes: out-of-sync bytes summed
 over peers; lag_s is not known to DRBD and stays None.
 
@@ -46,11 +51,13 @@ class DrbdState:
     disk: str  # local disk state, worst over volumes
     peers: tuple[PeerState, ...]
 
-    def to_status(self) -> ReplicationStatus:
+    def to_status(self, peer_fencing: bool = False) -> ReplicationStatus:
         connected = [p for p in self.peers if p.connection == "Connected"]
         oos = sum(p.out_of_sync_kib for p in self.peers) * 1024
-        in_sync = (self.disk == "UpToDate" and bool(connected)
-                   and all(p.disk == "UpToDate" and p.out_of_sync_kib == 0 for p in connected))
+        in_sync: bool | None = (self.disk == "UpToDate" and bool(connected)
+                                and all(p.disk == "UpToDate" and p.out_of_sync_kib == 0 for p in connected))
+        if self.role == "Secondary" and not connected and self.disk == "UpToDate":
+            in_sync = True if peer_fencing else None
         role = {"Primary": "primary", "Secondary": "standby"}.get(self.role, "unknown")
         peers = ", ".join(f"{p.name} {p.connection}/{p.role}/{p.disk}" for p in self.peers) or "no peers"
         return ReplicationStatus(role, in_sync=in_sync, lag_bytes=oos, lag_s=None, peer_alive=bool(connected),
@@ -127,19 +134,25 @@ def _fields(line: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class DrbdAdapter:
     resource: str
+    peer_fencing: bool
     status_cmd: str = "drbdsetup status {resource} --json"
     drbdadm: str = "drbdadm"
     timeout: float = 30.0
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> DrbdAdapter:
-        known = {"adapter", "resource", "status", "drbdadm", "timeout"}
+        known = {"adapter", "resource", "peer_fencing", "status", "drbdadm", "timeout"}
         problems = [f"replication.{k}: unknown key (known: {', '.join(sorted(known))})"
                     for k in sorted(set(table) - known)]
         resource = table.get("resource")
         if not isinstance(resource, str) or not re.fullmatch(r"[\w.-]+", resource or ""):
             problems.append(f"replication.resource = {resource!r}: required for adapter = 'drbd', "
                             "a DRBD resource name (letters, digits, . _ -)")
+        fencing = table.get("peer_fencing")
+        if not isinstance(fencing, bool):
+            problems.append(f"replication.peer_fencing = {fencing!r}: required for adapter = 'drbd', true or false:"
+                            " true only if the resource has 'fencing resource-and-stonith' (or quorum), so that"
+                            " a Secondary's UpToDate after losing its Primary can be trusted")
         timeout = table.get("timeout", 30.0)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 600:
             problems.append(f"replication.timeout = {timeout!r}: must be a number from 1 to 600")
@@ -148,7 +161,8 @@ class DrbdAdapter:
                 problems.append(f"replication.{key} = {table[key]!r}: must be a non-empty command")
         if problems:
             raise ConfigError(problems)
-        return cls(resource, table.get("status", cls.status_cmd), table.get("drbdadm", cls.drbdadm), float(timeout))
+        return cls(resource, fencing, table.get("status", cls.status_cmd), table.get("drbdadm", cls.drbdadm),
+                   float(timeout))
 
     def _run(self, argv: list[str], what: str) -> str:
         return run_checked(argv, what, self.timeout)
@@ -162,7 +176,7 @@ class DrbdAdapter:
             return ReplicationStatus("unknown", detail=str(exc)[:200])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return ReplicationStatus("unknown", detail=f"drbd status unreadable: {exc}"[:200])
-        return state.to_status()
+        return state.to_status(self.peer_fencing)
 
     def promote(self) -> None:
         self._run([*shlex.split(self.drbdadm), "primary", self.resource], "drbdadm primary")

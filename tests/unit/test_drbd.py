@@ -89,6 +89,16 @@ def test_json_standalone_secondary_has_lost_its_peer() -> None:
     assert (status.role, status.in_sync, status.peer_alive) == ("standby", False, False)
 
 
+@pytest.mark.parametrize("peer_fencing, in_sync", [(True, True), (False, None)])
+def test_a_secondary_that_lost_its_primary_is_in_sync_only_under_peer_fencing(peer_fencing, in_sync) -> None:
+    # the Primary died: its connection is Connecting, this side kept its last disk state
+    state = parse_json(_json(_resource("Secondary", "UpToDate", "Connecting", "Unknown", "DUnknown", 0)), "billing")
+    status = state.to_status(peer_fencing)
+    assert (status.role, status.in_sync, status.peer_alive) == ("standby", in_sync, False)
+    outdated = parse_json(_json(_resource("Secondary", "Outdated", "Connecting", "Unknown", "DUnknown", 0)), "billing")
+    assert outdated.to_status(peer_fencing).in_sync is False
+
+
 def test_json_missing_resource_is_named() -> None:
     with pytest.raises(ValueError, match="'billing' not in .*scratch"):
         parse_json(_json(), "billing")
@@ -125,8 +135,8 @@ def test_adapter_reads_json_or_text_and_runs_drbdadm(tmp_path: Path) -> None:
     fixture.write_text(_json(_resource("Secondary", "UpToDate", "Connected", "Primary", "UpToDate", 0)))
     calls = tmp_path / "calls"
     drbdadm = _script(tmp_path / "drbdadm", f'echo "$@" >> {calls}\n')
-    adapter = make_adapter({"adapter": "drbd", "resource": "billing", "status": f"cat {fixture}",
-                            "drbdadm": drbdadm})
+    adapter = make_adapter({"adapter": "drbd", "resource": "billing", "peer_fencing": True,
+                            "status": f"cat {fixture}", "drbdadm": drbdadm})
     assert adapter.status().role == "standby" and adapter.status().in_sync
     fixture.write_text(TEXT_DISCONNECTED)
     assert adapter.status().peer_alive is False
@@ -139,14 +149,14 @@ def test_adapter_reads_json_or_text_and_runs_drbdadm(tmp_path: Path) -> None:
 def test_failures_are_unknown_or_action_errors(tmp_path: Path) -> None:
     failing = _script(tmp_path / "fail", "echo 'billing: State change failed: (-2) Need access to UpToDate data' >&2\n"
                                          "exit 17\n")
-    adapter = DrbdAdapter("billing", status_cmd=failing, drbdadm=failing, timeout=5)
+    adapter = DrbdAdapter("billing", True, status_cmd=failing, drbdadm=failing, timeout=5)
     status = adapter.status()
     assert status.role == "unknown" and "exit 17" in status.detail
     with pytest.raises(ActionError, match="drbdadm primary exit 17: .*Need access to UpToDate data"):
         adapter.promote()
-    garbled = DrbdAdapter("billing", status_cmd="echo [1, 2", timeout=5).status()
+    garbled = DrbdAdapter("billing", True, status_cmd="echo [1, 2", timeout=5).status()
     assert garbled.role == "unknown" and "unreadable" in garbled.detail
-    slow = DrbdAdapter("billing", drbdadm=_script(tmp_path / "slow", "sleep 5\n"), timeout=1)
+    slow = DrbdAdapter("billing", True, drbdadm=_script(tmp_path / "slow", "sleep 5\n"), timeout=1)
     with pytest.raises(ActionError, match="within replication.timeout = 1 s"):
         slow.demote()
 
@@ -157,3 +167,4 @@ def test_bad_settings_name_key_value_and_bound() -> None:
     text = str(err.value)
     assert "replication.resource = 'bad name'" in text and "replication.timeout = 0" in text
     assert "from 1 to 600" in text and "replication.colour: unknown key" in text
+    assert "replication.peer_fencing = None: required" in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,19 +71,59 @@ def _detection(rig: Rig, report: Report, t0: float, server: str = "master") -> N
 # ---------------------------------------------------------------------- the scenarios
 
 
+class _WritableWatch:
+    """Looks every 5 ms, on the server's own socket, for the moment its database leaves
+    recovery: from then on it accepts writes."""
+
+    def __init__(self, rig: Rig, server: str) -> None:
+        self.dsn = rig.pg.dsn(server)  # type: ignore[union-attr]
+        self.at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import psycopg2
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                while not self._stop.wait(0.005):
+                    cur.execute("SELECT pg_is_in_recovery()")
+                    if not cur.fetchone()[0]:
+                        self.at = time.monotonic()
+                        return
+        finally:
+            conn.close()
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join(5.0)
+        return self.at
+
+
 def _failover_fault(inject: Callable[[Rig], None], after: Callable[[Rig, Report], None] | None = None
                     ) -> Callable[[Rig, Report], None]:
-    """A fault that must end in exactly one failover to the standby, the master fenced."""
+    """A fault that must end in exactly one failover to the standby, the master fenced; where
+    a database runs, also the time from the fence to the standby accepting writes, and a
+    second, asynchronous standby (where the rig has one) must never be promoted."""
     def run(rig: Rig, report: Report) -> None:
         rig.wait_ready()
         if rig.opts.database:
             rig.start_billing()
         _settle(rig, 2.0 if rig.opts.database else 1.0)
+        writable = _WritableWatch(rig, "standby") if rig.opts.database else None
         t0 = time.monotonic()
         inject(rig)
         st = _wait_primary(rig, "standby")
         _detection(rig, report, t0)
         report.check("master fenced", next(s for s in st["servers"] if s["name"] == "master")["fenced"])
+        cut, promoted = rig.first("relay-cut", "master", after=t0), writable and writable.stop()
+        if cut is not None and promoted:
+            report.details["fence_to_writable_s"] = round(promoted - cut, 3)
+            report.check("promoted only after the fence", promoted > cut)
+        if "standby2" in rig.servers:
+            report.check("the asynchronous standby2 never promoted", " promote: " not in rig.agent_log("standby2"))
         if after is not None:
             after(rig, report)
         _settle(rig, 2.0 if rig.opts.database else 1.0)
@@ -360,8 +401,9 @@ def lagging_standby(rig: Rig, report: Report) -> None:
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("power-loss", "the master loses power under billing load (PostgreSQL, synchronous standby): "
-             "fence, promote, move the IP, lose nothing", _failover_fault(lambda r: r.cut_power("master")),
-             RigOptions(database=True), expect_failover=True),
+             "fence, promote, move the IP, lose nothing; the second, asynchronous standby is never chosen",
+             _failover_fault(lambda r: r.cut_power("master")), RigOptions(database=True, standbys=2),
+             expect_failover=True),
     Scenario("crash", "every process on the master dies (a kernel panic), its link stays up",
              _failover_fault(lambda r: r.site.kill_all("master")), expect_failover=True),
     Scenario("hang", "the master freezes (SIGSTOP) past dead time, then thaws: it stays fenced",

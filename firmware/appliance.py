@@ -94,7 +94,12 @@ class Appliance:
     def _watch_ups(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            latest = self.ups_watch.poll()  # type: ignore[union-attr]
+            try:
+                latest = self.ups_watch.poll()  # type: ignore[union-attr]
+            except Exception as exc:  # the watch thread must outlive anything: monitoring lost, alerted
+                log.exception("UPS poll failed")
+                latest = {name: UpsObs(spec, reachable=False, error=f"UPS poll failed: {exc!r}"[:200])
+                          for name, spec in self.ups_watch.specs.items()}  # type: ignore[union-attr]
             by_server = {s.name: latest[s.name] for s in self.cfg.servers if s.name in latest}
             with self._ups_lock:
                 self._ups = by_server

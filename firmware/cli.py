@@ -62,6 +62,7 @@ def _link(link: dict[str, Any] | None) -> str:
 
 def _confirm(prompt: str, yes: bool) -> bool:
     if yes:
+        print(f"arbiterctl: {prompt} (confirmed by --yes)", file=sys.stderr)
         return True
     if not sys.stdin.isatty():
         print("arbiterctl: not confirmed (no terminal); add --yes", file=sys.stderr)

@@ -59,11 +59,15 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
             raise ActionError(f"{a.server}: power still reads on {t.fence_timeout:g} s after the relay"
                               " opened (timing.fence_timeout; check the relay and its power_sense input)")
         if cfg.fence.mode == "cycle":
-            threading.Timer(cfg.fence.cycle_off_s, relay.restore).start()
+            timer = threading.Timer(cfg.fence.cycle_off_s, relay.restore)
+            timer.daemon = True  # a stopping appliance must not wait for it; the relay fails safe (closed)
+            timer.start()
             return f"{a.server}: power off confirmed; back on in {cfg.fence.cycle_off_s:g} s (fence.mode = cycle)"
         return f"{a.server}: power off confirmed"
 
     def hold(a: HoldFence) -> str:
+        if cfg.fence.mode == "cycle":  # they were powered on again on purpose, and are kept out of service
+            return f"fence.mode = cycle: {', '.join(a.servers)} stay powered, out of service"
         for server in a.servers:
             board.relay(server).cut()
         return f"held off: {', '.join(a.servers)}"

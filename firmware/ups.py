@@ -54,6 +54,8 @@ def read_ups(spec: str, username: str = "", password: str = "", timeout: float =
         return UpsObs(spec, reachable=False, error=_short(str(exc)))
     except (OSError, ConnectionError, socket.timeout) as exc:
         return UpsObs(spec, reachable=False, error=f"upsd {host}:{port}: {exc.__class__.__name__}: {exc}")
+    except (ValueError, IndexError, AttributeError, EOFError) as exc:  # PyNUT chokes on a garbled answer
+        return UpsObs(spec, reachable=False, error=f"bad answer from upsd {host}:{port}: {exc.__class__.__name__}")
     return _parse_vars(spec, raw)
 
 

@@ -109,11 +109,12 @@ def flash(image: Path, target: Path, quiet: bool = False, after_write: Callable[
             pos = HEAD
             while pos < size:
                 block = src.read(CHUNK)
-                os.pwrite(fd, block, pos)
+                _write_all(fd, block, pos)
                 pos += len(block)
                 write_progress(pos - HEAD)
+            os.fsync(fd)  # the rest is on the card before the boot sector can make it bootable
             src.seek(0)
-            os.pwrite(fd, src.read(min(HEAD, size)), 0)  # the boot sector and table last
+            _write_all(fd, src.read(min(HEAD, size)), 0)  # the boot sector and table last
             write_progress(size)
             os.fsync(fd)
         finally:
@@ -132,6 +133,16 @@ def flash(image: Path, target: Path, quiet: bool = False, after_write: Callable[
                          "Do not use this card; flash it again or replace it.\n" + json.dumps(result))
     return result
 
+
+
+def _write_all(fd: int, data: bytes, pos: int) -> None:
+    """pwrite may write less than asked (a full device, a signal): go on, or fail loudly."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        if n == 0:
+            raise OSError(f"no progress writing at byte {pos}")
+        view, pos = view[n:], pos + n
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(

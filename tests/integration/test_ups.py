@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import random
+import socket
+import threading
 import time
 
 import pytest
 
-from firmware.ups import UpsWatch, ups_events
+from firmware.ups import UpsWatch, read_ups, ups_events
 from hil.nut import NutSite
 
 
@@ -89,3 +91,26 @@ def test_every_policy_from_real_readings(nut):
     nut.kill_driver("alpha")
     wait_for(watch, "master", lambda o: not o.reachable)
     assert intent().kind == "none"  # lost monitoring never acts
+
+
+@pytest.mark.parametrize("answer", [b"BEGIN LIST VAR u\nVAR\nEND LIST VAR u\n", b"\xff\xfe garbage\n",
+                                    b"BEGIN LIST VAR u\nVAR u ups.status\n"])
+def test_a_garbled_upsd_answer_is_monitoring_lost_not_a_crash(answer):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def answer_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(256)
+            conn.sendall(answer)
+    t = threading.Thread(target=answer_once, daemon=True)
+    t.start()
+    try:
+        obs = read_ups(f"u@127.0.0.1:{port}", timeout=1.0)
+    finally:
+        t.join(2)
+        server.close()
+    assert obs.reachable is False and obs.error

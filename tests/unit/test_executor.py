@@ -6,7 +6,7 @@ import time
 
 from firmware.executor import Executor
 from firmware.hands import make_handlers
-from firmware.model import Fence, Notify, Promote, TakeIp, VerifyIp
+from firmware.model import Fence, HoldFence, Notify, Promote, TakeIp, VerifyIp
 from tests.unit.sitekit import MACS, site_config
 
 CFG = site_config(timing={"fence_timeout": 0.2, "action_timeout": 0.3})
@@ -73,8 +73,8 @@ class FakeNotifier:
         self.line.add(f"notify {event}")
 
 
-def executor(line, confirms=True, answer=True, macs=frozenset({MACS["standby"]})):
-    handlers = make_handlers(CFG, FakeBoard(line, confirms), FakeAgents(line, answer), FakeNotifier(line),
+def executor(line, confirms=True, answer=True, macs=frozenset({MACS["standby"]}), cfg=CFG):
+    handlers = make_handlers(cfg, FakeBoard(line, confirms), FakeAgents(line, answer), FakeNotifier(line),
                              lambda ip, iface: macs)
     return Executor(handlers)
 
@@ -140,3 +140,24 @@ def test_verify_ok_only_for_the_expected_mac():
     ex = executor(Timeline(), macs=frozenset({MACS["master"]}))
     ex.submit([VerifyIp("standby", ref=1)])
     assert not drain(ex, 1)[0].ok
+
+
+def test_cycle_mode_powers_back_on_and_a_restart_does_not_cut_again():
+    cycle = site_config(timing={"fence_timeout": 0.2, "action_timeout": 0.3},
+                        fence={"mode": "cycle", "cycle_off_s": 1.0})
+    line = Timeline()
+    ex = executor(line, cfg=cycle)
+    ex.submit([Fence("master", ref=1)])
+    assert drain(ex, 1)[0].ok
+    time.sleep(1.3)
+    assert line.events == ["cut master", "confirmed master", "restore master"]
+    ex.submit([HoldFence(("master",), ref=2)])  # what a restarted appliance issues
+    (held,) = drain(ex, 1)
+    assert held.ok and "stay powered" in held.detail and line.events[-1] == "restore master"
+
+
+def test_off_mode_holds_fenced_servers_off_after_a_restart():
+    line = Timeline()
+    ex = executor(line)
+    ex.submit([HoldFence(("master",), ref=1)])
+    assert drain(ex, 1)[0].ok and line.events == ["cut master"]

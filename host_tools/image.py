@@ -14,7 +14,13 @@ Recipe (each step prints a progress line):
 The base is either --base-dir DIR (folders boot/ and root/, as the tests make on the spot)
 or --base IMAGE, a Raspberry Pi OS Lite image the technician supplies: its boot files are
 copied out with mcopy and its root with `debugfs -R "rdump / DIR"` (run as root to keep
-ownership). The Pi OS path cannot be tested here (no such image on the build machines).
+ownership), and the base's disk id is kept (Pi OS names its root PARTUUID=<disk id>-02).
+The tests exercise that path with an earlier arbiter image standing in for Pi OS; a real Pi
+OS image is not available on the build machines.
+
+The image carries the firmware as wheels: arbiter-install.service builds the venv at first
+boot, systemd-sysusers creates the ``arbiter`` user, arbiter-firstboot.service installs the
+provisioned config and secrets, then arbiterd starts.
 """
 from __future__ import annotations
 
@@ -49,8 +55,12 @@ def step(text: str) -> None:
     print(f"[image] {text}", file=sys.stderr, flush=True)
 
 
+def partition_table(image: Path) -> dict:
+    return json.loads(run(["sfdisk", "--json", str(image)], "read partition table"))["partitiontable"]
+
+
 def partitions(image: Path) -> list[dict]:
-    return json.loads(run(["sfdisk", "--json", str(image)], "read partition table"))["partitiontable"]["partitions"]
+    return partition_table(image)["partitions"]
 
 
 def _copy_into(image: Path, part_file: Path, offset: int) -> None:
@@ -97,11 +107,14 @@ def stage_root(base_root: Path, stage: Path, wheelhouse: Path | None) -> Path:
     units = stage / "etc/systemd/system"
     wants = units / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    for unit in ("arbiterd.service", "arbiter-firstboot.service"):
+    for unit in ("arbiterd.service", "arbiter-install.service", "arbiter-firstboot.service"):
         shutil.copy2(BOARD / "systemd" / unit, units / unit)
         link = wants / unit
         link.unlink(missing_ok=True)
         link.symlink_to(f"/etc/systemd/system/{unit}")
+    sysusers = stage / "usr/lib/sysusers.d"
+    sysusers.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BOARD / "systemd/arbiter.sysusers", sysusers / "arbiter.conf")
     dropin = stage / "etc/systemd/system.conf.d"
     dropin.mkdir(parents=True, exist_ok=True)
     shutil.copy2(BOARD / "systemd/10-arbiter-watchdog.conf", dropin)
@@ -116,9 +129,12 @@ def build(output: Path, size_mib: int, boot_mib: int, base_dir: Path | None, bas
     if size_mib < boot_mib + 32:
         raise ImageError(f"--size {size_mib}: must be at least --boot-mib ({boot_mib}) + 32 MiB for the root")
     t0 = time.monotonic()
+    label_id = ""
     with tempfile.TemporaryDirectory(prefix="arbiter-image-") as tmp_name:
         tmp = Path(tmp_name)
         if base_image is not None:
+            # Pi OS finds its root as PARTUUID=<disk id>-02 (cmdline.txt, fstab): keep the id
+            label_id = f"label-id: {partition_table(base_image)['id']}\n"
             step(f"reading the base image {base_image}")
             base_from_image(base_image, tmp / "base")
             base_dir = tmp / "base"
@@ -129,7 +145,7 @@ def build(output: Path, size_mib: int, boot_mib: int, base_dir: Path | None, bas
         boot_start, boot_sectors = MIB // SECTOR, boot_mib * MIB // SECTOR
         root_start = boot_start + boot_sectors
         subprocess.run(["sfdisk", "--quiet", str(output)], input=(
-            f"label: dos\nstart={boot_start}, size={boot_sectors}, type=c, bootable\nstart={root_start}, type=83\n"),
+            f"label: dos\n{label_id}start={boot_start}, size={boot_sectors}, type=c, bootable\nstart={root_start}, type=83\n"),
             text=True, check=True, capture_output=True)
         root_sectors = partitions(output)[1]["size"]
         step("boot partition: FAT32 with the base's boot files")
@@ -140,7 +156,8 @@ def build(output: Path, size_mib: int, boot_mib: int, base_dir: Path | None, bas
         files = [str(p) for p in (base_dir / "boot").iterdir()]
         if files:
             run(["mcopy", "-s", "-i", str(boot), *files, "::/"], "copy boot files")
-        run(["mmd", "-i", str(boot), "::/arbiter"], "boot/arbiter")
+        if not (base_dir / "boot" / "arbiter").is_dir():  # an earlier arbiter image as the base has it
+            run(["mmd", "-i", str(boot), "::/arbiter"], "boot/arbiter")
         step("root partition: base tree, firmware wheel, units enabled, watchdog, udev")
         wheel = stage_root(base_dir / "root", tmp / "root", wheelhouse)
         rootfs = tmp / "root.ext4"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.image import SECTOR, build, partitions
+from host_tools.image import SECTOR, build, partition_table, partitions
 from host_tools.provision import main as provision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,9 @@ def test_boot_partition_has_the_base_files_and_an_arbiter_folder(image):
 def test_root_has_firmware_units_enabled_watchdog_and_udev(image, tmp_path):
     img, result = image
     wants = debugfs(img, "ls -l /etc/systemd/system/multi-user.target.wants", tmp_path)
-    assert "arbiterd.service" in wants and "arbiter-firstboot.service" in wants
+    assert all(u in wants for u in ("arbiterd.service", "arbiter-install.service", "arbiter-firstboot.service"))
+    assert "u arbiter" in debugfs(img, "cat /usr/lib/sysusers.d/arbiter.conf", tmp_path)
+    assert "pip install --no-index" in debugfs(img, "cat /opt/arbiter/install.sh", tmp_path)
     assert result["wheel"] in debugfs(img, "ls /opt/arbiter/wheels", tmp_path)
     assert "RuntimeWatchdogSec=15" in debugfs(img, "cat /etc/systemd/system.conf.d/10-arbiter-watchdog.conf", tmp_path)
     assert "arbiter-com" in debugfs(img, "cat /etc/udev/rules.d/99-arbiter.rules", tmp_path)
@@ -99,3 +101,16 @@ def test_bad_config_is_refused_with_the_key_named(tmp_path, capsys):
     boot.mkdir()
     assert provision(["--config", str(conf), "--key-file", str(key_file), "--boot-dir", str(boot)]) == 2
     assert "timing.interval = 0.001" in capsys.readouterr().err and not (boot / "arbiter").exists()
+
+
+def test_an_image_built_on_a_base_image_keeps_its_files_and_disk_id(image, tmp_path):
+    # the --base path, here with our own image standing in for Raspberry Pi OS Lite: its
+    # cmdline.txt and fstab name the root as PARTUUID=<disk id>-02, so the id must not change
+    base, _ = image
+    build(tmp_path / "again.img", 96, 40, None, base)
+    assert partition_table(tmp_path / "again.img")["id"] == partition_table(base)["id"]
+    assert "arbiter" in debugfs(tmp_path / "again.img", "cat /etc/hostname", tmp_path)
+    boot = partitions(tmp_path / "again.img")[0]
+    listing = subprocess.run(["mdir", "-b", "-i", f"{tmp_path / 'again.img'}@@{boot['start'] * SECTOR}", "::/"],
+                             capture_output=True, text=True).stdout
+    assert "config.txt" in listing

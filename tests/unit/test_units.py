@@ -20,12 +20,13 @@ def unit(name: str) -> configparser.RawConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("name", ["arbiterd.service", "arbiter-firstboot.service"])
+@pytest.mark.parametrize("name", ["arbiterd.service", "arbiter-install.service", "arbiter-firstboot.service"])
 def test_systemd_analyze_verify_is_clean(name, tmp_path):
     stub = tmp_path / "arbiterd"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
-    text = (UNITS / name).read_text().replace("/opt/arbiter/venv/bin/arbiterd", str(stub))
+    text = (UNITS / name).read_text().replace("/opt/arbiter/venv/bin/arbiterd", str(stub)).replace(
+        "/opt/arbiter/install.sh", str(stub))
     (tmp_path / name).write_text(text)
     done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True)
     complaints = [ln for ln in (done.stdout + done.stderr).splitlines() if name in ln or "Unknown" in ln]

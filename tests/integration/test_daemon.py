@@ -48,7 +48,8 @@ class Site:
         conf = self.tmp / f"agent-{name}.toml"
         conf.write_text(toml_out.dumps({
             "agent": {"name": name, "key_file": str(self.key), "listen": "127.0.0.1", "port": self.ports[name],
-                      "serial": str(self.tmp / f"tty-{name}-b")},
+                      "serial": str(self.tmp / f"tty-{name}-b"),
+                      "state_file": str(self.tmp / f"agent-{name}-state.json")},
             "replication": {"adapter": "command", "status": f"cat {role_file}",
                             "promote": f"{sys.executable} -m hil.role {role_file} primary"},
             "hooks": {"take_ip": f"sh -c 'date +%s.%N > {self.tmp / ('took-' + name)}'"},

@@ -67,6 +67,12 @@ _TABLE = (
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}
 
+# Never held back by the rate limit: the decision core raises each at most once per operation
+# or per real change, so they cannot storm, and losing one in a link-flap storm would hide
+# the one thing the operator must know.
+UNLIMITED = frozenset(e.name for e in _TABLE if e.severity is Severity.CRITICAL) | {
+    "failover-started", "failover-completed", "fence-done", "switchover-started", "switchover-completed"}
+
 
 def event_type(name: str) -> EventType:
     try:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from firmware.config import Config
 from firmware.errors import StateError
-from firmware.events import EVENTS, Severity, event_type
+from firmware.events import EVENTS, UNLIMITED, Severity, event_type
 
 log = logging.getLogger("arbiter.alerts")
 
@@ -137,8 +137,9 @@ class RateLimit:
         self._expire(self.clock())
         return len(self.sent) < self.per_minute
 
-    def admit(self, event: str) -> bool:
-        if not self.has_room():
+    def admit(self, event: str, always: bool = False) -> bool:
+        """``always``: counted in the window, never dropped (see events.UNLIMITED)."""
+        if not always and not self.has_room():
             self.dropped[event] += 1
             return False
         self.sent.append(self.clock())
@@ -184,7 +185,7 @@ class Notifier:
                 return None
             self.last_sent[key] = now
             self._forget_counterparts(event, server, channel)
-            admitted = self.rate.admit(event)
+            admitted = self.rate.admit(event, always=event in UNLIMITED)
             seq = self.seq.next() if admitted else 0  # gaps in seq then mean lost alerts only
             alert = Alert(seq, event, etype.severity, server, channel, text or etype.text, self.wall())
             for sink in self.sinks:

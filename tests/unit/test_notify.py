@@ -175,11 +175,24 @@ def test_the_alarm_sees_alerts_the_rate_limit_keeps_from_others(tmp_path: Path) 
     relay, rec, clock = Relay(), Recorder(), Clock()
     n = make(tmp_path, AlarmSink(relay), rec, max_per_minute=1, clock=clock)
     n.notify("arbiter-started")
-    assert n.notify("fence-failed", "master") is None
+    assert n.notify("link-down", "master", "lan") is None
     assert rec.events == ["arbiter-started"]
-    assert n.alarm_state() == ("CRITICAL", False) and relay.on
+    assert n.alarm_state() == ("WARNING", False) and relay.on
     clock.now += 60.0
-    assert (a := n.notify("link-down", "master")) is not None and a.seq == 2  # no gap for the held-back one
+    assert (a := n.notify("server-down", "master")) is not None and a.seq == 2  # no gap for the held-back one
+
+
+def test_a_storm_never_holds_back_the_alerts_of_a_failover(tmp_path: Path) -> None:
+    rec, clock = Recorder(), Clock()
+    n = make(tmp_path, rec, min_repeat_s=0.0, max_per_minute=5, clock=clock)
+    for i in range(100):  # a flapping link fills the minute
+        clock.now += 0.1
+        n.notify("link-down" if i % 2 else "link-up", "standby", "lan")
+    for event in ("failover-started", "fence-done", "failover-completed", "operator-needed", "fence-failed"):
+        assert n.notify(event, "master") is not None, event
+    assert rec.events[-5:] == ["failover-started", "fence-done", "failover-completed", "operator-needed",
+                               "fence-failed"]
+    assert n.notify("server-down", "standby") is None  # the limit still holds for the rest
 
 
 def test_hook_gets_the_alert_in_its_environment(tmp_path: Path) -> None:

@@ -71,10 +71,14 @@ class Site:
         }))
         for i in (1, 2):
             self.gpio.set_input(f"sense{i}", True)
-        self.procs["arbiter"] = subprocess.Popen([sys.executable, "-m", "firmware.daemon", "--config", str(conf)],
-                                                 cwd=ROOT, stdout=open(self.tmp / "arbiterd.log", "wb"),
-                                                 stderr=subprocess.STDOUT)
+        self.start_arbiter()
         threading.Thread(target=self.power_supply, daemon=True).start()
+
+    def start_arbiter(self) -> None:
+        with open(self.tmp / "arbiterd.log", "ab") as log:
+            self.procs["arbiter"] = subprocess.Popen(
+                [sys.executable, "-m", "firmware.daemon", "--config", str(self.tmp / "arbiter.toml")],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
     def power_supply(self) -> None:
         """The master's power follows its relay; the readback follows the power."""

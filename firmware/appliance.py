@@ -47,8 +47,7 @@ class Appliance:
                              clock=clock)
         self.notifier = make_notifier(cfg, state_dir, self.journal, self.board.set_alarm)
         self.board.on_ack(self._button_ack)
-        self.executor = Executor(make_handlers(cfg, self.board, self.poller, self.notifier, arpcheck.probe),
-                                 wake=wake, clock=clock)
+        self.executor = Executor(self._handlers(cfg), wake=wake, clock=clock)
         specs = {s.name: s.ups for s in cfg.servers if s.ups}
         self.ups_watch = UpsWatch(specs, cfg.ups.username, _secret(cfg.ups.password_file), cfg.ups.timeout) \
             if specs else None
@@ -64,6 +63,14 @@ class Appliance:
         run = int((store.load() or {}).get("run", 0)) + 1
         store.save({"run": run})
         return run
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reloaded config: the action handlers (timeouts, fence mode, address) follow it."""
+        self.cfg = cfg
+        self.executor.replace_handlers(self._handlers(cfg))
+
+    def _handlers(self, cfg: Config) -> dict:
+        return make_handlers(cfg, self.board, self.poller, self.notifier, arpcheck.probe)
 
     def load_state(self, now: float) -> State:
         data = self.store.load()

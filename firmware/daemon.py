@@ -34,6 +34,7 @@ from firmware.status import status_report
 log = logging.getLogger("arbiter")
 
 OVERRUN_LOG_EVERY_S = 60.0
+RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups")
 
 
 class Daemon:
@@ -67,7 +68,6 @@ class Daemon:
         self._signals()
         self.app.start(self.handle_request)
         self.app.notifier.notify("arbiter-started", text=f"run {self.app.run_id}, phase {self.state.phase.value}")
-        interval = self.cfg.timing.interval
         next_tick = self.clock()
         ready = False
         pet_every = min(watchdog_interval() or 1.0, 1.0)
@@ -82,6 +82,7 @@ class Daemon:
             if healthy and self.clock() - last_pet >= pet_every:
                 self.app.sd_notify("WATCHDOG=1")  # only from the loop, only after a healthy cycle
                 last_pet = self.clock()
+            interval = self.cfg.timing.interval  # a reload may change it
             cycle_start, next_tick = next_tick, next_tick + interval
             now = self.clock()
             if now > next_tick:  # this cycle ran past its slot: start the next one now
@@ -174,7 +175,9 @@ class Daemon:
         self.wake.set()
 
     def _reload(self) -> None:
-        """Validate first; keep the old config on any error. Links are rebuilt on restart only."""
+        """Validate first; keep the old config on any error. timing, policy, fence and vip
+        apply at once; the sections built into the links, the board, the alert senders and
+        the UPS watch (RESTART_SECTIONS) keep their old values until the next restart."""
         self.reload.clear()
         try:
             new = config_mod.load(self.config_path)
@@ -182,12 +185,14 @@ class Daemon:
             log.error("reload rejected, old config kept: %s", "; ".join(exc.problems))
             self.app.notifier.notify("config-rejected", text="; ".join(exc.problems)[:200])
             return
-        if [dataclasses.astuple(s) for s in new.servers] != [dataclasses.astuple(s) for s in self.cfg.servers]:
-            log.warning("reload: server list changed; it takes effect at the next restart")
-            new = dataclasses.replace(new, servers=self.cfg.servers)
+        later = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(self.cfg, name)]
+        if later:
+            log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(later))
+            new = dataclasses.replace(new, **{name: getattr(self.cfg, name) for name in later})
         self.cfg = new
-        self.app.cfg = new
-        self.app.notifier.notify("config-reloaded")
+        self.app.reconfigure(new)
+        self.app.notifier.notify("config-reloaded", text="applied: timing, policy, fence, vip" + (
+            f"; at the next restart: {', '.join(later)}" if later else ""))
         log.info("config reloaded from %s", self.config_path)
 
     # ------------------------------------------------------------------ operator requests

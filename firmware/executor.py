@@ -58,6 +58,10 @@ class Executor:
             out, self._results = tuple(self._results), []
         return out
 
+    def replace_handlers(self, handlers: dict[type, Handler]) -> None:
+        """After a reload: actions submitted from now on use these; running ones finish as begun."""
+        self._handlers = dict(handlers)
+
     def running(self) -> list[tuple[Action, float]]:
         """Actions under way with their elapsed seconds, for progress lines and status."""
         now = self._clock()

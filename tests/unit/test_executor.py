@@ -161,3 +161,15 @@ def test_off_mode_holds_fenced_servers_off_after_a_restart():
     ex = executor(line)
     ex.submit([HoldFence(("master",), ref=1)])
     assert drain(ex, 1)[0].ok and line.events == ["cut master"]
+
+
+def test_a_reload_gives_new_actions_the_new_settings():
+    line = Timeline()
+    ex = executor(line, answer=None)  # an agent that never answers: the timeout decides
+    ex.submit([Promote("standby", ref=1)])
+    assert "within 0.3 s" in drain(ex, 1)[0].detail
+    longer = site_config(timing={"fence_timeout": 0.2, "action_timeout": 0.5})
+    ex.replace_handlers(make_handlers(longer, FakeBoard(line), FakeAgents(line, None), FakeNotifier(line),
+                                      lambda ip, iface: frozenset()))
+    ex.submit([Promote("standby", ref=2)])
+    assert "within 0.5 s" in drain(ex, 1)[0].detail

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from firmware.config import Config
 from firmware.errors import StateError
 from firmware.events import EVENTS, UNLIMITED, Severity, event_type
+from firmware.state import StateStore
 
 log = logging.getLogger("arbiter.alerts")
 
@@ -257,20 +258,27 @@ class AlarmSink:
     """Drives the alarm relay: on while an unacknowledged alert of WARNING or worse is active.
 
     Essential: it sees alerts the rate limit keeps from the other sinks, so a storm can
-    neither hide a critical alert from the relay nor leave a cleared one ringing.
+    neither hide a critical alert from the relay nor leave a cleared one ringing. With a
+    ``store`` the active alerts survive a restart: the lamp of a fault that is still there
+    lights again when the appliance comes back.
     """
 
     essential = True
 
-    def __init__(self, set_alarm: Callable[[bool], None]) -> None:
+    def __init__(self, set_alarm: Callable[[bool], None], store: StateStore | None = None) -> None:
         self.set_alarm = set_alarm
-        self.active: dict[Key, Severity] = {}
-        self.acked = False
+        self.store = store
+        saved = (store.load() if store is not None else None) or {}
+        self.active: dict[Key, Severity] = {
+            (e, s, c): Severity(v) for e, s, c, v in saved.get("active", ()) if e in EVENTS}
+        self.acked = bool(saved.get("acked", False))
         self.relay: bool | None = None
         self.lock = threading.Lock()
+        self._drive()
 
     def send(self, alert: Alert) -> None:
         with self.lock:
+            before = (dict(self.active), self.acked)
             ends = set(event_type(alert.event).clears)
             for key in [k for k in self.active if k[0] in ends and _same_place(k, alert.server, alert.channel)]:
                 del self.active[key]
@@ -278,11 +286,18 @@ class AlarmSink:
                 self.active[(alert.event, alert.server, alert.channel)] = alert.severity
                 self.acked = False
             self._drive()
+            if (self.active, self.acked) != before:  # an SD card: write on changes only
+                self._save()
 
     def ack(self) -> None:
         with self.lock:
             self.acked = True
             self._drive()
+            self._save()
+
+    def _save(self) -> None:
+        if self.store is not None:
+            self.store.save({"active": [[*k, int(v)] for k, v in self.active.items()], "acked": self.acked})
 
     def state(self) -> tuple[str, bool]:
         with self.lock:
@@ -370,7 +385,7 @@ def make_notifier(cfg: Config, state_dir: Path, journal: Journal | None,
     """The appliance's notifier with every sink its config asks for."""
     from firmware.snmp import SnmpSink  # here: firmware.snmp imports this module
 
-    sinks: list[Sink] = [LogSink(), AlarmSink(set_alarm)]
+    sinks: list[Sink] = [LogSink(), AlarmSink(set_alarm, StateStore(Path(state_dir) / "alarm.json"))]
     if journal is not None:
         sinks.append(JournalSink(journal))
     if cfg.alerts.hook:

@@ -10,6 +10,7 @@ import pytest
 
 from firmware.events import Severity
 from firmware.notify import AlarmSink, Alert, HookSink, LogSink, Notifier
+from firmware.state import StateStore
 from tests.unit.sitekit import site_config
 
 
@@ -156,6 +157,21 @@ def test_alarm_follows_the_most_severe_active_alert_and_clears(tmp_path: Path) -
     assert relay.history == [False, True, False]
 
 
+def test_an_active_alarm_lights_again_after_a_restart_and_an_ack_holds(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "alarm.json")
+    relay = Relay()
+    n = make(tmp_path, AlarmSink(relay, store))
+    n.notify("fence-failed", "master")
+    assert relay.on
+    after_restart = Relay()
+    sink = AlarmSink(after_restart, StateStore(tmp_path / "alarm.json"))
+    assert after_restart.history == [True] and sink.state() == ("CRITICAL", False)
+    sink.ack()
+    again = Relay()
+    assert AlarmSink(again, StateStore(tmp_path / "alarm.json")).state() == ("CRITICAL", True)
+    assert again.history == [False]
+
+
 def test_ack_silences_until_something_new_of_warning_or_worse(tmp_path: Path) -> None:
     relay, clock = Relay(), Clock()
     n = make(tmp_path, AlarmSink(relay), clock=clock)
@@ -168,7 +184,7 @@ def test_ack_silences_until_something_new_of_warning_or_worse(tmp_path: Path) ->
     assert not relay.on
     n.notify("link-down", "standby", "lan")
     assert n.alarm_state() == ("MAJOR", False) and relay.on
-    assert relay.history == [True, False, True]
+    assert relay.history == [False, True, False, True]  # set off at start, then as alerts came
 
 
 def test_the_alarm_sees_alerts_the_rate_limit_keeps_from_others(tmp_path: Path) -> None:

@@ -261,7 +261,10 @@ def _ups(step: _Step) -> None:
             step.notify(event, srv.name, "ups", _ups_text(srv.ups))
             step.why(f"{srv.name}: {event}")
         u = srv.ups
-        now_seen.append((srv.name, u.reachable, tuple(sorted(u.flags)), u.charge, u.runtime_s))
+        if not u.reachable and prev is not None:  # keep the last known power state across a gap
+            now_seen.append((srv.name, u.reachable, prev[2], prev[3], prev[4]))
+        else:
+            now_seen.append((srv.name, u.reachable, tuple(sorted(u.flags)), u.charge, u.runtime_s))
     step.update(ups_seen=tuple(now_seen))
 
 

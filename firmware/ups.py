@@ -98,15 +98,21 @@ def ups_events(prev: UpsObs | None, cur: UpsObs, low_runtime_s: float = 0.0) -> 
     Like NUT upsmon's flags that start unknown (-1) and fire only on a real 0 -> 1 change,
     a first reading (prev None) raises nothing: the states already present at start-up were
     present before the appliance looked, and alarming on them at every reboot would teach
-    the staff to ignore the alarm. Losing and regaining monitoring are changes of their own.
+    the staff to ignore the alarm. Losing and regaining monitoring are changes of their own;
+    across a gap, ``prev`` keeps the flags of the last reading before it (decide keeps them),
+    so a UPS that went on battery while nobody could see it is still reported when it is seen.
     """
     if prev is None:
         return []
     if not cur.reachable:
         return ["ups-monitoring-lost"] if prev.reachable else []
     if not prev.reachable:
-        # back after a gap: report the gap's end; power changes during it count from here on
-        return ["ups-monitoring-restored"] if prev.reachable is False else []
+        back = ["ups-monitoring-restored"] if prev.reachable is False else []
+        return back + (_power_changes(prev, cur, low_runtime_s) if prev.flags else [])
+    return _power_changes(prev, cur, low_runtime_s)
+
+
+def _power_changes(prev: UpsObs, cur: UpsObs, low_runtime_s: float) -> list[str]:
     events = []
     if "OB" in cur.flags and "OB" not in prev.flags:
         events.append("ups-on-battery")

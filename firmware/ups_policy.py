@@ -40,21 +40,27 @@ def _on_battery(u: UpsObs | None) -> bool:
     return u is not None and bool(u.reachable) and "OB" in u.flags
 
 
-def shutdown_order(primary: str, servers: Sequence[str], freshness: Mapping[str, int]) -> tuple[str, ...]:
+def shutdown_order(primary: str, servers: Sequence[str], lag_bytes: Mapping[str, int]) -> tuple[str, ...]:
     """Most behind first; the most up-to-date copy last (ties: standbys before the primary)."""
-    return tuple(sorted(servers, key=lambda s: (-freshness.get(s, 0), s == primary, s)))
+    return tuple(sorted(servers, key=lambda s: (-lag_bytes.get(s, 0), s == primary, s)))
 
 
 def ups_intent(primary: str | None, ups: Mapping[str, UpsObs | None], candidates: Sequence[str],
-               freshness: Mapping[str, int], low_runtime_s: float, switchover_enabled: bool) -> UpsIntent:
+               lag_bytes: Mapping[str, int], low_runtime_s: float, switchover_enabled: bool) -> UpsIntent:
     if primary is None or ups.get(primary) is None:
         return UpsIntent("none")
     watched = [s for s, u in ups.items() if u is not None]
     mine = ups[primary]
-    if len(watched) > 1 and all(_on_battery(ups[s]) for s in watched) and not _low(mine, low_runtime_s):
-        order = shutdown_order(primary, watched, freshness)
+    if len(watched) > 1 and all(_on_battery(ups[s]) for s in watched):
+        order = shutdown_order(primary, watched, lag_bytes)
+        low = [s for s in watched if _low(ups[s], low_runtime_s)]
+        if low:  # nowhere to switch to: the order decided below is carried out now
+            return UpsIntent("backup-shutdown", backup=primary, shutdown_order=order,
+                             reason=f"every UPS is on battery and {', '.join(low)} runs low: backup on {primary},"
+                                    f" then shutdown {', '.join(order)}")
         return UpsIntent("all-on-battery", backup=primary, shutdown_order=order,
-                         reason=f"every UPS is on battery ({', '.join(watched)}): backup on {primary} now")
+                         reason=f"every UPS is on battery ({', '.join(watched)}): backup on {primary} now;"
+                                f" once a battery runs low, shutdown {', '.join(order)}")
     if not _low(mine, low_runtime_s):
         return UpsIntent("none")
     why = (f"{primary}'s UPS is low (status {' '.join(sorted(mine.flags))}, runtime {mine.runtime_s} s,"  # type: ignore[union-attr]
@@ -62,6 +68,6 @@ def ups_intent(primary: str | None, ups: Mapping[str, UpsObs | None], candidates
     on_line = [c for c in candidates if _on_line(ups.get(c))]
     if switchover_enabled and on_line:
         return UpsIntent("switchover", target=on_line[0], reason=f"{why}: switching over to {on_line[0]}, on line power")
-    order = shutdown_order(primary, watched, freshness)
+    order = shutdown_order(primary, watched, lag_bytes)
     return UpsIntent("backup-shutdown", backup=primary, shutdown_order=order,
                      reason=f"{why} and no in-sync standby on line power: backup, then shutdown {', '.join(order)}")

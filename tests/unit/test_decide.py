@@ -355,7 +355,7 @@ def test_low_battery_with_no_standby_on_line_backs_up_then_shuts_down_in_order()
     acting = [a for a in actions if isinstance(a, (Backup, Shutdown))]
     assert [(type(a).__name__, a.server) for a in acting] == [("Backup", "master"), ("Shutdown", "standby"),
                                                                ("Shutdown", "master")]
-    assert st2.phase is Phase.NORMAL and "backup, then shutdown" in reason
+    assert st2.phase is Phase.NORMAL and "then shutdown standby, master" in reason
     _, again, _ = step(st2, o, now=100.1)
     assert not any(isinstance(a, (Backup, Shutdown)) for a in again)
 
@@ -375,3 +375,15 @@ def test_a_phase_waiting_on_two_actions_gets_their_results_in_different_cycles()
     assert st.phase is Phase.DEMOTING
     st, _, _ = step(st, obs(server("master"), server("standby"), results=(ok(release.id),)), now=100.1)
     assert st.phase is Phase.SYNCING
+
+
+def test_a_ups_that_went_on_battery_during_a_monitoring_gap_is_reported_when_seen_again():
+    from firmware.model import UpsObs
+    lost = UpsObs("u", False, error="driver not connected")
+    st, _, _ = step(NORMAL, obs(server("master", ups=_ups("OL")), server("standby", ups=_ups("OL"))))
+    st, actions, _ = step(st, obs(server("master", ups=lost), server("standby", ups=_ups("OL"))), now=101)
+    assert kinds(actions).count("Notify:ups-monitoring-lost") == 1
+    _, actions, reason = step(st, obs(server("master", ups=_ups("OB")), server("standby", ups=_ups("OL"))), now=102)
+    assert [k for k in kinds(actions) if k.startswith("Notify:ups")] == ["Notify:ups-monitoring-restored",
+                                                                          "Notify:ups-on-battery"]
+    assert "master: ups-on-battery" in reason

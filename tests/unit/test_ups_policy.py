@@ -25,6 +25,9 @@ LOST = UpsObs("u", False, error="driver not connected")
     (u("OL"), LOST, ["ups-monitoring-lost"]),
     (LOST, LOST, []),
     (LOST, u("OL"), ["ups-monitoring-restored"]),
+    # across a gap prev keeps the last reading's flags: what changed unseen is still reported
+    (u("OL", reachable=False), u("OB LB"), ["ups-monitoring-restored", "ups-on-battery", "ups-low-battery"]),
+    (u("OB", reachable=False), u("OB"), ["ups-monitoring-restored"]),
     (u("OL"), u("OL CHRG"), []),
 ])
 def test_events_only_on_real_changes(prev, cur, events):
@@ -71,3 +74,9 @@ def test_all_on_battery_backs_up_and_orders_by_freshness():
 def test_unknown_or_unreachable_data_never_acts():
     assert intent({"master": None, "standby": u("OL")}).kind == "none"
     assert intent({"master": LOST, "standby": u("OL")}).kind == "none"
+
+
+def test_all_on_battery_and_a_standby_running_low_carries_out_the_order():
+    i = intent({"master": u("OB"), "standby": u("OB LB")}, fresh={"master": 0, "standby": 100})
+    assert i.kind == "backup-shutdown" and i.backup == "master" and i.shutdown_order == ("standby", "master")
+    assert "standby runs low" in i.reason

@@ -105,6 +105,8 @@ class Daemon:
                 self.app.save_state(d.state)
             self.state = d.state
             self.last_obs = obs
+            for warning in d.warnings:
+                log.warning("%s", warning)
             if d.reason and d.reason != self._logged_reason:
                 log.info("%s", d.reason)
                 self._logged_reason = d.reason
@@ -227,8 +229,10 @@ class Daemon:
 
 
 def _substance(state: State) -> State:
-    """The state without its reason text: a new reason alone is not worth an SD card write."""
-    return dataclasses.replace(state, reason="")
+    """The state without its reason text and late links: those alone are not worth an SD
+    card write (a late reply under packet loss comes and goes many times an hour)."""
+    return dataclasses.replace(state, reason="", conditions=tuple(c for c in state.conditions
+                                                                  if not c.startswith("late:")))
 
 
 # ---------------------------------------------------------------------- command line

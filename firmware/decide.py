@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from firmware.config import Config
-from firmware.model import (Action, AgentReport, Backup, Demote, Fence, HoldFence, Notify,
+from firmware.model import (Action, AgentReport, Backup, Demote, Fence, HoldFence, LinkState, Notify,
                             Observations, PowerOn, Promote, Rejoin, ReleaseIp, RequestKind,
                             Role, ServerObs, SetStatus, Shutdown, TakeIp, UpsObs, VerifyIp)
 from firmware.site_state import BUSY, Phase, State
@@ -35,6 +35,7 @@ class Decision:
     state: State
     actions: tuple[Action, ...]
     reason: str
+    warnings: tuple[str, ...] = ()  # for the log at warning level (late replies), not alerts
 
 
 @dataclass
@@ -47,6 +48,7 @@ class _Step:
     cfg: Config
     actions: list[Action] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def act(self, action: Action) -> Action:
         action = dataclasses.replace(action, ref=self.state.next_ref)
@@ -81,7 +83,7 @@ def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision
     _status(step)
     reason = "; ".join(step.reasons) or step.state.reason
     step.update(reason=reason)
-    return Decision(step.state, tuple(step.actions), reason)
+    return Decision(step.state, tuple(step.actions), reason, tuple(step.warnings))
 
 
 # ------------------------------------------------------------------ start-up and requests
@@ -196,6 +198,20 @@ def _watch(step: _Step) -> None:
     for cond in sorted(old - conditions):
         _clear(step, cond)
     step.update(conditions=tuple(sorted(conditions | others)))
+    _late_links(step)
+
+
+def _late_links(step: _Step) -> None:
+    """Heartbeat's warn time: a link silent past it but not yet dead is a warning in the log,
+    once per late spell; no alert, no LED (a lost reply under packet loss is routine)."""
+    late = {f"late:{srv.name}/{link.channel.value}" for srv in step.obs.servers if srv.name not in step.state.fenced
+            for link in srv.links if link.state is LinkState.LATE}
+    before = {c for c in step.state.conditions if c.startswith("late:")}
+    for cond in sorted(late - before):
+        _, server, channel = _split(cond)
+        step.warnings.append(f"{server}: late reply on {channel} (silent past timing.warn_time ="
+                             f" {step.cfg.timing.warn_time:g} s, dead at timing.dead_time = {step.cfg.timing.dead_time:g} s)")
+    step.update(conditions=tuple(sorted((set(step.state.conditions) - before) | late)))
 
 
 def _links_and_servers(step: _Step) -> list[str]:
@@ -683,7 +699,7 @@ def _status(step: _Step) -> None:
     s = step.state
     if s.phase is Phase.HALTED:
         led = "fault"
-    elif s.conditions or s.maintenance:
+    elif any(not c.startswith("late:") for c in s.conditions) or s.maintenance:
         led = "degraded"
     elif s.failovers:
         led = "failed-over"

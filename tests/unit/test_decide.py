@@ -387,3 +387,15 @@ def test_a_ups_that_went_on_battery_during_a_monitoring_gap_is_reported_when_see
     assert [k for k in kinds(actions) if k.startswith("Notify:ups")] == ["Notify:ups-monitoring-restored",
                                                                           "Notify:ups-on-battery"]
     assert "master: ups-on-battery" in reason
+
+
+def test_a_late_reply_is_a_warning_once_per_spell_and_nothing_more():
+    late = obs(server("master", LinkState.LATE, LinkState.UP), server("standby"))
+    st, actions, _ = step(NORMAL, late)
+    d = decide(NORMAL, late, 100.0, CFG)
+    assert d.warnings == ("master: late reply on serial (silent past timing.warn_time = 0.12 s,"
+                          " dead at timing.dead_time = 0.2 s)",)
+    assert [a for a in actions if not isinstance(a, SetStatus)] == [] and st.led == "ok"
+    assert decide(st, late, 100.04, CFG).warnings == ()  # still the same spell
+    back = decide(st, obs(server("master"), server("standby")), 100.08, CFG)
+    assert decide(back.state, late, 100.2, CFG).warnings != ()  # a new spell

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice
+from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice, GPIOZeroError
 from gpiozero.pins import Factory
 
 from board.pins import PIN_MAPS, STATUS_LEDS
@@ -33,7 +33,9 @@ def make_factory(board: BoardSettings) -> Factory:
             from gpiozero.pins.rpigpio import RPiGPIOFactory
             return RPiGPIOFactory()
         from gpiozero.pins.lgpio import LGPIOFactory
-        return LGPIOFactory(chip=0)
+        # a Pi 5's header is gpiochip4 on older kernels and gpiochip0 on newer: gpiozero knows;
+        # the generic board's pin map is line offsets on gpiochip0
+        return LGPIOFactory(chip=0) if board.kind == "generic" else LGPIOFactory()
     except ImportError as exc:
         raise HardwareError(f"board.pin_factory = {name!r} (board.kind = {board.kind!r}): its library is not "
                             f"installed ({exc.name}); install the 'pi' extra (lgpio, rpi-lgpio)") from exc
@@ -82,6 +84,13 @@ class Board:
         self._lock = threading.Lock()
         self._outputs: dict[str, DigitalOutputDevice] = {}
         self._relays: dict[str, PowerRelay] = {}
+        try:
+            self._set_up(cfg, factory)
+        except GPIOZeroError as exc:  # a pin used twice, a board gpiozero does not know, ...
+            raise HardwareError(f"board.kind = {cfg.board.kind!r}: GPIO set-up failed ({type(exc).__name__}: {exc});"
+                                " is this the board the config names, and is every pin used once?") from exc
+
+    def _set_up(self, cfg: Config, factory: Factory) -> None:
         for srv in cfg.servers:
             relay = self._output(srv.fence_relay, active_high=not srv.relay_active_low) if srv.fence_relay else None
             sense = None

@@ -103,6 +103,12 @@ def test_wrong_board_or_library_is_a_clear_error():
         Board(cfg, MockFactory())
 
 
+def test_a_pin_used_twice_is_a_start_up_error_naming_the_board():
+    cfg = site_config(board={"kind": "hil", "pin_factory": "mock", "alarm_relay": "relay1"})
+    with pytest.raises(HardwareError, match="board.kind = 'hil': GPIO set-up failed .*GPIOPinInUse"):
+        Board(cfg, MockFactory())
+
+
 def test_rig_bridge_shows_outputs_and_drives_inputs(tmp_path):
     board, factory, pins = make_board(tmp_path)
     rig = HilGpio(tmp_path / "gpio")

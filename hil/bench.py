@@ -27,14 +27,17 @@ def _say(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
-def arbiter_outages(runs: int, workdir: Path) -> list[float]:
-    out = []
+def arbiter_outages(runs: int, workdir: Path) -> tuple[list[float], int]:
+    """Outages of the runs that passed, and how many runs failed (shown, never hidden)."""
+    out, failed = [], 0
     for i in range(runs):
         report = run_scenario("power-loss", workdir / f"arbiter-{i}")
         _say(f"arbiter run {i + 1}/{runs}: outage {report.outage_s} s, passed {report.passed}")
         if report.outage_s is not None and report.passed:
             out.append(report.outage_s)
-    return out
+        else:
+            failed += 1
+    return out, failed
 
 
 def arbiter_cost(workdir: Path, seconds: float = 30.0) -> dict[str, float]:
@@ -139,19 +142,21 @@ def run_bench(runs: int, workdir: Path) -> dict[str, Any]:
     loss_s = float(os.environ.get("ARBITER_HIL_LOSS_SECONDS", "20"))
     cleanup_stale("ba")
     cleanup_stale("bk")
-    figures: dict[str, Any] = {"arbiter": _summary(arbiter_outages(runs, workdir))}
+    outages, failed = arbiter_outages(runs, workdir)
+    figures: dict[str, Any] = {"arbiter": {**_summary(outages), "failed_runs": failed}}
     figures["arbiter"]["false_failovers"] = {
         name: run_scenario(name, workdir / f"arbiter-{name}").false_failovers
         for name in ("packet-loss", "short-hang", "serial-noise")}
     figures["arbiter"].update(arbiter_cost(workdir / "arbiter-cost"))
     for advert in (1.0, 0.1):
-        outages = []
+        ka: list[float] = []
         for i in range(runs):
             o = keepalived_outage(workdir / f"ka{advert:g}-{i}", advert)
             _say(f"keepalived advert_int {advert:g} run {i + 1}/{runs}: outage {o} s")
             if o is not None:
-                outages.append(o)
-        figures[f"keepalived_{advert:g}"] = _summary(outages)
+                ka.append(o)
+        figures[f"keepalived_{advert:g}"] = {**_summary(ka), "failed_runs": runs - len(ka)}
+    figures["loss_s"] = loss_s
     figures["keepalived_0.1"]["false_takeovers"] = keepalived_false_takeovers(
         workdir / "ka-false", 0.1, loss_s, hang_s=0.1)
     print(render(figures))
@@ -163,9 +168,10 @@ def render(f: dict[str, Any]) -> str:
     rows = [
         ("", "arbiter (defaults)", "keepalived advert 1", "keepalived advert 0.1"),
         ("power-loss runs", a["runs"], k1["runs"], k01["runs"]),
+        ("runs that failed (not in the figures)", a["failed_runs"], k1["failed_runs"], k01["failed_runs"]),
         ("median outage (s)", a["median_s"], k1["median_s"], k01["median_s"]),
         ("max outage (s)", a["max_s"], k1["max_s"], k01["max_s"]),
-        ("false takeovers, 5% loss", a["false_failovers"]["packet-loss"], "-",
+        (f"false takeovers, 5% loss for {f['loss_s']:g} s", a["false_failovers"]["packet-loss"], "-",
          k01["false_takeovers"]["packet_loss"]),
         ("false takeovers, short hang", a["false_failovers"]["short-hang"], "-",
          k01["false_takeovers"]["short_hang"]),

@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -306,14 +305,17 @@ class Rig(Built):
     # ------------------------------------------------------------------ teardown
 
     def close(self) -> None:
+        """Every part is stopped whatever another one did, and the site (namespaces, processes,
+        ptys) is torn down last even if a second Ctrl-C lands in the middle."""
         self._stop.set()
-        for part in (self.nut, self.pg):
-            if part is not None:
+        try:
+            stops = [p.__exit__ for p in (self.nut, self.pg) if p is not None]
+            if self.traps is not None:
+                stops.append(lambda *_: self.traps.stop())  # type: ignore[union-attr]
+            for stop in stops:
                 try:
-                    part.__exit__(None, None, None)
+                    stop(None, None, None)
                 except Exception:  # teardown goes on whatever one part did
                     log.exception("teardown")
-        if self.traps is not None:
-            self.traps.stop()
-        self.site.teardown()
-        subprocess.run(["true"])
+        finally:
+            self.site.teardown()

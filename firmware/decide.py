@@ -113,13 +113,14 @@ def _requests(step: _Step) -> None:
             step.update(maintenance=True)
             step.notify("maintenance-on")
             step.why("maintenance on: observe only")
-        elif req.kind is RequestKind.MAINTENANCE_OFF and s.maintenance:
-            step.update(maintenance=False)
-            step.notify("maintenance-off")
-            step.why("maintenance off: automatic operation resumes")
-        elif req.kind is RequestKind.MAINTENANCE_OFF and s.phase is Phase.HALTED:
-            step.update(phase=Phase.NORMAL, since=step.now, awaiting=())
-            step.why("operator resumed automatic operation after a halt")
+        elif req.kind is RequestKind.MAINTENANCE_OFF:
+            if s.maintenance:
+                step.update(maintenance=False)
+                step.notify("maintenance-off")
+                step.why("maintenance off: automatic operation resumes")
+            if s.phase is Phase.HALTED:  # one command hands control back, whatever was on
+                step.update(phase=Phase.NORMAL, since=step.now, awaiting=())
+                step.why("operator resumed automatic operation after a halt")
         elif req.kind is RequestKind.POWER_ON:
             _power_on(step, req.server or "")
         elif req.kind in (RequestKind.SWITCHOVER, RequestKind.FAILOVER):

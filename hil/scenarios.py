@@ -389,10 +389,11 @@ def lagging_standby(rig: Rig, report: Report) -> None:
                  "failover-started" not in events)
     report.check("alert standby-lagging", "standby-lagging" in events)
     report.check("alert operator-needed", "operator-needed" in events)
+    ordered = time.monotonic()
     answer = rig.command({"cmd": "failover", "server": "standby2", "force": True})
     report.check("forced failover accepted", answer.get("ok"))
     st = _wait_primary(rig, "standby2")
-    _detection(rig, report, t0)
+    _detection(rig, report, ordered)  # here: from the operator's order to the fence
     report.check("master fenced before the forced promotion",
                  next(s for s in st["servers"] if s["name"] == "master")["fenced"])
     _finish_common(rig, report, t0, True)

@@ -28,6 +28,7 @@ log = logging.getLogger("arbiter.links")
 POLL_MEMORY = 64  # outstanding polls remembered per link
 POLL_MAX_AGE_S = 5.0
 REOPEN_EVERY_S = 0.5
+KEEP_COMMANDS = 256  # finished commands whose results stay readable; older ones are dropped
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,9 @@ class Poller:
             _, raw = self._codec.make(Kind.COMMAND, {"id": cmd_id, "op": op, "args": args})
         with self._lock:
             self._commands[cmd_id] = _Command(server, raw)
+            finished = [k for k, c in self._commands.items() if c.result is not None]
+            for old in finished[:max(0, len(self._commands) - KEEP_COMMANDS)]:  # oldest first
+                del self._commands[old]
         self._send_everywhere(server, raw)
         return cmd_id
 

@@ -4,6 +4,8 @@ The daemon runs as its own process inside a network namespace, so the rig sees i
 through a directory: outputs are written to DIR/out/<pin> ("1" active), inputs are read
 from DIR/in/<pin> ("1" high) and drive the mock pins. Files are replaced atomically, so the
 in/ directory's mtime flags a change and the watcher reads nothing while nothing changes.
+The mtime moves with the kernel's coarse clock: two changes inside one tick leave the same
+mtime, so the inputs are read again until the last change is older than SETTLE_NS.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from firmware.errors import HardwareError
 if TYPE_CHECKING:
     from board.gpio import Board
 
+SETTLE_NS = 50_000_000
+
 
 class HilBridge:
     """The daemon's side: publishes outputs, drives inputs from the files."""
@@ -30,6 +34,7 @@ class HilBridge:
         self._in.mkdir(parents=True, exist_ok=True)
         self._written: dict[str, bool] = {}
         self._seen_mtime = -1
+        self._settled = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.publish()
@@ -46,9 +51,10 @@ class HilBridge:
 
     def _read_inputs(self) -> None:
         mtime = os.stat(self._in).st_mtime_ns
-        if mtime == self._seen_mtime:
+        if mtime == self._seen_mtime and self._settled:
             return
         self._seen_mtime = mtime
+        self._settled = time.time_ns() - mtime > SETTLE_NS
         for path in self._in.iterdir():
             if path.name.startswith("."):
                 continue

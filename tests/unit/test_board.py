@@ -3,6 +3,7 @@ one status LED at a time, the acknowledge button, and the rig's file bridge."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import pytest
@@ -121,3 +122,21 @@ def test_rig_bridge_shows_outputs_and_drives_inputs(tmp_path):
         time.sleep(0.005)
     assert board.relay("master").power_on() is True
     board.close()
+
+
+def test_rig_bridge_sees_a_second_change_inside_the_same_clock_tick(tmp_path):
+    board, _factory, _pins = make_board(tmp_path)
+    rig = HilGpio(tmp_path / "gpio")
+    inputs = tmp_path / "gpio" / "in"
+    try:
+        rig.set_input("sense1", True)
+        deadline = time.monotonic() + 1.0
+        while board.relay("master").power_on() is not True and time.monotonic() < deadline:
+            time.sleep(0.002)
+        seen = os.stat(inputs).st_mtime_ns
+        rig.set_input("sense1", False)
+        os.utime(inputs, ns=(seen, seen))  # as a coarse clock leaves it: the mtime did not move
+        time.sleep(0.1)
+        assert board.relay("master").power_on() is False
+    finally:
+        board.close()

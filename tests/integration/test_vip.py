@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hil.site import Site, cleanup_stale
+from host_tools.vip import REFRESH_EVERY_S
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "tv"
@@ -95,3 +96,28 @@ def test_garp_updates_a_client_that_cached_the_old_owner(site):
                            capture_output=True, text=True).stdout
     assert re.search(site.mac("b"), neigh, re.I), neigh
     assert time.monotonic() - t0 < 3
+
+
+def test_refresh_announcements_correct_a_stale_cache_after_the_burst(site):
+    ip = site.vip.split("/")[0]
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", site.netns("a"), sys.executable, "-c",
+         f"import time; from host_tools.vip import VipManager; m = VipManager({site.vip!r}, 'eth0', 1, 0.2, 30);"
+         f" m.take(); time.sleep(12)"], cwd=ROOT)
+    try:
+        time.sleep(1.0)  # the one-frame burst is over
+        # a cache poisoned after the burst (as a returning split-brain peer would leave it)
+        subprocess.run(["ip", "-n", site.netns("client"), "neigh", "replace", ip, "lladdr", "02:de:ad:be:ef:01",
+                        "dev", "eth0", "nud", "stale"], check=True)
+        deadline = time.monotonic() + REFRESH_EVERY_S + 3
+        neigh = ""
+        while time.monotonic() < deadline:
+            neigh = subprocess.run(["ip", "-n", site.netns("client"), "neigh", "show", ip],
+                                   capture_output=True, text=True).stdout
+            if re.search(site.mac("a"), neigh, re.I):
+                break
+            time.sleep(0.2)
+        assert re.search(site.mac("a"), neigh, re.I), neigh
+    finally:
+        holder.kill()
+        holder.wait()

@@ -95,6 +95,7 @@ def _new_run(step: _Step) -> None:
         return
     if step.state.fenced:
         step.act(HoldFence(step.state.fenced))
+        step.why(f"after a restart: {', '.join(step.state.fenced)} kept fenced")
     step.update(seen_run=step.obs.run)
     if step.state.phase in BUSY and step.state.issued_run != step.obs.run:
         s = step.state
@@ -131,6 +132,9 @@ def _power_on(step: _Step, server: str) -> None:
     s = step.state
     if server not in s.fenced:
         step.why(f"power-on {server}: refused, it is not fenced")
+        return
+    if step.cfg.site.mode != "active":
+        step.why(f"power-on {server}: refused, site.mode = observe acts on nothing")
         return
     step.act(PowerOn(server))
     step.update(fenced=_without(s.fenced, server), returned=_without(s.returned, server),
@@ -263,6 +267,7 @@ def _clear(step: _Step, cond: str) -> None:
     kind, server, channel = _split(cond)
     if kind in _CLEAR:
         step.notify(_CLEAR[kind], server, channel)
+        step.why(f"{server}: {_CLEAR[kind].replace('-', ' ')}{' on ' + channel if channel else ''}")
 
 
 def _ups(step: _Step) -> None:
@@ -415,11 +420,12 @@ def _normal(step: _Step) -> None:
 
 def _rogue_primaries(step: _Step) -> None:
     others = [x.name for x in step.obs.servers if x.name != step.state.primary and x.alive
-              and x.report and x.report.role is Role.PRIMARY]
+              and x.report and x.report.role is Role.PRIMARY and x.name not in step.state.fenced]
     cond = {f"split:{n}" for n in others}
     for name in sorted(cond - set(step.state.conditions)):
-        step.notify("split-brain-suspected", name.split(":")[1],
-                    text=f"{name.split(':')[1]} claims the primary role; {step.state.primary} is the primary")
+        text = f"{name.split(':')[1]} claims the primary role; {step.state.primary} is the primary"
+        step.notify("split-brain-suspected", name.split(":")[1], text=text)
+        step.why(f"split brain suspected: {text}")
     step.update(conditions=tuple(sorted(set(c for c in step.state.conditions if not c.startswith("split:")) | cond)))
 
 
@@ -428,9 +434,10 @@ def _primary_dead(step: _Step) -> None:
     targets = candidates(step.obs, step.cfg, s)
     blocked = _failover_blocked(step)
     if not targets:
-        lagging = [x.name for x in step.obs.servers if x.name != s.primary and x.alive]
-        why = "the only standbys lag behind" if lagging else "no standby answers"
-        _wait_operator(step, f"primary {s.primary} is dead and {why}; use arbiterctl failover --force")
+        why = "; ".join(f"{x.name}: {why_not_eligible(x, step.cfg, s.fenced)}" for x in step.obs.servers
+                        if x.name != s.primary) or "no standby configured"
+        _wait_operator(step, f"primary {s.primary} is dead and no standby may take over ({why});"
+                             " use arbiterctl failover --force")
         return
     objection = _standby_objects(step.obs.server(targets[0]), step.cfg)
     if objection:
@@ -472,8 +479,13 @@ def _start_failover(step: _Step, target: str, operation: str) -> None:
     old = step.state.primary or ""
     step.update(old=old, target=target, operation=operation, verify_tries=0)
     step.notify("failover-started", old, text=f"{operation}: {old} -> {target}")
-    step.why(f"{operation}: {old} silent on every link; fencing it, then promoting {target}"
-             if operation == "failover" else f"{operation} to {target} ordered by an operator")
+    if operation != "failover":
+        step.why(f"{operation} to {target} ordered by an operator")
+    elif step.cfg.policy.fencing == "none":
+        step.why(f"{operation}: {old} silent on every link and {target} confirms losing it;"
+                 f" promoting {target} (policy.fencing = 'none': no fence)")
+    else:
+        step.why(f"{operation}: {old} silent on every link; fencing it, then promoting {target}")
     if step.cfg.policy.fencing == "none":
         step.enter(Phase.PROMOTING, Promote(target))
     else:
@@ -599,6 +611,7 @@ def _taking_ip(step: _Step) -> None:
         return
     step.update(verify_tries=1)
     step.enter(Phase.VERIFYING, VerifyIp(s.target or ""))
+    step.why(f"{s.target} holds the virtual IP; checking that only its MAC answers ARP")
 
 
 def _verifying(step: _Step) -> None:

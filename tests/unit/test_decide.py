@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 
 from firmware.decide import decide
-from firmware.model import (ActionResult, Demote, Fence, HoldFence, LinkState, Notify, Promote, Rejoin,
-                            ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
+from firmware.model import (ActionResult, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
+                            Rejoin, ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
 from firmware.site_state import Phase, State
 from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
 
@@ -28,6 +28,21 @@ def fail_over_to_fencing(state=NORMAL, cfg=CFG):
     return step(state, obs(dead("master"), server("standby")), cfg=cfg)
 
 
+def acting(actions) -> list:
+    return [a for a in actions if not isinstance(a, (Notify, SetStatus))]
+
+
+def complete_failover(servers, state=NORMAL, now=100.0, cfg=CFG):
+    """Drive an automatic failover to the end, every awaited action succeeding."""
+    st, actions, _ = step(state, obs(*servers), now, cfg)
+    assert st.phase is Phase.FENCING
+    while st.phase is not Phase.NORMAL:
+        now += 0.1
+        st, actions, reason = step(st, obs(*servers, results=tuple(ok(i) for i in st.awaiting)), now, cfg)
+    assert "failover complete" in reason
+    return st, now
+
+
 # ---------------------------------------------------------------- rule 1: dead = silent on every channel
 
 
@@ -40,14 +55,17 @@ def test_one_channel_lost_is_a_warning_never_a_failover(serial, lan):
     if LinkState.DEAD in (serial, lan) and LinkState.UNKNOWN not in (serial, lan):
         assert "Notify:link-down" in kinds(actions)
         assert "link down" in reason
+    assert "master: link down on" in reason and "fencing" not in reason
 
 
 def test_link_down_is_raised_once_and_cleared_once():
     o = obs(server("master", LinkState.DEAD, LinkState.UP), server("standby"))
-    st, actions, _ = step(NORMAL, o)
+    st, actions, reason = step(NORMAL, o)
     assert kinds(actions).count("Notify:link-down") == 1
-    st2, actions2, _ = step(st, o, now=101)
+    assert "master: link down on serial" in reason
+    st2, actions2, reason = step(st, o, now=101)
     assert "Notify:link-down" not in kinds(actions2)
+    assert "link down on serial" in reason  # the condition still holds
     _, actions3, _ = step(st2, obs(server("master"), server("standby")), now=102)
     assert kinds(actions3).count("Notify:link-up") == 1
 
@@ -87,9 +105,11 @@ def test_fence_confirmed_then_promote_then_ip_then_verify():
     st, actions, reason = step(st, o(ok(fence.id, "power off")), now=100.1)
     assert st.phase is Phase.PROMOTING and st.fenced == ("master",)
     assert kinds(actions)[:2] == ["Notify:fence-done", "Promote"]
+    assert "master fenced; promoting standby" in reason
     promote = actions[1]
-    st, actions, _ = step(st, o(ok(promote.id)), now=100.2)
+    st, actions, reason = step(st, o(ok(promote.id)), now=100.2)
     assert st.phase is Phase.TAKING_IP and st.primary == "standby"
+    assert "standby is primary; moving the virtual IP" in reason
     take = next(a for a in actions if isinstance(a, TakeIp))
     st, actions, _ = step(st, o(ok(take.id)), now=100.3)
     verify = next(a for a in actions if isinstance(a, VerifyIp))
@@ -114,8 +134,9 @@ def test_fence_not_confirmed_means_no_promotion_and_an_alarm():
 
 def test_fence_without_any_result_times_out_into_halt():
     st, _, _ = fail_over_to_fencing()
-    st2, actions, _ = step(st, obs(dead("master"), server("standby")), now=100.5)
+    st2, actions, reason = step(st, obs(dead("master"), server("standby")), now=100.5)
     assert st2.phase is Phase.FENCING and actions == []
+    assert "fencing master: waiting for power-off confirmation" in reason
     st3, actions, reason = step(st, obs(dead("master"), server("standby")),
                                 now=100 + CFG.timing.fence_timeout + 1.5)
     assert st3.phase is Phase.HALTED and "no result within" in reason
@@ -127,9 +148,17 @@ def test_without_fence_relay_the_standby_must_confirm_the_loss():
     unsure = report(hears=None)
     st, actions, reason = step(NORMAL, obs(dead("master"), server("standby", rep=unsure)), cfg=cfg)
     assert st.phase is Phase.NORMAL and "policy.fencing = 'none'" in reason
-    st, actions, _ = step(NORMAL, obs(dead("master"), server("standby", rep=report(hears=False))), cfg=cfg)
+    st, actions, reason = step(NORMAL, obs(dead("master"), server("standby", rep=report(hears=False))), cfg=cfg)
     assert st.phase is Phase.PROMOTING
     assert [type(a) for a in actions if not isinstance(a, (Notify, SetStatus))] == [Promote]
+    assert "promoting standby" in reason
+
+
+def test_without_fence_relay_the_reason_does_not_claim_a_fence():
+    cfg = site_config(policy={"fencing": "none"})
+    _, actions, reason = step(NORMAL, obs(dead("master"), server("standby", rep=report(hears=False))), cfg=cfg)
+    assert not any(isinstance(a, Fence) for a in actions)
+    assert "promoting standby" in reason and "fencing it" not in reason
 
 
 # ---------------------------------------------------------------- rule 3: healthy and in sync only
@@ -145,29 +174,41 @@ def test_no_failover_onto_a_bad_standby(rep, words):
     assert st.phase is Phase.NORMAL
     assert not any(isinstance(a, (Fence, Promote)) for a in actions)
     assert "Notify:operator-needed" in kinds(actions)
-    assert "failover --force" in reason
+    assert "primary master is dead" in reason and "failover --force" in reason
+
+
+@pytest.mark.parametrize("rep,words", [
+    (report(in_sync=False, lag=5_000_000), "not in sync"),
+    (report(healthy=False), "health check fails"),
+    (report(role=Role.UNKNOWN), "role is unknown"),
+])
+def test_the_reason_names_why_the_standby_is_not_eligible(rep, words):
+    _, _, reason = step(NORMAL, obs(dead("master"), server("standby", rep=rep)))
+    assert words in reason
 
 
 def test_lagging_standby_raises_the_alarm_while_all_is_well():
-    st, actions, _ = step(NORMAL, obs(server("master"), server("standby", rep=report(in_sync=False, lag=10))))
+    st, actions, reason = step(NORMAL, obs(server("master"), server("standby", rep=report(in_sync=False, lag=10))))
     assert "Notify:standby-lagging" in kinds(actions)
+    assert "standby: standby lagging" in reason
 
 
 def test_lag_limit_admits_a_standby_within_it():
     cfg = site_config(policy={"lag_limit_bytes": 1000})
-    st, _, _ = step(NORMAL, obs(dead("master"), server("standby", rep=report(in_sync=False, lag=999))), cfg=cfg)
-    assert st.phase is Phase.FENCING
-    st, _, _ = step(NORMAL, obs(dead("master"), server("standby", rep=report(in_sync=False, lag=1001))), cfg=cfg)
-    assert st.phase is Phase.NORMAL
+    st, _, reason = step(NORMAL, obs(dead("master"), server("standby", rep=report(in_sync=False, lag=999))), cfg=cfg)
+    assert st.phase is Phase.FENCING and "fencing it, then promoting standby" in reason
+    st, _, reason = step(NORMAL, obs(dead("master"), server("standby", rep=report(in_sync=False, lag=1001))), cfg=cfg)
+    assert st.phase is Phase.NORMAL and "lag 1001 bytes" in reason and "failover --force" in reason
 
 
 def test_target_is_in_sync_least_lag_then_priority():
     cfg = site_config(("master", "standby", "standby2"), policy={"lag_limit_bytes": 100})
-    st, _, _ = step(NORMAL, obs(dead("master"), server("standby", rep=report(in_sync=False, lag=50)),
+    st, _, reason = step(NORMAL, obs(dead("master"), server("standby", rep=report(in_sync=False, lag=50)),
                                 server("standby2", rep=report(lag=0))), cfg=cfg)
-    assert st.target == "standby2"
-    st, _, _ = step(NORMAL, obs(dead("master"), server("standby"), server("standby2")), cfg=cfg)
+    assert st.target == "standby2" and "then promoting standby2" in reason
+    st, _, reason = step(NORMAL, obs(dead("master"), server("standby"), server("standby2")), cfg=cfg)
     assert st.target == "standby"  # equal lag: higher priority
+    assert "then promoting standby" in reason and "standby2" not in reason
 
 
 # ---------------------------------------------------------------- rule 4: the standby's own view
@@ -193,10 +234,11 @@ def test_hold_down_blocks_a_second_automatic_failover():
     cfg = site_config(("master", "standby", "standby2"))
     o = obs(dead("master"), dead("standby"), server("standby2"))
     st2, actions, reason = step(st, o, now=150.0, cfg=cfg)
-    assert st2.phase is Phase.NORMAL and "hold-down" in reason
+    assert st2.phase is Phase.NORMAL and "hold-down" in reason and "timing.hold_down" in reason
     assert not any(isinstance(a, Fence) for a in actions)
-    st3, _, _ = step(st, o, now=201.0, cfg=cfg)
+    st3, _, reason = step(st, o, now=201.0, cfg=cfg)
     assert st3.phase is Phase.FENCING and st3.old == "standby"
+    assert "standby silent on every link; fencing it, then promoting standby2" in reason
 
 
 def test_returning_old_primary_stays_fenced_and_no_failback():
@@ -214,11 +256,12 @@ def test_returning_old_primary_stays_fenced_and_no_failback():
 def test_returning_old_primary_rejoins_by_policy():
     cfg = site_config(policy={"old_primary": "rejoin-as-standby"})
     st = dataclasses.replace(NORMAL, primary="standby", fenced=("master",))
-    st2, actions, _ = step(st, obs(server("master", rep=report(role=Role.PRIMARY)),
-                                   server("standby", rep=report(role=Role.PRIMARY))), cfg=cfg)
+    st2, actions, reason = step(st, obs(server("master", rep=report(role=Role.PRIMARY)),
+                                        server("standby", rep=report(role=Role.PRIMARY))), cfg=cfg)
     rejoin = next(a for a in actions if isinstance(a, Rejoin))
     assert (rejoin.server, rejoin.primary) == ("master", "standby")
     assert st2.fenced == ()
+    assert "master: old primary back; told to rejoin as a standby of standby" in reason
 
 
 # ---------------------------------------------------------------- restarts: resume, never repeat
@@ -235,17 +278,19 @@ def test_restart_in_fencing_reissues_the_fence_and_holds_nothing_else():
 def test_restart_after_fence_holds_the_fence_and_never_fences_again():
     st = dataclasses.replace(NORMAL, phase=Phase.PROMOTING, old="master", target="standby",
                              fenced=("master",), awaiting=("Promote#9",), issued_run=1, operation="failover")
-    st2, actions, _ = step(st, obs(dead("master"), server("standby"), run=2), now=105)
+    st2, actions, reason = step(st, obs(dead("master"), server("standby"), run=2), now=105)
     assert [type(a) for a in actions if not isinstance(a, (Notify, SetStatus))] == [HoldFence, Promote]
     assert not any(isinstance(a, Fence) for a in actions)
     assert st2.phase is Phase.PROMOTING
+    assert "resumed promoting after a restart" in reason
 
 
 def test_completed_failover_never_flips_back_after_restart():
     st = dataclasses.replace(NORMAL, primary="standby", fenced=("master",), hold_down_until=500.0, failovers=1)
-    st2, actions, _ = step(st, obs(dead("master"), server("standby", rep=report(role=Role.PRIMARY)), run=2))
+    st2, actions, reason = step(st, obs(dead("master"), server("standby", rep=report(role=Role.PRIMARY)), run=2))
     assert st2.primary == "standby" and st2.phase is Phase.NORMAL
     assert [type(a) for a in actions if not isinstance(a, (Notify, SetStatus))] == [HoldFence]
+    assert "standby down" in reason and "resumed" not in reason and "fencing" not in reason
 
 
 def test_state_round_trips_through_its_dict():
@@ -265,46 +310,52 @@ def test_observe_only_decides_but_acts_on_nothing():
 
 
 def test_maintenance_on_and_off_are_requests():
-    st, actions, _ = step(NORMAL, obs(server("master"), server("standby"),
-                                      requests=(Request(RequestKind.MAINTENANCE_ON),)))
+    st, actions, reason = step(NORMAL, obs(server("master"), server("standby"),
+                                           requests=(Request(RequestKind.MAINTENANCE_ON),)))
     assert st.maintenance and "Notify:maintenance-on" in kinds(actions)
-    st, actions, _ = step(st, obs(server("master"), server("standby"),
-                                  requests=(Request(RequestKind.MAINTENANCE_OFF),)))
+    assert "maintenance on: observe only" in reason
+    st, actions, reason = step(st, obs(server("master"), server("standby"),
+                                       requests=(Request(RequestKind.MAINTENANCE_OFF),)))
     assert not st.maintenance and "Notify:maintenance-off" in kinds(actions)
+    assert "maintenance off: automatic operation resumes" in reason
 
 
 def test_manual_switchover_demotes_then_waits_for_sync_then_promotes():
     o = obs(server("master"), server("standby"), requests=(Request(RequestKind.SWITCHOVER),))
-    st, actions, _ = step(NORMAL, o)
+    st, actions, reason = step(NORMAL, o)
     assert st.phase is Phase.DEMOTING
     waits = [a for a in actions if not isinstance(a, (Notify, SetStatus))]
     assert [type(a) for a in waits] == [Demote, ReleaseIp]
+    assert "switchover: demoting master, then promoting standby" in reason
     demoted = server("master", rep=report(role=Role.STANDBY))
-    st, actions, _ = step(st, obs(demoted, server("standby", rep=report(lag=4096, in_sync=False)),
-                                  results=tuple(ok(a.id) for a in waits)), now=101)
-    assert st.phase is Phase.SYNCING
-    st, actions, _ = step(st, obs(demoted, server("standby", rep=report(lag=4096, in_sync=False))), now=101.1)
-    assert st.phase is Phase.SYNCING and "catch up" in st.reason
-    st, actions, _ = step(st, obs(demoted, server("standby")), now=101.2)
+    st, actions, reason = step(st, obs(demoted, server("standby", rep=report(lag=4096, in_sync=False)),
+                                       results=tuple(ok(a.id) for a in waits)), now=101)
+    assert st.phase is Phase.SYNCING and "master demoted; waiting until standby has every transaction" in reason
+    st, actions, reason = step(st, obs(demoted, server("standby", rep=report(lag=4096, in_sync=False))), now=101.1)
+    assert st.phase is Phase.SYNCING and "catch up" in st.reason and "lag 4096 bytes" in reason
+    st, actions, reason = step(st, obs(demoted, server("standby")), now=101.2)
     assert st.phase is Phase.PROMOTING and any(isinstance(a, Promote) for a in actions)
+    assert "standby has everything; promoting it" in reason
 
 
 def test_manual_failover_needs_force_and_still_fences():
     refused, _, reason = step(NORMAL, obs(server("master"), server("standby"),
                                           requests=(Request(RequestKind.FAILOVER, "standby"),)))
     assert refused.phase is Phase.NORMAL and "--force" in reason
-    st, actions, _ = step(NORMAL, obs(server("master"), server("standby", rep=report(in_sync=False, lag=9)),
-                                      requests=(Request(RequestKind.FAILOVER, "standby", force=True),)))
+    st, actions, reason = step(NORMAL, obs(server("master"), server("standby", rep=report(in_sync=False, lag=9)),
+                                           requests=(Request(RequestKind.FAILOVER, "standby", force=True),)))
     assert st.phase is Phase.FENCING and any(isinstance(a, Fence) for a in actions)
+    assert "manual-failover to standby ordered by an operator" in reason
 
 
 def test_halt_is_left_only_by_an_operator():
     st = dataclasses.replace(NORMAL, phase=Phase.HALTED)
-    st2, actions, _ = step(st, obs(dead("master"), server("standby")))
+    st2, actions, reason = step(st, obs(dead("master"), server("standby")))
     assert st2.phase is Phase.HALTED and not any(isinstance(a, Fence) for a in actions)
-    st3, _, _ = step(st, obs(server("master"), server("standby"),
-                             requests=(Request(RequestKind.MAINTENANCE_OFF),)))
-    assert st3.phase is Phase.NORMAL
+    assert "halted after a failed operation: waiting for an operator" in reason
+    st3, _, reason = step(st, obs(server("master"), server("standby"),
+                                  requests=(Request(RequestKind.MAINTENANCE_OFF),)))
+    assert st3.phase is Phase.NORMAL and "operator resumed automatic operation after a halt" in reason
 
 
 VERIFYING = dataclasses.replace(NORMAL, phase=Phase.VERIFYING, old="master", target="standby", primary="standby",
@@ -344,8 +395,10 @@ def test_low_battery_on_the_primary_starts_a_planned_switchover():
     st2, actions, reason = step(st, obs(server("master", ups=_ups("OB LB", 100)), server("standby", ups=_ups("OL"))))
     assert st2.phase is Phase.DEMOTING and st2.target == "standby" and st2.operation == "switchover"
     assert "Notify:ups-low-battery" in kinds(actions) and "switching over to standby" in reason
-    _, again, _ = step(st2, obs(server("master", ups=_ups("OB LB", 90)), server("standby", ups=_ups("OL"))), now=100.1)
+    _, again, reason = step(st2, obs(server("master", ups=_ups("OB LB", 90)), server("standby", ups=_ups("OL"))),
+                            now=100.1)
     assert not any(isinstance(a, Demote) for a in again)  # once, not every cycle
+    assert "demoting master and releasing its virtual IP" in reason
 
 
 def test_low_battery_with_no_standby_on_line_backs_up_then_shuts_down_in_order():
@@ -361,28 +414,30 @@ def test_low_battery_with_no_standby_on_line_backs_up_then_shuts_down_in_order()
 
 
 def test_ups_already_on_battery_at_start_up_raises_nothing():
-    st2, actions, _ = step(NORMAL, obs(server("master", ups=_ups("OB")), server("standby", ups=_ups("OL"))))
-    assert "Notify:ups-on-battery" not in kinds(actions)
-    _, actions, _ = step(st2, obs(server("master", ups=_ups("OL")), server("standby", ups=_ups("OB"))), now=101)
+    st2, actions, reason = step(NORMAL, obs(server("master", ups=_ups("OB")), server("standby", ups=_ups("OL"))))
+    assert "Notify:ups-on-battery" not in kinds(actions) and "ups" not in reason
+    _, actions, reason = step(st2, obs(server("master", ups=_ups("OL")), server("standby", ups=_ups("OB"))), now=101)
     assert "Notify:ups-on-battery" in kinds(actions) and "Notify:ups-power-restored" in kinds(actions)
+    assert "master: ups-power-restored" in reason and "standby: ups-on-battery" in reason
 
 
 def test_a_phase_waiting_on_two_actions_gets_their_results_in_different_cycles():
     o = obs(server("master"), server("standby"), requests=(Request(RequestKind.SWITCHOVER),))
     st, actions, _ = step(NORMAL, o)
     demote, release = [a for a in actions if isinstance(a, (Demote, ReleaseIp))]
-    st, _, _ = step(st, obs(server("master"), server("standby"), results=(ok(demote.id),)), now=100.05)
-    assert st.phase is Phase.DEMOTING
-    st, _, _ = step(st, obs(server("master"), server("standby"), results=(ok(release.id),)), now=100.1)
-    assert st.phase is Phase.SYNCING
+    st, _, reason = step(st, obs(server("master"), server("standby"), results=(ok(demote.id),)), now=100.05)
+    assert st.phase is Phase.DEMOTING and "demoting master and releasing its virtual IP" in reason
+    st, _, reason = step(st, obs(server("master"), server("standby"), results=(ok(release.id),)), now=100.1)
+    assert st.phase is Phase.SYNCING and "master demoted; waiting until standby" in reason
 
 
 def test_a_ups_that_went_on_battery_during_a_monitoring_gap_is_reported_when_seen_again():
     from firmware.model import UpsObs
     lost = UpsObs("u", False, error="driver not connected")
     st, _, _ = step(NORMAL, obs(server("master", ups=_ups("OL")), server("standby", ups=_ups("OL"))))
-    st, actions, _ = step(st, obs(server("master", ups=lost), server("standby", ups=_ups("OL"))), now=101)
+    st, actions, reason = step(st, obs(server("master", ups=lost), server("standby", ups=_ups("OL"))), now=101)
     assert kinds(actions).count("Notify:ups-monitoring-lost") == 1
+    assert "master: ups-monitoring-lost" in reason
     _, actions, reason = step(st, obs(server("master", ups=_ups("OB")), server("standby", ups=_ups("OL"))), now=102)
     assert [k for k in kinds(actions) if k.startswith("Notify:ups")] == ["Notify:ups-monitoring-restored",
                                                                           "Notify:ups-on-battery"]
@@ -391,7 +446,8 @@ def test_a_ups_that_went_on_battery_during_a_monitoring_gap_is_reported_when_see
 
 def test_a_late_reply_is_a_warning_once_per_spell_and_nothing_more():
     late = obs(server("master", LinkState.LATE, LinkState.UP), server("standby"))
-    st, actions, _ = step(NORMAL, late)
+    st, actions, reason = step(NORMAL, late)
+    assert "late" not in reason and "link down" not in reason  # a warning in the log, not a reason
     d = decide(NORMAL, late, 100.0, CFG)
     assert d.warnings == ("master: late reply on serial (silent past timing.warn_time = 0.12 s,"
                           " dead at timing.dead_time = 0.2 s)",)
@@ -399,3 +455,169 @@ def test_a_late_reply_is_a_warning_once_per_spell_and_nothing_more():
     assert decide(st, late, 100.04, CFG).warnings == ()  # still the same spell
     back = decide(st, obs(server("master"), server("standby")), 100.08, CFG)
     assert decide(back.state, late, 100.2, CFG).warnings != ()  # a new spell
+
+
+# ---------------------------------------------------------------- operator requests: switchover --to, power-on
+
+CFG3 = site_config(("master", "standby", "standby2"))
+
+
+@pytest.mark.parametrize("to", ["standby", "standby2"])
+def test_switchover_to_a_named_standby_demotes_then_releases_the_ip(to):
+    st, actions, reason = step(NORMAL, obs(server("master"), server("standby"), server("standby2"),
+                                           requests=(Request(RequestKind.SWITCHOVER, server=to),)), cfg=CFG3)
+    assert st.phase is Phase.DEMOTING and st.target == to and st.operation == "switchover"
+    assert [(type(a), a.server) for a in acting(actions)] == [(Demote, "master"), (ReleaseIp, "master")]
+    assert kinds(actions)[:3] == ["Notify:switchover-started", "Demote", "ReleaseIp"]
+    assert st.awaiting == tuple(a.id for a in acting(actions))
+    assert f"switchover: demoting master, then promoting {to}" in reason
+
+
+@pytest.mark.parametrize("rep,words", [
+    (report(in_sync=False, lag=4096), "not in sync"),
+    (report(healthy=False), "health check fails"),
+])
+def test_switchover_to_a_lagging_or_unhealthy_standby_is_refused(rep, words):
+    st, actions, reason = step(NORMAL, obs(server("master"), server("standby", rep=rep), server("standby2"),
+                                           requests=(Request(RequestKind.SWITCHOVER, server="standby"),)), cfg=CFG3)
+    assert st.phase is Phase.NORMAL and acting(actions) == []
+    assert "switchover to standby: refused" in reason and words in reason
+
+
+def test_switchover_is_refused_when_the_primary_is_silent():
+    cfg = site_config(policy={"auto_failover": False})
+    st, actions, reason = step(NORMAL, obs(dead("master"), server("standby"),
+                                           requests=(Request(RequestKind.SWITCHOVER, server="standby"),)), cfg=cfg)
+    assert st.phase is Phase.NORMAL and acting(actions) == []
+    assert "switchover: refused, the primary is not answering (use failover)" in reason
+
+
+def test_power_on_a_fenced_server_then_it_rejoins_once_it_answers():
+    st = dataclasses.replace(NORMAL, primary="standby", fenced=("master",))
+    primary = server("standby", rep=report(role=Role.PRIMARY))
+    st, actions, reason = step(st, obs(dead("master"), primary, requests=(Request(RequestKind.POWER_ON, "master"),)))
+    assert [(type(a), a.server) for a in acting(actions)] == [(PowerOn, "master")]
+    assert "Notify:power-restored-by-operator" in kinds(actions)
+    assert st.fenced == () and st.rejoining == ("master",)
+    assert "master: power restored by an operator" in reason
+    st, actions, reason = step(st, obs(dead("master"), primary), now=101)  # still booting
+    assert not any(isinstance(a, Rejoin) for a in actions)
+    st, actions, reason = step(st, obs(server("master", rep=report()), primary), now=102)
+    assert [(a.server, a.primary) for a in actions if isinstance(a, Rejoin)] == [("master", "standby")]
+    assert st.rejoining == () and "master: back after power-on; rejoining as a standby of standby" in reason
+    _, actions, _ = step(st, obs(server("master", rep=report()), primary), now=103)
+    assert not any(isinstance(a, Rejoin) for a in actions)  # once
+
+
+def test_power_on_a_server_that_is_not_fenced_is_refused():
+    st, actions, reason = step(NORMAL, obs(server("master"), server("standby"),
+                                           requests=(Request(RequestKind.POWER_ON, "standby"),)))
+    assert acting(actions) == [] and st.rejoining == ()
+    assert "power-on standby: refused, it is not fenced" in reason
+
+
+def test_power_on_is_refused_in_observe_mode():
+    cfg = site_config(site={"mode": "observe"})
+    st = dataclasses.replace(NORMAL, primary="standby", fenced=("master",))
+    st2, actions, reason = step(st, obs(dead("master"), server("standby", rep=report(role=Role.PRIMARY)),
+                                        requests=(Request(RequestKind.POWER_ON, "master"),)), cfg=cfg)
+    assert not any(isinstance(a, PowerOn) for a in actions) and st2.fenced == ("master",)
+    assert "observe" in reason
+
+
+# ---------------------------------------------------------------- observe mode and maintenance
+
+
+OBSERVE = site_config(site={"mode": "observe"})
+
+
+def test_observe_mode_never_fences_or_promotes_a_dead_primary():
+    st, actions, reason = step(NORMAL, obs(dead("master"), server("standby")), cfg=OBSERVE)
+    assert st.phase is Phase.NORMAL
+    assert not any(isinstance(a, (Fence, Promote, TakeIp)) for a in actions)
+    assert "would fail over to standby, but site.mode = observe" in reason
+
+
+@pytest.mark.parametrize("req", [Request(RequestKind.SWITCHOVER), Request(RequestKind.SWITCHOVER, "standby"),
+                                 Request(RequestKind.FAILOVER, "standby", force=True)])
+def test_observe_mode_refuses_operator_switchover_and_failover(req):
+    st, actions, reason = step(NORMAL, obs(server("master"), server("standby"), requests=(req,)), cfg=OBSERVE)
+    assert st.phase is Phase.NORMAL and acting(actions) == []
+    assert f"{req.kind.value}: refused, site.mode = observe" in reason
+
+
+def test_maintenance_dead_primary_gets_no_action_and_one_operator_alert():
+    st = dataclasses.replace(NORMAL, maintenance=True)
+    o = obs(dead("master"), server("standby"))
+    st, actions, reason = step(st, o)
+    assert st.phase is Phase.NORMAL and acting(actions) == []
+    assert kinds(actions).count("Notify:operator-needed") == 1
+    assert "maintenance mode is on" in reason
+    st, actions, reason = step(st, o, now=101)
+    assert acting(actions) == [] and "Notify:operator-needed" not in kinds(actions)
+    assert "maintenance mode is on" in reason
+
+
+# ---------------------------------------------------------------- alerts raised once
+
+
+def test_a_second_server_claiming_the_primary_role_is_alerted_once():
+    o = obs(server("master"), server("standby"), server("standby2", rep=report(role=Role.PRIMARY)))
+    st, actions, _ = step(NORMAL, o, cfg=CFG3)
+    alerts = [a for a in actions if isinstance(a, Notify) and a.event == "split-brain-suspected"]
+    assert [a.server for a in alerts] == ["standby2"] and "master is the primary" in alerts[0].text
+    assert st.primary == "master" and acting(actions) == []
+    _, actions, _ = step(st, o, now=101, cfg=CFG3)
+    assert "Notify:split-brain-suspected" not in kinds(actions)
+
+
+def test_a_second_server_claiming_the_primary_role_is_in_the_reason():
+    o = obs(server("master"), server("standby"), server("standby2", rep=report(role=Role.PRIMARY)))
+    _, _, reason = step(NORMAL, o, cfg=CFG3)
+    assert "standby2" in reason and "primary role" in reason
+
+
+def test_a_link_coming_back_is_in_the_reason():
+    st, _, _ = step(NORMAL, obs(server("master", LinkState.DEAD, LinkState.UP), server("standby")))
+    _, actions, reason = step(st, obs(server("master"), server("standby")), now=101)
+    assert "Notify:link-up" in kinds(actions)
+    assert "link down" not in reason and "up" in reason
+
+
+def test_no_eligible_standby_while_the_primary_is_alive_is_alerted_once():
+    o = obs(server("master"), dead("standby"))
+    st, actions, reason = step(NORMAL, o)
+    assert kinds(actions).count("Notify:standby-down") == 1 and acting(actions) == []
+    assert "site: standby down" in reason
+    _, actions, _ = step(st, o, now=101)
+    assert "Notify:standby-down" not in kinds(actions)
+
+
+# ---------------------------------------------------------------- after a real failover: hold-down, no failback
+
+
+def test_hold_down_after_a_completed_failover_then_the_next_failover_proceeds():
+    st, now = complete_failover((dead("master"), server("standby"), server("standby2")), cfg=CFG3)
+    assert st.primary == "standby" and st.fenced == ("master",)
+    o = obs(dead("master"), dead("standby"), server("standby2"))
+    st2, actions, reason = step(st, o, now=now + 10, cfg=CFG3)
+    assert st2.phase is Phase.NORMAL and not any(isinstance(a, (Fence, Promote)) for a in actions)
+    assert "would fail over to standby2" in reason and "timing.hold_down" in reason
+    st3, actions, reason = step(st2, o, now=now + CFG3.timing.hold_down + 1, cfg=CFG3)
+    assert st3.phase is Phase.FENCING and (st3.old, st3.target) == ("standby", "standby2")
+    assert [(type(a), a.server) for a in acting(actions)] == [(Fence, "standby")]
+    assert "fencing it, then promoting standby2" in reason
+
+
+def test_no_automatic_failback_when_the_old_primary_answers_after_a_failover():
+    st, now = complete_failover((dead("master"), server("standby")))
+    back = obs(server("master", rep=report(role=Role.PRIMARY)), server("standby", rep=report(role=Role.PRIMARY)))
+    st, actions, reason = step(st, back, now=now + 1)
+    assert kinds(actions).count("Notify:old-primary-returned") == 1
+    assert not any(isinstance(a, (Promote, Demote, Fence, TakeIp, Rejoin, PowerOn)) for a in actions)
+    assert st.primary == "standby" and st.fenced == ("master",) and st.phase is Phase.NORMAL
+    assert "master: old primary answers again; it stays fenced" in reason
+    st, actions, _ = step(st, back, now=now + CFG.timing.hold_down + 1)  # even once hold-down is over
+    assert "Notify:old-primary-returned" not in kinds(actions)
+    assert not any(isinstance(a, (Promote, Demote, Fence, TakeIp, Rejoin, PowerOn)) for a in actions)
+    assert st.primary == "standby" and st.fenced == ("master",)

@@ -9,6 +9,7 @@ acknowledges them as done; the agent runs each command id once.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -39,28 +40,39 @@ class LinkRecord:
 
 
 def parse_report(payload: dict[str, Any]) -> AgentReport:
-    """A reply payload as a report; raises ProtocolError('bad-reply') if malformed."""
+    """A reply payload as a report, every field of the type the protocol gives it (no
+    conversions: "false" is not false); raises ProtocolError('bad-reply') otherwise."""
     try:
-        repl = payload.get("repl") or {}
-        lag_bytes = repl.get("lag_bytes")
-        lag_s = repl.get("lag_s")
+        repl = _field(payload, "repl", (dict, type(None))) or {}
+        lag_bytes = _field(repl, "lag_bytes", (int, type(None)))
+        if lag_bytes is not None and lag_bytes < 0:
+            raise ValueError(f"lag_bytes = {lag_bytes}: negative")
+        lag_s = _field(repl, "lag_s", (int, float, type(None)))
+        if lag_s is not None and not math.isfinite(lag_s):
+            raise ValueError(f"lag_s = {lag_s}: not finite")
         return AgentReport(
-            role=Role(payload.get("role", "unknown")),
-            healthy=bool(payload["healthy"]),
-            vip=bool(payload.get("vip", False)),
-            repl=Replication(_opt_bool(repl.get("in_sync")), None if lag_bytes is None else int(lag_bytes),
-                             None if lag_s is None else float(lag_s), _opt_bool(repl.get("peer_alive"))),
-            hears_primary=_opt_bool(payload.get("hears_primary")),
-            detail=str(payload.get("detail", ""))[:200],
+            role=Role(_field(payload, "role", (str,), "unknown")),
+            healthy=_field(payload, "healthy", (bool,), required=True),
+            vip=_field(payload, "vip", (bool,), False),
+            repl=Replication(_field(repl, "in_sync", (bool, type(None))), lag_bytes,
+                             None if lag_s is None else float(lag_s), _field(repl, "peer_alive", (bool, type(None)))),
+            hears_primary=_field(payload, "hears_primary", (bool, type(None))),
+            detail=_field(payload, "detail", (str,), "")[:200],
         )
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+    except ValueError as exc:
         raise ProtocolError("bad-reply", str(exc)) from exc
 
 
-def _opt_bool(value: Any) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise ValueError(f"expected true, false or null, not {value!r}")
+def _field(obj: dict[str, Any], key: str, types: tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+    """obj[key] if it has one of ``types`` (a bool is not an int here), else ValueError."""
+    if key not in obj:
+        if required:
+            raise ValueError(f"{key}: missing")
+        return default
+    value = obj[key]
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise ValueError(f"{key} = {value!r}: wrong type")
+    return value
 
 
 class SerialPort:
@@ -274,8 +286,8 @@ class Poller:
         now = self._clock()
         try:
             report = parse_report(frame.payload)
-            answered = int(frame.payload["re"])
-        except (ProtocolError, KeyError, ValueError, TypeError):
+            answered = _field(frame.payload, "re", (int,), required=True)
+        except (ProtocolError, ValueError):
             self._count("bad-reply")
             return
         with self._lock:
@@ -288,10 +300,16 @@ class Poller:
 
     def _on_ack(self, frame: Frame) -> None:
         p = frame.payload
+        try:
+            cmd_id, done = _field(p, "id", (str,), required=True), _field(p, "done", (bool,), required=True)
+            ok, detail = _field(p, "ok", (bool,), required=True), _field(p, "detail", (str,), "")
+        except ValueError:
+            self._count("bad-ack")
+            return
         with self._lock:
-            cmd = self._commands.get(str(p.get("id")))
-            if cmd is not None and p.get("done") is True and cmd.result is None:
-                cmd.result = (bool(p.get("ok")), str(p.get("detail", ""))[:300])
+            cmd = self._commands.get(cmd_id)
+            if cmd is not None and done and cmd.result is None:
+                cmd.result = (ok, detail[:300])
 
     def _count(self, reason: str) -> None:
         with self._lock:

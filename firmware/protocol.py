@@ -120,6 +120,8 @@ def decode(data: bytes, key: bytes) -> Frame:
         payload = json.loads(body) if body else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError("bad-payload", "not JSON") from exc
+    except RecursionError as exc:  # a signed but absurdly nested payload
+        raise ProtocolError("bad-payload", "nested too deeply") from exc
     if not isinstance(payload, dict):
         raise ProtocolError("bad-payload", "not an object")
     return Frame(Kind(kind), sender, boot_id, seq, payload)

@@ -17,6 +17,7 @@ Every command runs without a shell (split like a shell would), with ``timeout`` 
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ def _opt(value: object, kind: type) -> object:
         return None
     if kind is bool and not isinstance(value, bool):
         raise TypeError(f"expected true/false/null, not {value!r}")
-    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise TypeError(f"expected a number or null, not {value!r}")
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                 or not math.isfinite(value)):
+        raise TypeError(f"expected a finite number or null, not {value!r}")
     return kind(value)

@@ -98,11 +98,7 @@ def _new_run(step: _Step) -> None:
         step.why(f"after a restart: {', '.join(step.state.fenced)} kept fenced")
     step.update(seen_run=step.obs.run)
     if step.state.phase in BUSY and step.state.issued_run != step.obs.run:
-        s = step.state
-        # the alert of the interrupted run may have died with it: better twice than never
-        started = "switchover-started" if s.operation == "switchover" else "failover-started"
-        step.notify(started, s.old or "", text=f"resumed in {s.phase.value} after an appliance restart:"
-                                                f" {s.old} -> {s.target}")
+        s = step.state  # its alerts went out before it was saved (daemon): only the action again
         _REENTER[s.phase](step)
         step.why(f"resumed {s.phase.value} after a restart")
 

@@ -1,7 +1,7 @@
 """The real daemon killed (SIGKILL) at random points of a failover and started again, many
 times, each on a fresh loopback site: it always ends with one outcome. The standby is the
-only primary, the master stays fenced (its relay still open), the fence was confirmed once,
-the failover completed once, nothing failed, and nothing flips back afterwards."""
+only primary, the master stays fenced (its relay still open), the fence-done and
+failover-completed alerts arrived (at most twice), nothing failed, and nothing flips back."""
 from __future__ import annotations
 
 import json
@@ -53,6 +53,8 @@ def test_a_daemon_killed_mid_failover_resumes_to_one_outcome(site: Site, seed: i
     assert st["primary"] == "standby" and st["phase"] == "normal" and master["fenced"]
     assert site.gpio.output("relay1") and not site.gpio.output("relay2")
     events = _events(site)
-    assert events.count("fence-done") == 1 and events.count("failover-completed") == 1, events
+    # alerts go out before the state that follows them is saved: a kill in between repeats
+    # one (the step is decided again), none is ever lost
+    assert 1 <= events.count("fence-done") <= 2 and 1 <= events.count("failover-completed") <= 2, events
     assert not any(e in ("failover-failed", "fence-failed", "split-brain-suspected") for e in events), events
     assert '"role": "primary"' in (site.tmp / "role-standby.json").read_text()

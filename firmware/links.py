@@ -48,14 +48,19 @@ def parse_report(payload: dict[str, Any]) -> AgentReport:
         if lag_bytes is not None and lag_bytes < 0:
             raise ValueError(f"lag_bytes = {lag_bytes}: negative")
         lag_s = _field(repl, "lag_s", (int, float, type(None)))
-        if lag_s is not None and not math.isfinite(lag_s):
-            raise ValueError(f"lag_s = {lag_s}: not finite")
+        if lag_s is not None:
+            try:
+                lag_s = float(lag_s)  # an int too big for a float raises OverflowError
+            except OverflowError:
+                lag_s = math.inf
+            if not math.isfinite(lag_s):
+                raise ValueError("lag_s: not a finite number")
         return AgentReport(
             role=Role(_field(payload, "role", (str,), "unknown")),
             healthy=_field(payload, "healthy", (bool,), required=True),
             vip=_field(payload, "vip", (bool,), False),
             repl=Replication(_field(repl, "in_sync", (bool, type(None))), lag_bytes,
-                             None if lag_s is None else float(lag_s), _field(repl, "peer_alive", (bool, type(None)))),
+                             lag_s, _field(repl, "peer_alive", (bool, type(None)))),
             hears_primary=_field(payload, "hears_primary", (bool, type(None))),
             detail=_field(payload, "detail", (str,), "")[:200],
         )

@@ -413,6 +413,7 @@ def test_poller_receive_of_a_deeply_nested_signed_frame_counts_it(bench):
 @given(poller_frames(finite=False))
 @example(("master", (Kind.REPLY, {"re": POLL, "healthy": True, "repl": {"lag_bytes": float("inf")}})))
 @example(("master", (Kind.REPLY, {"re": float("inf"), "healthy": True})))
+@example(("master", (Kind.REPLY, {"re": POLL, "healthy": True, "repl": {"lag_s": 10**400}})))  # no float holds it
 def test_poller_receive_of_replies_with_infinite_numbers_never_raises(bench, case):
     sender, (kind, template) = case
     poller_step(bench, sender, kind, template)

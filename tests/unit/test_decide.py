@@ -175,16 +175,7 @@ def test_no_failover_onto_a_bad_standby(rep, words):
     assert not any(isinstance(a, (Fence, Promote)) for a in actions)
     assert "Notify:operator-needed" in kinds(actions)
     assert "primary master is dead" in reason and "failover --force" in reason
-
-
-@pytest.mark.parametrize("rep,words", [
-    (report(in_sync=False, lag=5_000_000), "not in sync"),
-    (report(healthy=False), "health check fails"),
-    (report(role=Role.UNKNOWN), "role is unknown"),
-])
-def test_the_reason_names_why_the_standby_is_not_eligible(rep, words):
-    _, _, reason = step(NORMAL, obs(dead("master"), server("standby", rep=rep)))
-    assert words in reason
+    assert words in reason  # the reason names why the standby may not take over
 
 
 def test_lagging_standby_raises_the_alarm_while_all_is_well():

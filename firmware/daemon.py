@@ -109,7 +109,7 @@ class Daemon:
             self.state = d.state
             self.last_obs = obs
             for warning in d.warnings:
-                log.warning("%s", warning)
+                self._throttled(logging.WARNING, "{}{}", warning)
             if d.reason and d.reason != self._logged_reason:
                 log.info("%s", d.reason)
                 self._logged_reason = d.reason
@@ -130,15 +130,19 @@ class Daemon:
                 self._progress_logged[action.id] = now
 
     def _cycle_failed(self, error: str) -> None:
-        """One log line per distinct error per minute: an SD card must survive a long fault."""
+        self._throttled(logging.ERROR, "cycle failed: {}{}; no watchdog pet for this cycle", error)
+
+    def _throttled(self, level: int, template: str, text: str) -> None:
+        """One log line per distinct text per minute, with how many were held back: an SD card
+        must survive a long fault (``template`` gets the text and the held-back count)."""
         now = self.clock()
-        last, count = self._errors.get(error, (-OVERRUN_LOG_EVERY_S, 0))
+        last, count = self._errors.get(text, (-OVERRUN_LOG_EVERY_S, 0))
         if now - last >= OVERRUN_LOG_EVERY_S:
             more = f" (and {count} more times since the last report)" if count else ""
-            log.error("cycle failed: %s%s; no watchdog pet for this cycle", error, more)
-            self._errors[error] = (now, 0)
+            log.log(level, template.format(text, more))
+            self._errors[text] = (now, 0)
         else:
-            self._errors[error] = (last, count + 1)
+            self._errors[text] = (last, count + 1)
 
     def _observe(self, now: float) -> Observations:
         records = self.app.poller.snapshot()

@@ -27,7 +27,7 @@ from firmware.appliance import Appliance
 from firmware.decide import decide
 from firmware.detector import observe_servers
 from firmware.errors import ArbiterError, ConfigError
-from firmware.model import REPORTING, Observations, Request, RequestKind
+from firmware.model import Observations, Request, RequestKind
 from firmware.site_state import State
 from firmware.status import status_report
 
@@ -101,11 +101,8 @@ class Daemon:
             self.app.poller.poll_all()
             obs = self._observe(now)
             d = decide(self.state, obs, now, self.cfg)
-            # alerts and LEDs first: a crash before the save repeats them on restart (the same
-            # transition is decided again), while a crash after it could otherwise lose them
-            self.app.executor.submit([a for a in d.actions if isinstance(a, REPORTING)])
             if _substance(d.state) != _substance(self.state) or d.actions:
-                self.app.save_state(d.state)  # before any acting action runs
+                self.app.save_state(d.state)  # before any action runs; it lists the alerts too
             self.state = d.state
             self.last_obs = obs
             for warning in d.warnings:
@@ -114,7 +111,7 @@ class Daemon:
                 log.info("%s", d.reason)
                 self._logged_reason = d.reason
                 self.last_decision_at = now
-            self.app.executor.submit([a for a in d.actions if not isinstance(a, REPORTING)])
+            self.app.executor.submit(d.actions)  # the acting batch starts first, then the alerts
             self._progress(now)
             self._frames_rejected()
             return True

@@ -58,6 +58,7 @@ class _Step:
 
     def notify(self, event: str, server: str = "", channel: str = "", text: str = "") -> None:
         self.act(Notify(event, server, channel, text))
+        self.update(alerts=self.state.alerts + ((event, server, channel, text),))
 
     def update(self, **changes: object) -> None:
         self.state = dataclasses.replace(self.state, **changes)
@@ -75,8 +76,9 @@ class _Step:
 
 
 def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision:
-    step = _Step(state, obs, now, cfg)
-    _new_run(step)
+    unsent = state.alerts if state.seen_run != obs.run else ()  # saved, perhaps never sent
+    step = _Step(dataclasses.replace(state, alerts=()), obs, now, cfg)
+    _new_run(step, unsent)
     _requests(step)
     _watch(step)
     _PHASES[step.state.phase](step)
@@ -89,10 +91,15 @@ def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision
 # ------------------------------------------------------------------ start-up and requests
 
 
-def _new_run(step: _Step) -> None:
-    """After a restart: hold fenced servers off again, and re-issue the phase's action."""
+def _new_run(step: _Step, unsent: tuple[tuple[str, str, str, str], ...]) -> None:
+    """After a restart: the last decision's alerts again, the status LED again, fenced
+    servers held off again, and the phase's action re-issued."""
     if step.state.seen_run == step.obs.run:
         return
+    for event, server, channel, text in unsent:
+        step.notify(event, server, channel, f"{text} (again after an appliance restart)".lstrip())
+    if step.state.led:
+        step.act(SetStatus(step.state.led))  # the board starts with every LED off
     if step.state.fenced:
         step.act(HoldFence(step.state.fenced))
         step.why(f"after a restart: {', '.join(step.state.fenced)} kept fenced")

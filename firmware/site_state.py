@@ -68,6 +68,9 @@ class State:
     ups_seen: tuple[UpsSeen, ...] = ()
     ups_handled: str = ""  # the UPS intent already acted on
     led: str = ""
+    # the alerts of the decision that made this state, saved with it: an appliance killed before
+    # they reached the notifier sends them again when it restarts (a duplicate at worst)
+    alerts: tuple[tuple[str, str, str, str], ...] = ()  # (event, server, channel, text)
     failovers: int = 0
     reason: str = ""
 
@@ -84,6 +87,7 @@ class State:
         for name in ("fenced", "rejoining", "returned", "awaiting", "conditions"):
             kwargs[name] = tuple(kwargs.get(name, ()))
         kwargs["results"] = tuple((i, ok, d) for i, ok, d in kwargs.get("results", ()))
+        kwargs["alerts"] = tuple((e, s, c, t) for e, s, c, t in kwargs.get("alerts", ()))
         kwargs["ups_seen"] = tuple(
             (s, r, tuple(f), c, t) for s, r, f, c, t in kwargs.get("ups_seen", ()))
         return cls(**kwargs)

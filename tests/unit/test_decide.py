@@ -612,3 +612,20 @@ def test_no_automatic_failback_when_the_old_primary_answers_after_a_failover():
     assert "Notify:old-primary-returned" not in kinds(actions)
     assert not any(isinstance(a, (Promote, Demote, Fence, TakeIp, Rejoin, PowerOn)) for a in actions)
     assert st.primary == "standby" and st.fenced == ("master",)
+
+
+def test_alerts_saved_with_their_state_are_sent_again_after_a_restart_only():
+    st, actions, _ = fail_over_to_fencing()  # failover-started is in the state saved before it is sent
+    assert ("failover-started", "master", "", "failover: master -> standby") in st.alerts
+    same_run = decide(st, obs(dead("master"), server("standby")), 100.04, CFG)
+    assert same_run.state.alerts == () and "Notify:failover-started" not in kinds(same_run.actions)
+    restarted = decide(st, obs(dead("master"), server("standby"), run=2), 100.04, CFG)
+    again = [a for a in restarted.actions if isinstance(a, Notify) and a.event == "failover-started"]
+    assert len(again) == 1 and again[0].text.endswith("(again after an appliance restart)")
+    assert kinds(restarted.actions).index("Notify:failover-started") < kinds(restarted.actions).index("Fence")
+
+
+def test_the_status_led_is_set_again_after_a_restart():
+    st = dataclasses.replace(NORMAL, led="degraded", conditions=("link-down:master/serial",))
+    d = decide(st, obs(server("master", LinkState.DEAD, LinkState.UP), server("standby"), run=2), 100.0, CFG)
+    assert [a.status for a in d.actions if isinstance(a, SetStatus)] == ["degraded"]

@@ -260,7 +260,7 @@ def parse(data: dict[str, Any]) -> Config:
     cfg = Config(servers=tuple(servers), **sections)
     # Cross-field checks run even after per-key errors, so check-config names everything at
     # once; a check that involves a section with a bad key would judge a default: left out.
-    bad = {_sections_named(p)[0] for p in problems if _sections_named(p)}
+    bad = {named[0] for named in map(_sections_named, problems) if named}
     problems += [p for p in _cross_checks(cfg) if not bad & set(_sections_named(p))]
     if problems:
         raise ConfigError(problems)

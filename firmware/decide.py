@@ -105,7 +105,7 @@ def _new_run(step: _Step, unsent: tuple[tuple[str, str, str, str], ...]) -> None
         step.why(f"after a restart: {', '.join(step.state.fenced)} kept fenced")
     step.update(seen_run=step.obs.run)
     if step.state.phase in BUSY and step.state.issued_run != step.obs.run:
-        s = step.state  # its alerts went out before it was saved (daemon): only the action again
+        s = step.state  # its alerts came back above (unsent): here only its action again
         _REENTER[s.phase](step)
         step.why(f"resumed {s.phase.value} after a restart")
 

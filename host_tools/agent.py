@@ -40,7 +40,8 @@ class Agent:
         self.cfg = cfg
         a = cfg.agent
         saved = self._load_state()
-        self.boot_id = max(int(saved.get("boot", 0)) + 1, time.time_ns() // 1000)
+        last = saved.get("boot")
+        self.boot_id = max((last if isinstance(last, int) else 0) + 1, time.time_ns() // 1000)
         self.codec = Codec(a.name, read_key(a.key_file), self.boot_id)
         self.codec_lock = threading.Lock()
         self.adapter = adapter if adapter is not None else (

@@ -46,6 +46,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# figures some scenarios measure besides the common keys
+_DETAILS = (("fence_to_writable_s", "fence to standby accepting writes (s)"),
+            ("billing_longest_gap_s", "billing load's longest gap (s)"),
+            ("switchover_s", "switchover done after on-battery (s)"))
+
+
 def render(report: Report) -> str:
     rows = [
         ("scenario", report.scenario),
@@ -59,6 +65,7 @@ def render(report: Report) -> str:
         ("split brain", report.split_brain),
         ("alerts received", report.alerts),
     ]
+    rows += [(label, report.details[key]) for key, label in _DETAILS if key in report.details]
     rows += [(f"check: {name}", "ok" if ok else "FAILED") for name, ok in report.checks.items()]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {_fmt(value)}" for name, value in rows)

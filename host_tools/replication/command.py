@@ -63,7 +63,7 @@ class CommandAdapter:
                                      str(data.get("detail", ""))[:200])
         except ActionError as exc:
             return ReplicationStatus("unknown", detail=str(exc))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400 digits: no float holds it
             return ReplicationStatus("unknown", detail=f"replication.status printed no valid JSON: {exc}")
 
     def _act(self, cmd: str, what: str, env: dict[str, str] | None = None) -> None:

@@ -46,6 +46,7 @@ def test_nulls_and_missing_keys_are_unknown_values(tmp_path: Path) -> None:
     ('{"role": "standby", "in_sync": "yes"}', 0, "expected true/false/null"),
     ('{"role": "standby", "lag_bytes": true}', 0, "expected a finite number"),
     ('{"role": "standby", "lag_bytes": 1e999}', 0, "expected a finite number"),
+    ('{"role": "standby", "lag_bytes": 1%s}' % ("0" * 400), 0, "too large"),
 ])
 def test_bad_output_is_role_unknown_with_the_reason(tmp_path: Path, stdout: str, code: int, expect: str) -> None:
     status = _status_of(tmp_path, stdout, code)

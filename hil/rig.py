@@ -309,13 +309,11 @@ class Rig(Built):
         ptys) is torn down last even if a second Ctrl-C lands in the middle."""
         self._stop.set()
         try:
-            stops = [p.__exit__ for p in (self.nut, self.pg) if p is not None]
-            if self.traps is not None:
-                stops.append(lambda *_: self.traps.stop())  # type: ignore[union-attr]
-            for stop in stops:
-                try:
-                    stop(None, None, None)
-                except Exception:  # teardown goes on whatever one part did
-                    log.exception("teardown")
+            for part in (self.nut, self.pg, self.traps):
+                if part is not None:
+                    try:
+                        part.__exit__(None, None, None)
+                    except Exception:  # teardown goes on whatever one part did
+                        log.exception("teardown")
         finally:
             self.site.teardown()

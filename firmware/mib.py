@@ -49,6 +49,9 @@ def _enterprise_number(enterprise_oid: str) -> int:
 _HEADER = """\
 {module} DEFINITIONS ::= BEGIN
 
+-- The base modules imported below ship unchanged in the same folder as this one:
+-- SNMPv2-SMI (RFC 2578), SNMPv2-TC (RFC 2579) and SNMPv2-CONF (RFC 2580).
+
 IMPORTS
     MODULE-IDENTITY, OBJECT-TYPE, NOTIFICATION-TYPE, Unsigned32, enterprises
         FROM SNMPv2-SMI

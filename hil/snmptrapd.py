@@ -7,7 +7,6 @@ survives (kept in its own persistent dir), as a real manager's would.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -17,17 +16,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-log = logging.getLogger("hil.snmptrapd")
-
-# the IETF base modules live in ../shared/mibs/ietf beside the repository
-IETF_MIB_DIR = Path(os.environ.get("ARBITER_IETF_MIBS",
-                                   Path(__file__).resolve().parents[2] / "shared" / "mibs" / "ietf"))
-OWN_MIB_DIR = Path(__file__).resolve().parent.parent / "firmware" / "mibs"
+# Our MIB and the IETF base modules it imports (RFC 2578-2580) ship together in one folder.
+MIB_DIR = Path(__file__).resolve().parent.parent / "firmware" / "mibs"
 _MARK = "ARBTRAP"
 _SEP = " |~| "
 _LINE = re.compile(rf"^{_MARK}\|(?P<pdu>[A-Z0-9]+), SNMP (?P<version>v[123]c?), (?P<security>.*?)\|(?P<vbs>.*)$")
 _USER = re.compile(r"user ([^,\s]+)")
-_AT_LINE = re.compile(r"At line (\d+) in (\S+)")
 # Names snmptrapd prints for the two mandatory varbinds when SNMPv2-MIB is not loaded.
 _TRAP_OID_NAMES = ("SNMPv2-MIB::snmpTrapOID.0", "SNMPv2-SMI::snmpModules.1.1.4.1.0")
 _UPTIME_NAMES = ("DISMAN-EVENT-MIB::sysUpTimeInstance", "SNMPv2-MIB::sysUpTime.0", "SNMPv2-SMI::mib-2.1.3.0")
@@ -35,50 +29,27 @@ _UPTIME_NAMES = ("DISMAN-EVENT-MIB::sysUpTimeInstance", "SNMPv2-MIB::sysUpTime.0
 V3User = tuple[str, str, str, str]  # user, auth pass, priv pass, sender engine id (hex, "" for informs)
 
 
-def stage_mibs(dest: Path, base: Path, own: Path, probe: str) -> list[str]:
-    """Copies the modules into ``dest`` and drops lines net-snmp's parser rejects in the
-    base modules only; a rejected line in our own MIB is an error.
+def stage_mibs(dest: Path, src: Path, probe: str) -> None:
+    """Copies the modules of ``src`` into ``dest`` and proves net-snmp loads them all.
 
-    A damaged copy of a base module (one stray line) makes net-snmp lose the whole OID tree
-    under it; dropping exactly the lines it names, with a warning, keeps the rig usable.
-    Returns the dropped lines.
+    Any line net-snmp's parser rejects, in any module, is an error naming the file: a
+    rejected line makes net-snmp lose the whole OID tree under it, so the trap log would
+    show numbers instead of names and the scenarios' checks would miss alerts.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    ours = set()
-    for src in (base, own):
-        for f in sorted(p for p in src.iterdir() if p.is_file()):
-            shutil.copyfile(f, dest / f.name)
-            if src == own:
-                ours.add(f.name)
-    dropped: list[str] = []
-    for _ in range(10):
-        out = subprocess.run(["snmptranslate", "-M", str(dest), "-m", "ALL", "-On", probe],
-                             capture_output=True, text=True, check=False)
-        bad = [(int(m.group(1)), Path(m.group(2))) for m in _AT_LINE.finditer(out.stderr)
-               if Path(m.group(2)).parent == dest]
-        if not bad:  # the base modules parse: now any complaint about ours is ours
-            ours_named = [line for line in out.stderr.splitlines() if any(str(dest / n) in line for n in ours)]
-            if ours_named:
-                raise RuntimeError(f"net-snmp complains about our own MIB: {' / '.join(ours_named[:4])}")
-            if out.returncode != 0 or not out.stdout.startswith("."):
-                raise RuntimeError(f"{probe} does not resolve with the MIBs in {dest}: "
-                                   + " / ".join(out.stderr.splitlines()[:4]))
-            return dropped
-        number, path = bad[0]
-        lines = path.read_text().splitlines(keepends=True)
-        if path.name in ours:
-            raise RuntimeError(f"{own / path.name} line {number} rejected by net-snmp: {lines[number - 1]!r}")
-        dropped.append(f"{path.name}:{number}: {lines[number - 1].strip()}")
-        log.warning("MIB %s line %d rejected by net-snmp, dropped: %r", path.name, number, lines[number - 1])
-        del lines[number - 1]
-        path.write_text("".join(lines))
-    raise RuntimeError(f"MIBs in {dest} still rejected by net-snmp after dropping {dropped}")
+    for f in sorted(p for p in src.iterdir() if p.is_file()):
+        shutil.copyfile(f, dest / f.name)
+    out = subprocess.run(["snmptranslate", "-M", str(dest), "-m", "ALL", "-On", probe],
+                         capture_output=True, text=True, check=False)
+    complaints = [line for line in out.stderr.splitlines() if line.strip()]
+    if complaints or out.returncode != 0 or not out.stdout.startswith("."):
+        raise RuntimeError(f"net-snmp rejects the MIBs of {src} (probe {probe}): "
+                           + " / ".join(complaints[:4] or [out.stdout.strip()]))
 
 
 class TrapReceiver:
-    def __init__(self, workdir: Path, port: int, mib_dir: Path = OWN_MIB_DIR, community: str = "public",
-                 v3_users: list[V3User] | None = None, ietf_dir: Path = IETF_MIB_DIR,
-                 netns: str = "", host: str = "127.0.0.1") -> None:
+    def __init__(self, workdir: Path, port: int, mib_dir: Path = MIB_DIR, community: str = "public",
+                 v3_users: list[V3User] | None = None, netns: str = "", host: str = "127.0.0.1") -> None:
         self.workdir = Path(workdir)
         self.port = port
         self.host = host
@@ -88,7 +59,7 @@ class TrapReceiver:
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []  # one per start: snmptrapd truncates its -Lf file
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.dropped_mib_lines = stage_mibs(self.mibs, ietf_dir, mib_dir, "BILLMASTER-ARBITER-MIB::arbLinkDown")
+        stage_mibs(self.mibs, mib_dir, "BILLMASTER-ARBITER-MIB::arbLinkDown")
         self.conf.write_text(_config(community, v3_users or []))
 
     def start(self) -> None:

@@ -14,7 +14,7 @@ from firmware.events import EVENTS
 from firmware.mib import notification_name
 from firmware.notify import Alert
 from firmware.snmp import SnmpSink, engine_id
-from hil.snmptrapd import IETF_MIB_DIR, OWN_MIB_DIR, TrapReceiver, stage_mibs
+from hil.snmptrapd import MIB_DIR, TrapReceiver, stage_mibs
 
 AUTH, PRIV = "arb-auth-pass", "arb-priv-pass"
 
@@ -148,17 +148,14 @@ def test_informs_queue_while_manager_down_survive_restart_and_arrive_once_in_ord
 
 
 
-def test_only_base_module_lines_are_dropped_never_our_own(tmp_path: Path) -> None:
-    base, own = tmp_path / "base", tmp_path / "own"
-    base.mkdir()
-    own.mkdir()
-    for f in IETF_MIB_DIR.iterdir():
-        (base / f.name).write_text(f.read_text())
-    mib = (OWN_MIB_DIR / "BILLMASTER-ARBITER-MIB").read_text()
-    (own / "BILLMASTER-ARBITER-MIB").write_text(mib)
+def test_the_shipped_mib_folder_loads_and_any_rejected_line_is_an_error(tmp_path: Path) -> None:
     probe = "BILLMASTER-ARBITER-MIB::arbLinkDown"
-    dropped = stage_mibs(tmp_path / "a", base, own, probe)
-    assert all(not d.startswith("BILLMASTER") for d in dropped)
-    (own / "BILLMASTER-ARBITER-MIB").write_text(mib.replace("IMPORTS", "IMPORTS\n    stray words here\n", 1))
-    with pytest.raises(RuntimeError, match="our own MIB"):
-        stage_mibs(tmp_path / "b", base, own, probe)
+    stage_mibs(tmp_path / "shipped", MIB_DIR, probe)  # our MIB and the base modules, nothing dropped
+    for module, anchor in (("BILLMASTER-ARBITER-MIB", "IMPORTS"), ("SNMPv2-TC", "IMPORTS")):
+        src = tmp_path / f"src-{module}"
+        src.mkdir()
+        for f in MIB_DIR.iterdir():
+            (src / f.name).write_text(f.read_text())
+        (src / module).write_text((MIB_DIR / module).read_text().replace(anchor, f"{anchor}\n    stray words here\n", 1))
+        with pytest.raises(RuntimeError, match="net-snmp rejects"):
+            stage_mibs(tmp_path / f"dest-{module}", src, probe)

@@ -72,19 +72,31 @@ def wait_status(adapter: PostgresAdapter, check, timeout: float, what: str) -> R
     return status
 
 
+def wait_replayed(cluster, name: str, tag: str, timeout: float) -> None:
+    """Waits until standby ``name`` shows the committed row ``tag``."""
+    deadline = time.monotonic() + timeout
+    while not cluster.sql(name, f"SELECT 1 FROM billing WHERE id = '{tag}'"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} has not replayed {tag!r} within {timeout:g} s")
+        time.sleep(0.02)
+
+
 def test_roles_sync_and_a_paused_async_standby(make_cluster) -> None:
     cluster = make_cluster()
     ad = adapters(cluster)
     primary = wait_status(ad["n1"], lambda s: s.in_sync, 10, "primary with its sync standby")
     assert primary.role == "primary" and primary.peer_alive and "n2 streaming/sync" in primary.detail
-    sync = ad["n2"].status()
-    assert (sync.role, sync.in_sync, sync.peer_alive) == ("standby", True, True)
-    assert sync.lag_bytes is not None and sync.lag_s is not None
     before = ad["n3"].status()
     assert (before.role, before.in_sync, before.peer_alive) == ("standby", False, True)
 
-    cluster.sql("n1", "INSERT INTO billing VALUES ('replayed', 0)")  # lag_s needs a replayed commit
-    wait_status(ad["n3"], lambda s: s.lag_bytes == 0, 5, "async standby replaying")
+    # lag_s is the age of the last replayed commit: NULL in PostgreSQL until a standby has
+    # replayed one, so both standbys must have replayed this row before lag_s is asked for.
+    cluster.sql("n1", "INSERT INTO billing VALUES ('replayed', 0)")
+    for name in ("n2", "n3"):
+        wait_replayed(cluster, name, "replayed", 5)
+    sync = ad["n2"].status()
+    assert (sync.role, sync.in_sync, sync.peer_alive) == ("standby", True, True)
+    assert sync.lag_bytes is not None and sync.lag_s is not None
     cluster.sql("n3", "SELECT pg_wal_replay_pause()")
     for i in range(20):
         cluster.sql("n1", f"INSERT INTO billing VALUES ('paused-{i}', {i})")

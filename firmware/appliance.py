@@ -10,14 +10,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from board.gpio import Board, make_factory
 from board.sdnotify import notify as sd_notify
 from firmware import arpcheck
 from firmware.config import Config, read_key
 from firmware.errors import ConfigError, StateError
-from firmware.control import ControlServer
+from firmware.control import ControlServer, Handler
 from firmware.executor import Executor
 from firmware.hands import make_handlers
 from firmware.journal import Journal
@@ -92,7 +91,7 @@ class Appliance:
     def save_state(self, state: State) -> None:
         self.store.save({"site": state.to_dict(), "kernel_boot": kernel_boot_id()})
 
-    def start(self, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def start(self, handler: Handler) -> None:
         self.control = ControlServer(self.cfg.site.socket, handler)
         self.control.start()
         if self.ups_watch is not None:

@@ -1,19 +1,29 @@
 """arbiterctl: the operator's command line, over arbiterd's root-only control socket.
 
-Exit codes: 0 done, 1 refused by the daemon, 2 usage, 3 daemon not reachable.
+An order (switchover, failover, maintenance, power-on, ack) is answered with the daemon's
+verdict: what its decision core made of it, accepted or refused, and why.
+
+Exit codes: 0 done or accepted, 1 refused (by the daemon, or not confirmed; with --wait:
+not completed), 2 usage, 3 daemon not reachable or no verdict.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from firmware import config as config_mod
+from firmware.commands import Command, Name, sudo_user
 from firmware.control import NotRunning, request
 from firmware.errors import ConfigError
 
 DEFAULT_SOCKET = "/run/arbiter/control.sock"
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EPILOG = ("exit codes: 0 done or accepted, 1 refused (by the daemon, or not confirmed; with --wait: "
+          "not completed), 2 usage, 3 daemon not reachable or no verdict")
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -82,7 +92,8 @@ def _socket(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arbiterctl", description="Operate the Billmaster Arbiter appliance (root).")
+    p = argparse.ArgumentParser(prog="arbiterctl", description="Operate the Billmaster Arbiter appliance (root).",
+                                epilog=EPILOG)
     p.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}, or site.socket of --config)")
     p.add_argument("--config", help="read the socket path from this arbiterd config")
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("why", help="the reason for the last decision")
     sw = sub.add_parser("switchover", help="planned, zero-loss: demote, wait for sync, promote, move the IP")
     sw.add_argument("--to", help="the standby to promote (default: the best in-sync one)")
+    _wait_options(sw)
     f = sub.add_parser("failover", help="force a failover now: fences the primary; may LOSE DATA if the "
                                         "target is not in sync")
     f.add_argument("--to", required=True, help="the standby to promote")
     f.add_argument("--force", action="store_true", help="required: you accept possible data loss")
     f.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _wait_options(f)
     m = sub.add_parser("maintenance", help="on: observe only (decide and report, act on nothing); "
                                            "off: automatic again (also leaves a halt)")
     m.add_argument("state", choices=("on", "off"))
@@ -109,13 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _payload(args: argparse.Namespace) -> dict[str, Any] | None:
-    c = args.command
-    if c == "events":
-        return {"cmd": "events", "n": args.n}
-    if c == "switchover":
-        return {"cmd": "switchover", "server": args.to}
-    if c == "failover":
+def _wait_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="follow it to its end, a progress line a second; "
+                                                         "exit 0 only if it completed")
+    p.add_argument("--timeout", type=float, default=600.0, help="with --wait: give up after this many seconds "
+                                                                 "(default %(default)g)")
+
+
+def command_of(args: argparse.Namespace) -> Command | None:
+    """The typed command the arguments ask for; None if the operator did not confirm."""
+    name = Name(args.command)
+    if name is Name.EVENTS:
+        return Command(name, n=args.n)
+    if name is Name.SWITCHOVER:
+        return Command(name, server=args.to, sudo_user=sudo_user())
+    if name is Name.FAILOVER:
         if not args.force:
             print("arbiterctl: failover needs --force: it fences the primary and promotes "
                   f"{args.to} even if it lacks transactions. Use `switchover` for a planned change.",
@@ -123,28 +144,61 @@ def _payload(args: argparse.Namespace) -> dict[str, Any] | None:
             return None
         warning = (f"WARNING: this fences the primary and promotes {args.to}. Transactions the primary "
                    f"acknowledged but {args.to} has not received are LOST.")
-        return {"cmd": "failover", "server": args.to, "force": True} if _confirm(warning, args.yes) else None
-    if c == "maintenance":
-        return {"cmd": "maintenance", "on": args.state == "on"}
-    if c == "power-on":
+        return Command(name, server=args.to, force=True, sudo_user=sudo_user()) if _confirm(warning, args.yes) \
+            else None
+    if name is Name.MAINTENANCE:
+        return Command(name, on=args.state == "on", sudo_user=sudo_user())
+    if name is Name.POWER_ON:
         ok = _confirm(f"Restore power to {args.server}? It was fenced; it will rejoin as a standby.", args.yes)
-        return {"cmd": "power-on", "server": args.server} if ok else None
-    return {"cmd": c}
+        return Command(name, server=args.server, sudo_user=sudo_user()) if ok else None
+    return Command(name, sudo_user=sudo_user())
+
+
+def follow(ask: Callable[[], dict[str, Any]], target: str | None, timeout: float,
+           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
+    """--wait: one progress line a second until the target is the primary in phase normal
+    (0), the appliance halts (1), or the timeout passes (1)."""
+    started = clock()
+    while True:
+        st = ask()
+        elapsed = clock() - started
+        running = ", ".join(f"{r['action']} {r['elapsed_s']:.1f} s" for r in st.get("running", []))
+        print(f"[{elapsed:5.1f} s] phase {st['phase']}, primary {st.get('primary') or '-'}, target "
+              f"{target or '-'}{f', running {running}' if running else ''}", flush=True)
+        if st["phase"] == "normal" and target is not None and st.get("primary") == target:
+            print(f"arbiterctl: completed: {target} is the primary")
+            return EXIT_OK
+        if st["phase"] == "halted":
+            print(f"arbiterctl: not completed: the appliance halted: {st.get('last_reason') or '-'}",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+        if elapsed >= timeout:
+            print(f"arbiterctl: not completed within --timeout {timeout:g} s", file=sys.stderr)
+            return EXIT_REFUSED
+        sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    payload = _payload(args)
-    if payload is None:
-        return 1
+    cmd = command_of(args)
+    if cmd is None:
+        return EXIT_REFUSED
+    sock = _socket(args)
     try:
-        answer = request(_socket(args), payload)
+        answer = request(sock, cmd.to_wire())
+        if getattr(args, "wait", False) and answer.get("accepted"):
+            print(f"arbiterctl: accepted: {answer.get('reason', '')}")
+            return follow(lambda: request(sock, Command(Name.STATUS).to_wire()), answer.get("target"),
+                          args.timeout)
     except NotRunning as exc:
         print(f"arbiterctl: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_UNREACHABLE
+    if answer.get("accepted", answer.get("ok")) is None:
+        print(f"arbiterctl: {answer.get('error', 'no verdict')}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     if not answer.get("ok"):
         print(f"arbiterctl: refused: {answer.get('error', 'no reason given')}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     if getattr(args, "json", False):
         print(json.dumps(answer, indent=2))
     elif args.command == "status":
@@ -157,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "why":
         print(f"[{answer['phase']}, {answer['at']}] {answer['reason']}")
     else:
-        print(answer.get("message", "ok"))
-    return 0
+        print(f"arbiterctl: accepted: {answer.get('reason', '')}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The operator's local control socket: one JSON object per line each way, root only.
 
-The daemon passes a handler; the server thread turns each request into one handler call.
-A peer that is not the allowed uid (SO_PEERCRED) is refused before anything is read.
+The daemon passes a handler; the server thread turns each request into one handler call,
+with the peer's credentials (SO_PEERCRED), so an order can name who gave it. A peer that is
+not the allowed uid is refused before anything is read.
 """
 from __future__ import annotations
 
@@ -12,19 +13,29 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from firmware.errors import ArbiterError
+
+Handler = Callable[[dict[str, Any], "Peer"], dict[str, Any]]
 
 log = logging.getLogger("arbiter.control")
 
 MAX_REQUEST = 64 * 1024
 
 
+@dataclass(frozen=True)
+class Peer:
+    """The kernel's word on who is at the other end of the socket."""
+
+    pid: int
+    uid: int
+
+
 class ControlServer:
-    def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any]],
-                 allowed_uid: int = 0) -> None:
+    def __init__(self, path: str, handler: Handler, allowed_uid: int = 0) -> None:
         self.path = Path(path)
         self.handler = handler
         self.allowed_uid = allowed_uid
@@ -60,7 +71,7 @@ class ControlServer:
         with conn:
             conn.settimeout(10.0)
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
+            pid, uid, _gid = struct.unpack("3i", creds)
             if uid != self.allowed_uid:
                 self._reply(conn, {"ok": False, "error": "root only"})
                 return
@@ -74,7 +85,7 @@ class ControlServer:
                 self._reply(conn, {"ok": False, "error": f"bad request: {exc}"})
                 return
             try:
-                response = self.handler(request)
+                response = self.handler(request, Peer(pid, uid))
             except Exception as exc:  # one bad request must not take the socket down
                 log.exception("control request %r failed", request.get("cmd"))
                 response = {"ok": False, "error": str(exc)}
@@ -98,7 +109,8 @@ class NotRunning(ArbiterError):
     """No daemon answers on the control socket."""
 
 
-def request(path: str, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """One request, one answer. The default timeout covers the daemon's wait for a verdict."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

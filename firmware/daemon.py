@@ -13,7 +13,6 @@ import dataclasses
 import ipaddress
 import json
 import logging
-import queue
 import signal
 import sys
 import threading
@@ -27,7 +26,9 @@ from firmware.appliance import Appliance
 from firmware.decide import decide
 from firmware.detector import observe_servers
 from firmware.errors import ArbiterError, ConfigError
-from firmware.model import Observations, Request, RequestKind
+from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
+from firmware.control import Peer
+from firmware.model import Observations, Verdict
 from firmware.site_state import State
 from firmware.status import status_report
 
@@ -35,6 +36,7 @@ log = logging.getLogger("arbiter")
 
 OVERRUN_LOG_EVERY_S = 60.0
 RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups")
+VERDICT_WAIT_S = 5.0  # an order's answer: decide runs every timing.interval, so this means stuck
 
 
 class Daemon:
@@ -47,7 +49,7 @@ class Daemon:
         self.started_at = clock()
         self.app = Appliance(self.cfg, clock, wake=self._wake_event_set)
         self.state = self.app.load_state(self.started_at)
-        self.requests: queue.Queue[Request] = queue.Queue()
+        self.orders = OrderDesk()
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.reload = threading.Event()
@@ -104,6 +106,7 @@ class Daemon:
             if _substance(d.state) != _substance(self.state) or d.actions:
                 self.app.save_state(d.state)  # before any action runs; it lists the alerts too
             self.state = d.state
+            self.orders.answer(d.verdicts, d.state.target)  # saved first: an accepted order is kept
             self.last_obs = obs
             for warning in d.warnings:
                 self._throttled(logging.WARNING, "{}{}", warning)
@@ -146,15 +149,7 @@ class Daemon:
         servers = observe_servers(self.cfg, records, now, self.started_at, self.app.power(),
                                   self.app.ups_latest())
         return Observations(servers=servers, results=self.app.executor.results(),
-                            requests=tuple(self._drain_requests()), run=self.app.run_id)
-
-    def _drain_requests(self) -> list[Request]:
-        out = []
-        while True:
-            try:
-                out.append(self.requests.get_nowait())
-            except queue.Empty:
-                return out
+                            requests=self.orders.drain(), run=self.app.run_id)
 
     def _frames_rejected(self) -> None:
         dropped = self.app.poller.dropped()
@@ -203,34 +198,53 @@ class Daemon:
 
     # ------------------------------------------------------------------ operator requests
 
-    def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        cmd = req.get("cmd")
-        if cmd == "status":
+    def handle_request(self, data: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """One control request, on the control thread. An order waits for decide's verdict."""
+        try:
+            cmd = Command.from_wire(data)
+        except BadCommand as exc:
+            return {"ok": False, "error": str(exc)}
+        if cmd.name is Name.STATUS:
             return {"ok": True, **status_report(self)}
-        if cmd == "events":
-            return {"ok": True, "events": self.app.journal.tail(int(req.get("n", 20)))}
-        if cmd == "why":
+        if cmd.name is Name.EVENTS:
+            return {"ok": True, "events": self.app.journal.tail(cmd.n)}
+        if cmd.name is Name.WHY:
             return {"ok": True, "reason": self.state.reason, "phase": self.state.phase.value,
                     "at": f"{self.clock() - self.last_decision_at:.1f} s ago"}
-        if cmd == "ack":
+        operator = Operator(peer.uid, peer.pid, cmd.sudo_user, peer_loginuid(peer.pid))
+        if cmd.name is Name.ACK:
             self.app.notifier.ack()
-            self.app.notifier.notify("alarm-acknowledged")
-            return {"ok": True, "message": "alarm silenced until something new happens"}
-        kinds = {"switchover": RequestKind.SWITCHOVER, "failover": RequestKind.FAILOVER,
-                 "power-on": RequestKind.POWER_ON}
-        if cmd == "maintenance":
-            kind = RequestKind.MAINTENANCE_ON if req.get("on") in (True, "on") else RequestKind.MAINTENANCE_OFF
-        elif cmd in kinds:
-            kind = kinds[cmd]
-        else:
-            return {"ok": False, "error": f"unknown command {cmd!r}"}
-        server = req.get("server")
-        if server is not None and server not in [s.name for s in self.cfg.servers]:
-            return {"ok": False, "error": f"unknown server {server!r}"}
-        self.requests.put(Request(kind, server, bool(req.get("force"))))
-        self.wake.set()
-        return {"ok": True, "message": f"{cmd} queued; `arbiterctl why` shows what the appliance made of it"}
+            self.app.notifier.notify("alarm-acknowledged", text=f"by {operator.describe()}")
+            return self._answered(cmd, operator, Verdict(True, "alarm silenced until something new happens"))
+        return self._order(cmd, operator)
 
+    def _order(self, cmd: Command, operator: Operator) -> dict[str, Any]:
+        kind = cmd.request_kind()
+        assert kind is not None, cmd.name  # every other command is answered above
+        if cmd.server is not None and cmd.server not in [s.name for s in self.cfg.servers]:
+            return self._answered(cmd, operator, Verdict(False, f"unknown server {cmd.server!r}"))
+        rid = self.orders.submit(kind, cmd.server, cmd.force)
+        self.wake.set()
+        verdict, target = self.orders.wait(rid, VERDICT_WAIT_S)
+        if verdict is None:
+            log.error("order %s from %s: no decision within %g s", cmd.name.value, operator.describe(),
+                      VERDICT_WAIT_S)
+            return {"ok": False, "accepted": None,
+                    "error": f"no verdict within {VERDICT_WAIT_S:g} s; the decision loop may be stuck"}
+        return {**self._answered(cmd, operator, verdict), "target": target}
+
+    def _answered(self, cmd: Command, operator: Operator, verdict: Verdict) -> dict[str, Any]:
+        """Logged and journaled with who gave the order, whatever the verdict."""
+        word = "accepted" if verdict.accepted else "REFUSED"
+        log.info("order %s%s from %s: %s: %s", cmd.name.value, f" {cmd.server}" if cmd.server else "",
+                 operator.describe(), word, verdict.reason)
+        self.app.journal.append({"kind": "order", "cmd": cmd.name.value, "server": cmd.server, "force": cmd.force,
+                                 "on": cmd.on, "operator": operator.to_dict(), "accepted": verdict.accepted,
+                                 "reason": verdict.reason})
+        answer: dict[str, Any] = {"ok": verdict.accepted, "accepted": verdict.accepted, "reason": verdict.reason}
+        if not verdict.accepted:
+            answer["error"] = verdict.reason
+        return answer
 
 def _substance(state: State) -> State:
     """The state without its reason text and late links: those alone are not worth an SD

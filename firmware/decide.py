@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from firmware.config import Config
 from firmware.model import (Action, AgentReport, Backup, Demote, Fence, HoldFence, LinkState, Notify,
-                            Observations, PowerOn, Promote, Rejoin, ReleaseIp, RequestKind,
-                            Role, ServerObs, SetStatus, Shutdown, TakeIp, UpsObs, VerifyIp)
+                            Observations, PowerOn, Promote, Rejoin, ReleaseIp, Request, RequestKind,
+                            Role, ServerObs, SetStatus, Shutdown, TakeIp, UpsObs, Verdict, VerifyIp)
 from firmware.site_state import BUSY, Phase, State
 from firmware.ups import ups_events
 from firmware.ups_policy import ups_intent
@@ -36,6 +36,7 @@ class Decision:
     actions: tuple[Action, ...]
     reason: str
     warnings: tuple[str, ...] = ()  # for the log at warning level (late replies), not alerts
+    verdicts: tuple[tuple[int, Verdict], ...] = ()  # (request id, verdict) of each operator request
 
 
 @dataclass
@@ -49,6 +50,8 @@ class _Step:
     actions: list[Action] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    verdicts: list[tuple[int, Verdict]] = field(default_factory=list)
+    refused: str = ""  # set by refuse() while one request is handled
 
     def act(self, action: Action) -> Action:
         action = dataclasses.replace(action, ref=self.state.next_ref)
@@ -70,6 +73,11 @@ class _Step:
     def why(self, text: str) -> None:
         self.reasons.append(text)
 
+    def refuse(self, text: str) -> None:
+        """An operator request decided against: the reason, and the operator's answer."""
+        self.why(text)
+        self.refused = text
+
     @property
     def active(self) -> bool:
         return not self.state.maintenance and self.cfg.site.mode == "active"
@@ -85,7 +93,7 @@ def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision
     _status(step)
     reason = "; ".join(step.reasons) or step.state.reason
     step.update(reason=reason)
-    return Decision(step.state, tuple(step.actions), reason, tuple(step.warnings))
+    return Decision(step.state, tuple(step.actions), reason, tuple(step.warnings), tuple(step.verdicts))
 
 
 # ------------------------------------------------------------------ start-up and requests
@@ -111,33 +119,43 @@ def _new_run(step: _Step, unsent: tuple[tuple[str, str, str, str], ...]) -> None
 
 
 def _requests(step: _Step) -> None:
+    """Each request is answered: refused with the reason, or accepted with what it started."""
     for req in step.obs.requests:
-        s = step.state
-        if req.kind is RequestKind.MAINTENANCE_ON and not s.maintenance:
-            step.update(maintenance=True)
-            step.notify("maintenance-on")
-            step.why("maintenance on: observe only")
-        elif req.kind is RequestKind.MAINTENANCE_OFF:
-            if s.maintenance:
-                step.update(maintenance=False)
-                step.notify("maintenance-off")
-                step.why("maintenance off: automatic operation resumes")
-            if s.phase is Phase.HALTED:  # one command hands control back, whatever was on
-                step.update(phase=Phase.NORMAL, since=step.now, awaiting=())
-                step.why("operator resumed automatic operation after a halt")
-        elif req.kind is RequestKind.POWER_ON:
-            _power_on(step, req.server or "")
-        elif req.kind in (RequestKind.SWITCHOVER, RequestKind.FAILOVER):
-            _operation_request(step, req.kind, req.server, req.force)
+        before, step.refused = len(step.reasons), ""
+        _request(step, req)
+        said = "; ".join(step.reasons[before:])
+        verdict = Verdict(False, step.refused) if step.refused else \
+            Verdict(True, said or f"{req.kind.value}: nothing to change")
+        step.verdicts.append((req.id, verdict))
+
+
+def _request(step: _Step, req: Request) -> None:
+    s = step.state
+    if req.kind is RequestKind.MAINTENANCE_ON and not s.maintenance:
+        step.update(maintenance=True)
+        step.notify("maintenance-on")
+        step.why("maintenance on: observe only")
+    elif req.kind is RequestKind.MAINTENANCE_OFF:
+        if s.maintenance:
+            step.update(maintenance=False)
+            step.notify("maintenance-off")
+            step.why("maintenance off: automatic operation resumes")
+        if s.phase is Phase.HALTED:  # one command hands control back, whatever was on
+            step.update(phase=Phase.NORMAL, since=step.now, awaiting=())
+            step.why("operator resumed automatic operation after a halt")
+    elif req.kind is RequestKind.POWER_ON:
+        _power_on(step, req.server or "")
+    elif req.kind in (RequestKind.SWITCHOVER, RequestKind.FAILOVER):
+        _operation_request(step, req.kind, req.server, req.force)
 
 
 def _power_on(step: _Step, server: str) -> None:
     s = step.state
     if server not in s.fenced:
-        step.why(f"power-on {server}: refused, it is not fenced")
+        step.refuse(f"power-on {server}: refused, it is not fenced")
         return
     if step.cfg.site.mode != "active":
-        step.why(f"power-on {server}: refused, site.mode = observe acts on nothing")
+        step.refuse(f"power-on {server}: refused, site.mode = observe acts on nothing")
         return
     step.act(PowerOn(server))
     step.update(fenced=_without(s.fenced, server), returned=_without(s.returned, server),
@@ -149,10 +167,10 @@ def _power_on(step: _Step, server: str) -> None:
 def _operation_request(step: _Step, kind: RequestKind, server: str | None, force: bool) -> None:
     s = step.state
     if s.phase not in (Phase.NORMAL, Phase.HALTED) or s.primary is None:
-        step.why(f"{kind.value}: refused in phase {s.phase.value} (primary {s.primary})")
+        step.refuse(f"{kind.value}: refused in phase {s.phase.value} (primary {s.primary})")
         return
     if step.cfg.site.mode != "active":
-        step.why(f"{kind.value}: refused, site.mode = observe")
+        step.refuse(f"{kind.value}: refused, site.mode = observe")
         return
     if kind is RequestKind.FAILOVER:
         _manual_failover(step, server, force)
@@ -162,12 +180,12 @@ def _operation_request(step: _Step, kind: RequestKind, server: str | None, force
 
 def _manual_failover(step: _Step, server: str | None, force: bool) -> None:
     if not force or not server:
-        step.why("failover: refused without --to SERVER and --force")
+        step.refuse("failover: refused without --to SERVER and --force")
         return
     obs = step.obs.server(server)
     problem = why_not_eligible(obs, step.cfg, step.state.fenced, check_lag=False)
     if problem or server == step.state.primary:
-        step.why(f"failover to {server}: refused, {problem or 'it is the primary'}")
+        step.refuse(f"failover to {server}: refused, {problem or 'it is the primary'}")
         return
     _start_failover(step, server, "manual-failover")
 
@@ -175,17 +193,17 @@ def _manual_failover(step: _Step, server: str | None, force: bool) -> None:
 def _request_switchover(step: _Step, server: str | None) -> None:
     primary = step.obs.server(step.state.primary or "")
     if primary.alive is not True:
-        step.why("switchover: refused, the primary is not answering (use failover)")
+        step.refuse("switchover: refused, the primary is not answering (use failover)")
         return
     targets = candidates(step.obs, step.cfg, step.state)
     if server:
         problem = why_not_eligible(step.obs.server(server), step.cfg, step.state.fenced)
         if problem:
-            step.why(f"switchover to {server}: refused, {problem}")
+            step.refuse(f"switchover to {server}: refused, {problem}")
             return
         targets = [server]
     if not targets:
-        step.why("switchover: refused, no standby is healthy and in sync")
+        step.refuse("switchover: refused, no standby is healthy and in sync")
         return
     _start_switchover(step, targets[0])
 

@@ -107,11 +107,20 @@ class RequestKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Request:
-    """An operator command, delivered to decide exactly once."""
+    """An operator command, delivered to decide exactly once; ``id`` pairs it with its verdict."""
 
     kind: RequestKind
     server: str | None = None
     force: bool = False
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """decide's answer to one request: accepted or refused, and why."""
+
+    accepted: bool
+    reason: str
 
 
 @dataclass(frozen=True)

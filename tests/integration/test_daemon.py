@@ -7,6 +7,7 @@ GPIO bridge stands in for the relay board; this test plays the power supply.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -169,3 +170,18 @@ def test_reload_validates_first_and_keeps_the_old_config(site):
     # timing applies at once; the site's name is built into the alert senders: next restart
     assert reloaded and reloaded[-1]["text"] == "applied: timing, policy, fence, vip; at the next restart: site"
     assert site.status()["site"] == "loop"
+
+
+def test_orders_are_answered_with_the_daemons_verdict_and_journaled(site, capsys):
+    from firmware.cli import main
+    sock = str(site.tmp / "ctl.sock")
+    assert main(["--socket", sock, "power-on", "standby", "--yes"]) == 1
+    assert "refused: power-on standby: refused, it is not fenced" in capsys.readouterr().err
+    assert main(["--socket", sock, "switchover", "--to", "master"]) == 1
+    assert "switchover to master: refused" in capsys.readouterr().err
+    assert main(["--socket", sock, "maintenance", "on"]) == 0
+    assert "accepted: maintenance on: observe only" in capsys.readouterr().out
+    orders = [e for e in request(sock, {"cmd": "events", "n": 50})["events"] if e.get("kind") == "order"]
+    assert [(o["cmd"], o["accepted"]) for o in orders] == [("power-on", False), ("switchover", False),
+                                                          ("maintenance", True)]
+    assert orders[0]["operator"]["uid"] == os.getuid() and orders[0]["operator"]["pid"] > 0

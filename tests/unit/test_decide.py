@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from firmware.decide import decide
-from firmware.model import (ActionResult, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
+from firmware.model import (ActionResult, Verdict, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
                             Rejoin, ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
 from firmware.site_state import Phase, State
 from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
@@ -629,3 +629,18 @@ def test_the_status_led_is_set_again_after_a_restart():
     st = dataclasses.replace(NORMAL, led="degraded", conditions=("link-down:master/serial",))
     d = decide(st, obs(server("master", LinkState.DEAD, LinkState.UP), server("standby"), run=2), 100.0, CFG)
     assert [a.status for a in d.actions if isinstance(a, SetStatus)] == ["degraded"]
+
+
+def test_every_request_gets_a_verdict_with_its_reason():
+    requests = (Request(RequestKind.SWITCHOVER, "master", id=1), Request(RequestKind.POWER_ON, "standby", id=2),
+                Request(RequestKind.MAINTENANCE_OFF, id=3), Request(RequestKind.SWITCHOVER, id=4))
+    d = decide(NORMAL, obs(server("master"), server("standby"), requests=requests), 100.0, CFG)
+    verdicts = dict(d.verdicts)
+    assert set(verdicts) == {1, 2, 3, 4}
+    assert not verdicts[1].accepted and "switchover to master: refused" in verdicts[1].reason
+    assert not verdicts[2].accepted and "power-on standby: refused, it is not fenced" == verdicts[2].reason
+    assert verdicts[3].accepted and "nothing to change" in verdicts[3].reason
+    assert verdicts[4].accepted and "demoting master, then promoting standby" in verdicts[4].reason
+    busy = decide(d.state, obs(server("master"), server("standby"), requests=(Request(RequestKind.SWITCHOVER, id=5),)),
+                  100.1, CFG)
+    assert busy.verdicts[0][1] == Verdict(False, "switchover: refused in phase demoting (primary master)")

@@ -85,6 +85,20 @@ class Policy:
     ups_low_runtime_s: float = setting(300.0, lo=0.0, hi=86400.0,
                                        doc="runtime under this counts as low battery")
     ups_switchover: bool = setting(True, doc="low battery on the primary: switch to a standby on line")
+    unhealthy_grace: float = setting(3.0, lo=0.5, hi=3600.0, safety=True,
+                                     doc="a primary whose agent answers but whose service health check fails "
+                                         "this long without a break is failed over like a dead one (fenced "
+                                         "first); any healthy report restarts the count, so a flapping check "
+                                         "never adds up to a failover")
+    health_restore: float = setting(1.0, lo=0.0, hi=3600.0,
+                                    doc="health must hold this long before service-restored is raised "
+                                        "(hysteresis: a flapping check raises one degraded/restored pair, "
+                                        "not one per flap)")
+    reachability_grace: float = setting(3.0, lo=0.5, hi=3600.0, safety=True,
+                                        doc="a primary that reaches none of the ping targets while an "
+                                            "eligible standby does, this long without a break, is failed over "
+                                            "(fenced first); nobody reaching them is a network failure: an "
+                                            "alert, no failover")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +123,32 @@ class Vip:
     address: str = setting(doc="the service's virtual IP with prefix, e.g. 192.0.2.10/24")
     verify: str = setting("arp", choices=("arp", "none"), safety=True)
     interface: str = setting("eth0", doc="the appliance's LAN interface for ARP probes")
+    audit_interval: float = setting(1.0, lo=0.0, hi=3600.0,
+                                    doc="seconds between two checks of who answers ARP for the virtual IP, "
+                                        "compared with the agents' vip flags (0: no audit, only the check "
+                                        "after a takeover)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping:
+    """Ping nodes on the clients' side; the same section in the appliance's and the agents' configs."""
+
+    targets: list = setting([], doc="client-side addresses (the gateway, a client host) whose ICMP echo "
+                                    "replies show that the clients' network is reachable; empty: not probed")
+    interval: float = setting(0.5, lo=0.05, hi=60.0, doc="seconds between two probe rounds")
+    timeout: float = setting(0.5, lo=0.05, hi=10.0,
+                             doc="a round reaches the clients if any target answers within this")
+
+
+def ping_target_problems(key: str, targets: list) -> list[str]:
+    """Each target must be an IPv4 address (ICMP echo); names would need DNS, which fails first."""
+    out = []
+    for t in targets:
+        try:
+            ipaddress.IPv4Address(t)
+        except (ValueError, TypeError):
+            out.append(f"{key} = {targets!r}: {t!r} is not an IPv4 address")
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +186,10 @@ class Alerts:
 @dataclass(frozen=True, kw_only=True)
 class Server:
     name: str = setting(pattern=_NAME)
-    priority: int = setting(100, lo=0, hi=1000, doc="higher wins among equally good standbys")
+    priority: int = setting(100, lo=0, hi=1000,
+                            doc="0: never promoted automatically (an operator's failover --force still can). "
+                                "A failover's target is chosen among the healthy standbys in sync: least "
+                                "lag first, then higher priority, then name")
     address: str = setting("", doc="the agent's LAN address")
     port: int = setting(5405, lo=1, hi=65535)
     serial: str = setting("", doc="serial device or pyserial URL; empty: no serial link")
@@ -170,6 +213,7 @@ class Config:
     fence: Fence = field(default_factory=Fence)
     ups: Ups = field(default_factory=Ups)
     alerts: Alerts = field(default_factory=Alerts)
+    ping: Ping = field(default_factory=Ping)
 
     def server(self, name: str) -> Server:
         for s in self.servers:
@@ -180,7 +224,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "site": Site, "vip": Vip, "timing": Timing, "policy": Policy, "board": Board,
-    "fence": Fence, "ups": Ups, "alerts": Alerts,
+    "fence": Fence, "ups": Ups, "alerts": Alerts, "ping": Ping,
 }
 
 
@@ -322,6 +366,7 @@ def _cross_checks(cfg: Config) -> list[str]:
         p.append(f"vip.address = {cfg.vip.address!r}: not an address with prefix (192.0.2.10/24)")
     if cfg.vip.verify == "arp" and not all(s.mac for s in cfg.servers):
         p.append("vip.verify = 'arp': every server needs its mac (or set vip.verify = 'none')")
+    p += ping_target_problems("ping.targets", cfg.ping.targets)
     if cfg.board.pin_factory == "mock" and cfg.board.kind != "hil":
         p.append(f"board.pin_factory = 'mock': only allowed with board.kind = 'hil'"
                  f" (board.kind = {cfg.board.kind!r})")

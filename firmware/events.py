@@ -63,6 +63,21 @@ _TABLE = (
     EventType(31, "alarm-acknowledged", Severity.INFO, "alarm acknowledged by an operator"),
     EventType(32, "standby-down", Severity.MAJOR, "no standby is available to take over"),
     EventType(33, "power-restored-by-operator", Severity.INFO, "operator restored a server's power"),
+    EventType(34, "service-degraded", Severity.WARNING,
+              "the primary answers but its service health check fails; failover after policy.unhealthy_grace"),
+    EventType(35, "service-restored", Severity.CLEAR, "the primary's service health check passes again",
+              ("service-degraded",)),
+    EventType(36, "clients-unreachable", Severity.WARNING,
+              "the primary reaches no ping target while a standby does; failover after policy.reachability_grace"),
+    EventType(37, "clients-reachable", Severity.CLEAR, "the primary reaches the ping targets again",
+              ("clients-unreachable",)),
+    EventType(38, "network-down", Severity.MAJOR,
+              "no server reaches the ping targets: the clients' network failed, not the primary; no failover"),
+    EventType(39, "network-up", Severity.CLEAR, "the ping targets answer again", ("network-down",)),
+    EventType(40, "vip-rogue", Severity.MAJOR,
+              "a server other than the primary holds the virtual IP; it is told to release it"),
+    EventType(41, "vip-lost", Severity.MAJOR, "nobody answers for the virtual IP; the primary is told to take it again"),
+    EventType(42, "vip-restored", Severity.CLEAR, "only the primary holds the virtual IP again", ("vip-rogue", "vip-lost")),
 )
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}

@@ -63,6 +63,7 @@ def parse_report(payload: dict[str, Any]) -> AgentReport:
                              lag_s, _field(repl, "peer_alive", (bool, type(None)))),
             hears_primary=_field(payload, "hears_primary", (bool, type(None))),
             detail=_field(payload, "detail", (str,), "")[:200],
+            reach=_field(payload, "reach", (bool, type(None))),
         )
     except ValueError as exc:
         raise ProtocolError("bad-reply", str(exc)) from exc

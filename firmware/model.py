@@ -51,6 +51,7 @@ class AgentReport:
     repl: Replication = field(default_factory=Replication)
     hears_primary: bool | None = None  # the standby's own peer heartbeat to the primary
     detail: str = ""
+    reach: bool | None = None  # some ping target answered its last probe; None: none configured
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ Payloads:
 * poll    ``{}`` (the frame's own seq is the poll's nonce)
 * reply   ``{"re": poll seq, "role": str, "healthy": bool, "vip": bool,
             "repl": {"in_sync": bool|null, "lag_bytes": int|null, "lag_s": float|null,
-                     "peer_alive": bool|null}, "hears_primary": bool|null, "detail": str}``
+                     "peer_alive": bool|null}, "hears_primary": bool|null, "detail": str,
+            "reach": bool|null}`` (reach: a ping target answered; absent or null: not probed)
 * command ``{"id": str, "op": str, "args": {...}}`` with ``op`` one of COMMAND_OPS
 * ack     ``{"id": str, "ok": bool, "done": bool, "detail": str}``
 

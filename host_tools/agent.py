@@ -1,9 +1,10 @@
 """arbiter-agent: runs on every billing server. Answers the appliance's polls on the COM port
-and on UDP, reports role, health, replication state and whether it still hears the primary,
-and carries out the appliance's commands once per command id.
+and on UDP, reports role, health, replication state, whether it still hears the primary and
+whether it reaches the clients' side (ping targets), and carries out the appliance's
+commands once per command id.
 
-Polls are answered from cached state only: replication state and health are read by
-background threads, and commands run on worker threads, so a slow promote never delays a
+Polls are answered from cached state only: replication state, health and reachability are
+read by background threads, and commands run on worker threads, so a slow promote never delays a
 heartbeat.
 """
 from __future__ import annotations
@@ -27,8 +28,9 @@ from firmware.config import read_key
 from firmware.errors import ActionError, ArbiterError, ConfigError
 from firmware.links import SerialPort
 from firmware.protocol import COMMAND_OPS, MAX_FRAME, Codec, Frame, Kind
+from firmware.reach import reaches_any
 from host_tools.agent_config import AgentConfig, load
-from host_tools.replication import Adapter, ReplicationStatus, make_adapter
+from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter
 
 log = logging.getLogger("arbiter.agent")
 
@@ -47,7 +49,8 @@ class Agent:
         self.adapter = adapter if adapter is not None else (
             make_adapter(cfg.replication) if cfg.replication else None)
         self.status = ReplicationStatus("unknown", detail="not read yet")
-        self.healthy = not a.health_command
+        self.health = Health(False, "not checked yet")
+        self.reach: bool | None = None  # None: no ping targets configured, or not probed yet
         self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(
             (k, v) for k, v in saved.get("commands", {}).items() if isinstance(v, dict) and v.get("done"))
         self.lock = threading.Lock()
@@ -67,9 +70,12 @@ class Agent:
     # ------------------------------------------------------------------ lifetime
 
     def run(self) -> None:
+        self.health = self.check_health()  # answered from the first poll on, never guessed
         threads = [self._udp_loop, self._status_loop, self._health_loop]
         if self.cfg.peers:
             threads.append(self._peer_loop)
+        if self.cfg.ping.targets:
+            threads.append(self._ping_loop)
         for target in threads:
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
         log.info("%s: answering on udp %s:%d%s", self.cfg.agent.name, self.cfg.agent.listen, self.cfg.agent.port,
@@ -99,17 +105,50 @@ class Agent:
             self.stop.wait(self.cfg.agent.status_interval)
 
     def _health_loop(self) -> None:
+        while not self.stop.wait(self.cfg.agent.health_interval):
+            health = self.check_health()
+            if health.ok != self.health.ok:
+                log.warning("service health check %s", "passes again" if health.ok else f"FAILS: {health.detail}")
+            self.health = health
+
+    def check_health(self) -> Health:
+        """The adapter's own check (PostgreSQL: a new connection and a query) and the site's
+        agent.health_command, each within agent.health_timeout; healthy when every one passes."""
+        timeout = self.cfg.agent.health_timeout
+        checks = [self.adapter.health(timeout)] if self.adapter is not None else []
+        if self.cfg.agent.health_command:
+            checks.append(self._health_command(timeout))
+        failed = [c.detail for c in checks if c is not None and not c.ok]
+        return Health(not failed, "; ".join(failed)[:200])
+
+    def _health_command(self, timeout: float) -> Health:
         cmd = self.cfg.agent.health_command
-        while cmd and not self.stop.is_set():
+        try:
+            done = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return Health(False, f"agent.health_command did not finish within agent.health_timeout = {timeout:g} s")
+        except OSError as exc:
+            return Health(False, f"agent.health_command: cannot run ({exc})")
+        if done.returncode != 0:
+            why = (done.stderr or done.stdout).strip().splitlines()
+            return Health(False, f"agent.health_command exit {done.returncode}" + (f": {why[0]}" if why else ""))
+        return Health(True)
+
+    def _ping_loop(self) -> None:
+        """One probe round per ping.interval; the reply carries the last round's answer."""
+        p = self.cfg.ping
+        while not self.stop.is_set():
+            started = time.monotonic()
             try:
-                ok = subprocess.run(shlex.split(cmd), capture_output=True,
-                                    timeout=max(1.0, self.cfg.agent.health_interval)).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                ok = False
-            if ok != self.healthy:
-                log.warning("health check %s", "passes again" if ok else "FAILS")
-            self.healthy = ok
-            self.stop.wait(self.cfg.agent.health_interval)
+                reach: bool | None = reaches_any(p.targets, p.timeout)
+            except OSError as exc:  # cannot probe at all (no permission): unknown, never "unreachable"
+                log.error("ping.targets: cannot send ICMP echo (%s); reachability unknown", exc)
+                reach = None
+            if reach != self.reach and reach is not None:
+                log.warning("ping targets %s", "reached again" if reach else f"NOT reached: {', '.join(p.targets)}")
+            self.reach = reach
+            self.stop.wait(max(0.0, p.interval - (time.monotonic() - started)))
 
     def _peer_loop(self) -> None:
         """Poll the other servers' agents: the standby's own view of the primary."""
@@ -185,11 +224,13 @@ class Agent:
     def _report(self, poll_seq: int) -> dict[str, Any]:
         with self.lock:
             st = self.status
-        return {"re": poll_seq, "role": st.role, "healthy": self.healthy,
+        health = self.health
+        detail = st.detail if health.ok else f"unhealthy: {health.detail}; {st.detail}"
+        return {"re": poll_seq, "role": st.role, "healthy": health.ok, "reach": self.reach,
                 "vip": bool(self.vip is not None and self.vip.held()),
                 "repl": {"in_sync": st.in_sync, "lag_bytes": st.lag_bytes, "lag_s": st.lag_s,
                          "peer_alive": st.peer_alive},
-                "hears_primary": self.hears_primary(), "detail": st.detail[:200]}
+                "hears_primary": self.hears_primary(), "detail": detail[:200]}
 
     def _peer_reply(self, frame: Frame) -> None:
         re = frame.payload.get("re")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware.config import build_section, setting
+from firmware.config import Ping, build_section, ping_target_problems, setting
 from firmware.errors import ConfigError
 
 
@@ -20,8 +20,13 @@ class AgentSection:
     port: int = setting(5405, lo=1, hi=65535)
     serial: str = setting("", doc="the COM port wired to the appliance; empty: LAN only")
     baudrate: int = setting(115200, lo=1200, hi=4000000)
-    health_command: str = setting("", doc="exit 0 = the service is healthy; empty: always healthy")
-    health_interval: float = setting(1.0, lo=0.05, hi=600.0)
+    health_command: str = setting("", doc="exit 0 = the service is healthy; empty: the replication adapter's "
+                                          "own check decides (PostgreSQL: a new connection and a query), and "
+                                          "without one the service counts as healthy")
+    health_interval: float = setting(0.25, lo=0.05, hi=600.0, doc="seconds between two health checks")
+    health_timeout: float = setting(0.5, lo=0.05, hi=60.0,
+                                    doc="a health check not done within this fails: a hung service is a "
+                                        "failed one")
     status_interval: float = setting(0.05, lo=0.01, hi=60.0, doc="how often replication state is read")
     state_file: str = setting(doc="remembers the boot counter and executed command ids across restarts")
     peer_interval: float = setting(0.04, lo=0.005, hi=10.0)
@@ -62,16 +67,20 @@ class AgentConfig:
     peers: tuple[Peer, ...]
     hooks: Hooks
     vip: VipSection
+    ping: Ping = field(default_factory=Ping)
     replication: dict[str, Any] = field(default_factory=dict)
 
 
 def parse(data: dict[str, Any]) -> AgentConfig:
     problems: list[str] = []
-    for unknown in sorted(set(data) - {"agent", "peers", "hooks", "vip", "replication"}):
-        problems.append(f"{unknown}: unknown section (known: agent, peers, hooks, vip, replication)")
+    for unknown in sorted(set(data) - {"agent", "peers", "hooks", "vip", "ping", "replication"}):
+        problems.append(f"{unknown}: unknown section (known: agent, peers, hooks, vip, ping, replication)")
     agent = build_section(AgentSection, "agent", data.get("agent", {}), problems)
     hooks = build_section(Hooks, "hooks", data.get("hooks", {}), problems)
     vip = build_section(VipSection, "vip", data.get("vip", {}), problems)
+    ping = build_section(Ping, "ping", data.get("ping", {}), problems)
+    if ping is not None:
+        problems += ping_target_problems("ping.targets", ping.targets)
     peers_raw = data.get("peers", [])
     if not isinstance(peers_raw, list):
         problems.append("peers: must be an array of tables ([[peers]])")
@@ -81,9 +90,9 @@ def parse(data: dict[str, Any]) -> AgentConfig:
     replication = data.get("replication", {})
     if not isinstance(replication, dict):
         problems.append("replication: must be a table")
-    if problems or agent is None or hooks is None or vip is None:
+    if problems or agent is None or hooks is None or vip is None or ping is None:
         raise ConfigError(problems or ["agent config: incomplete"])
-    return AgentConfig(agent, peers, hooks, vip, replication)
+    return AgentConfig(agent, peers, hooks, vip, ping, replication)
 
 
 def load(path: str | Path) -> AgentConfig:

@@ -2,7 +2,8 @@
 
 An adapter reports the role, whether this copy is in sync, its lag, and whether the
 replication stream from the primary is alive (the standby's own view of the peer); it
-carries out promote, demote and rejoin. Adapters: ``command`` (any product, through
+carries out promote, demote and rejoin. An adapter that can tell whether the service itself
+works (a query answered in time, not only a role read) says so through ``health``. Adapters: ``command`` (any product, through
 scripts with a documented contract), ``postgres``, ``drbd``; ``make_adapter`` picks one
 from the agent's config.
 """
@@ -24,8 +25,19 @@ class ReplicationStatus:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Health:
+    """Does the service answer, within the agent's health timeout? ``detail`` says why not."""
+
+    ok: bool
+    detail: str = ""
+
+
 class Adapter(Protocol):
     def status(self) -> ReplicationStatus: ...
+
+    def health(self, timeout: float) -> Health | None:
+        """None: this adapter cannot judge the service (agent.health_command does)."""
 
     def promote(self) -> None: ...
 
@@ -34,15 +46,17 @@ class Adapter(Protocol):
     def rejoin(self, primary: str) -> None: ...
 
 
-def run_checked(argv: list[str], what: str, timeout: float, env: dict[str, str] | None = None) -> str:
-    """Run an adapter's command without a shell; its stdout, or ActionError saying what failed."""
+def run_checked(argv: list[str], what: str, timeout: float, env: dict[str, str] | None = None,
+                bound: str = "replication.timeout") -> str:
+    """Run an adapter's command without a shell; its stdout, or ActionError saying what failed
+    (``bound``: the setting that gave the timeout)."""
     from firmware.errors import ActionError
 
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                               env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired as exc:
-        raise ActionError(f"{what} did not finish within replication.timeout = {timeout:g} s") from exc
+        raise ActionError(f"{what} did not finish within {bound} = {timeout:g} s") from exc
     except OSError as exc:
         raise ActionError(f"{what}: cannot run ({exc})") from exc
     if done.returncode != 0:

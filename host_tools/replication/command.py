@@ -8,6 +8,12 @@ Contract:
   (int or null), ``lag_s`` (number or null), ``peer_alive`` (bool or null: a standby still
   receives the primary's stream), ``detail`` (text, optional). Anything else (non-zero exit,
   no JSON, a wrong type) is reported as role "unknown" with the reason in ``detail``.
+* ``health`` (optional): a command that exits 0 while the service works (a query answered,
+  a test transaction done) and non-zero when it does not; its first line of stderr (or
+  stdout) is the reason shown to the operator. It must finish within the agent's
+  ``agent.health_timeout``: a check that hangs counts as unhealthy, since a hung service is
+  a failed one. Without it the adapter does not judge the service; ``agent.health_command``
+  does (both may be set: the service is healthy when both pass).
 * ``promote``, ``demote``, ``rejoin``: commands that exit 0 once the change is done. rejoin
   gets the new primary's name in ARBITER_PRIMARY. A non-zero exit fails the action with
   the command's stderr.
@@ -22,7 +28,7 @@ import shlex
 from dataclasses import dataclass
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import ReplicationStatus, run_checked
+from host_tools.replication import Health, ReplicationStatus, run_checked
 
 _ROLES = ("primary", "standby", "unknown")
 
@@ -34,20 +40,23 @@ class CommandAdapter:
     demote_cmd: str = ""
     rejoin_cmd: str = ""
     timeout: float = 30.0
+    health_cmd: str = ""
 
     @classmethod
     def from_table(cls, table: dict) -> CommandAdapter:
-        known = {"adapter", "status", "promote", "demote", "rejoin", "timeout"}
+        known = {"adapter", "status", "health", "promote", "demote", "rejoin", "timeout"}
         problems = [f"replication.{k}: unknown key (known: {', '.join(sorted(known))})" for k in set(table) - known]
         if not isinstance(table.get("status"), str) or not table.get("status"):
             problems.append("replication.status: required for adapter = 'command' (a command printing JSON)")
         timeout = table.get("timeout", 30.0)
         if not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 3600:
             problems.append(f"replication.timeout = {timeout!r}: must be a number from 0.1 to 3600")
+        if not isinstance(table.get("health", ""), str):
+            problems.append(f"replication.health = {table['health']!r}: must be a command (a string)")
         if problems:
             raise ConfigError(problems)
         return cls(table["status"], table.get("promote", ""), table.get("demote", ""), table.get("rejoin", ""),
-                   float(timeout))
+                   float(timeout), table.get("health", ""))
 
     def _run(self, cmd: str, what: str, env: dict[str, str] | None = None) -> str:
         return run_checked(shlex.split(cmd), f"replication.{what}", self.timeout, env)
@@ -65,6 +74,15 @@ class CommandAdapter:
             return ReplicationStatus("unknown", detail=str(exc))
         except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400 digits: no float holds it
             return ReplicationStatus("unknown", detail=f"replication.status printed no valid JSON: {exc}")
+
+    def health(self, timeout: float) -> Health | None:
+        if not self.health_cmd:
+            return None
+        try:
+            run_checked(shlex.split(self.health_cmd), "replication.health", timeout, bound="agent.health_timeout")
+        except ActionError as exc:
+            return Health(False, str(exc)[:200])
+        return Health(True)
 
     def _act(self, cmd: str, what: str, env: dict[str, str] | None = None) -> None:
         if not cmd:

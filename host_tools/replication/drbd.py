@@ -22,6 +22,9 @@ over peers; lag_s is not known to DRBD and stays None.
 promote and demote are ``drbdadm primary RES`` and ``drbdadm secondary RES``. rejoin runs
 ``drbdadm connect RES`` (an outdated Secondary then resyncs from the Primary by itself);
 after a split brain the operator decides which side's changes to discard.
+
+Service health is not DRBD's to judge: the agent's ``health_command`` checks the service
+that runs on the device.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import ReplicationStatus, run_checked
+from host_tools.replication import Health, ReplicationStatus, run_checked
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,11 @@ class DrbdAdapter:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return ReplicationStatus("unknown", detail=f"drbd status unreadable: {exc}"[:200])
         return state.to_status(self.peer_fencing)
+
+    def health(self, timeout: float) -> Health | None:
+        """DRBD replicates blocks: it cannot tell whether the service on top of them works;
+        the site's agent.health_command does."""
+        return None
 
     def promote(self) -> None:
         self._run([*shlex.split(self.drbdadm), "primary", self.resource], "drbdadm primary")

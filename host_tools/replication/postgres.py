@@ -26,6 +26,11 @@ What the agent reports, and why:
   looks like: the answer is unknown (None), and the appliance does not promote it on its
   own (an operator can, with ``arbiterctl failover --force``).
 
+* health: a NEW connection and ``SELECT 1``, both within the agent's ``health_timeout``
+  (non-blocking libpq, so the deadline is ours and not libpq's two-second minimum). A new
+  connection because the status connection, already open, keeps answering when the
+  postmaster hangs (SIGSTOP, a stuck fork), while no client can connect any more.
+
 Actions:
 
 * promote: ``synchronous_standby_names`` is first set (ALTER SYSTEM, reload) to
@@ -49,6 +54,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import select
 import subprocess
 import threading
 import time
@@ -57,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import ReplicationStatus, run_checked
+from host_tools.replication import Health, ReplicationStatus, run_checked
 
 DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
 
@@ -247,7 +253,30 @@ class PostgresAdapter:
             return self._standby_status() if in_recovery else self._primary_status()
         except psycopg2.Error as exc:
             return ReplicationStatus("unknown", detail=f"postgres at {self.s.host}:{self.s.port}: "
-                                                       f"{str(exc).strip().splitlines()[0][:160]}")
+                                                       f"{_first_line(exc)}")
+
+    def health(self, timeout: float) -> Health:
+        import psycopg2
+        where = f"postgres at {self.s.host}:{self.s.port}"
+        deadline = time.monotonic() + timeout
+        try:
+            conn = psycopg2.connect(self.s.conninfo(), async_=True)
+        except psycopg2.Error as exc:
+            return Health(False, f"{where}: {_first_line(exc)}")
+        try:
+            _wait_async(conn, deadline)
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                _wait_async(conn, deadline)
+                cur.fetchone()
+            return Health(True)
+        except TimeoutError:
+            return Health(False, f"{where}: no answer to a new connection and SELECT 1 within"
+                                 f" agent.health_timeout = {timeout:g} s (hung?)")
+        except psycopg2.Error as exc:
+            return Health(False, f"{where}: {_first_line(exc)}")
+        finally:
+            conn.close()
 
     def _primary_status(self) -> ReplicationStatus:
         rows = self._query(_PRIMARY_SQL)
@@ -357,6 +386,24 @@ class PostgresAdapter:
 
     def _run(self, argv: list[str], what: str) -> None:
         run_checked(as_os_user(self.s.os_user, argv), what, self.s.timeout + 5)
+
+
+def _wait_async(conn: Any, deadline: float) -> None:
+    """Drive a non-blocking psycopg2 connection until its operation is done, or TimeoutError."""
+    import psycopg2.extensions as ext
+    while True:
+        state = conn.poll()
+        if state == ext.POLL_OK:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        fd = conn.fileno()
+        select.select([fd] if state == ext.POLL_READ else [], [fd] if state == ext.POLL_WRITE else [], [], left)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _quote_ident(name: str) -> str:

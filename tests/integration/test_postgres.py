@@ -7,7 +7,9 @@ through the moved address.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -19,7 +21,7 @@ import pytest
 from firmware.errors import ActionError, ConfigError
 from hil.billing import BillingLoad
 from hil.postgres import NodeSpec, PgCluster
-from host_tools.replication import ReplicationStatus, make_adapter
+from host_tools.replication import Health, ReplicationStatus, make_adapter
 from host_tools.replication.postgres import PostgresAdapter, parse_sync_names
 
 
@@ -179,6 +181,30 @@ def test_unreachable_server_is_unknown_and_actions_fail(make_cluster) -> None:
         ad["n3"].promote()
     with pytest.raises(ActionError, match="not in replication.peers"):
         ad["n3"].rejoin("nobody")
+
+
+def test_health_sees_a_crash_and_a_hang_within_the_timeout(make_cluster) -> None:
+    """A hung postmaster (SIGSTOP) still serves connections already open, such as the status
+    one, but accepts no new one: the health check must say unhealthy within its timeout."""
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    assert ad["n1"].health(1.0) == Health(True) and ad["n2"].health(1.0) == Health(True)
+    assert ad["n1"].status().role == "primary"  # the status connection is open now
+    pid = cluster.pid("n1")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        hung = ad["n1"].health(0.3)
+        took = time.monotonic() - started
+        assert not hung.ok and "within agent.health_timeout = 0.3 s" in hung.detail
+        assert 0.25 < took < 0.6
+        assert ad["n1"].status().role == "primary"  # what the role alone would have believed
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ad["n1"].health(1.0).ok
+    cluster.kill("n3")
+    crashed = ad["n3"].health(1.0)
+    assert not crashed.ok and str(cluster.nodes["n3"].port) in crashed.detail
 
 
 def test_bad_settings_name_key_value_and_bound() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import ReplicationStatus, make_adapter
+from host_tools.replication import Health, ReplicationStatus, make_adapter
 from host_tools.replication.command import CommandAdapter
 
 
@@ -99,3 +99,20 @@ def test_bad_settings_name_key_value_and_bound() -> None:
     assert "replication.colour: unknown key" in text
     with pytest.raises(ConfigError, match="replication.adapter = 'oracle': must be one of"):
         make_adapter({"adapter": "oracle"})
+
+
+def test_health_command_contract(tmp_path: Path) -> None:
+    """exit 0: healthy; non-zero: unhealthy with its first line; past the timeout: unhealthy
+    (a hung service is a failed one); not configured: the adapter does not judge."""
+    ok = make_adapter({"adapter": "command", "status": "true", "health": "true"})
+    assert ok.health(1.0) == Health(True)
+    down = make_adapter({"adapter": "command", "status": "true",
+                         "health": _script(tmp_path / "down", "echo 'ORA-01034: ORACLE not available' >&2\nexit 2\n")})
+    bad = down.health(1.0)
+    assert not bad.ok and "replication.health exit 2: ORA-01034" in bad.detail
+    hung = make_adapter({"adapter": "command", "status": "true", "health": _script(tmp_path / "hang", "sleep 5\n")})
+    slow = hung.health(0.2)
+    assert not slow.ok and "within agent.health_timeout = 0.2 s" in slow.detail
+    assert make_adapter({"adapter": "command", "status": "true"}).health(1.0) is None
+    with pytest.raises(ConfigError, match="replication.health = 3: must be a command"):
+        make_adapter({"adapter": "command", "status": "true", "health": 3})

@@ -118,3 +118,15 @@ def test_serial_line_must_carry_the_heartbeat():
     got = problems(timing={"interval": 0.02, "warn_time": 0.06, "dead_time": 0.1, "min_misses": 3})
     assert any(p.startswith("servers[0].baudrate = 115200: too slow for timing.interval = 0.02") for p in got)
     site_config()  # the defaults (0.04 s at 115200 baud) fit
+
+
+def test_service_and_reachability_settings_are_bounded():
+    got = problems(policy={"unhealthy_grace": 0.1, "reachability_grace": "soon"}, vip={"audit_interval": -1.0})
+    assert "policy.unhealthy_grace = 0.1: below the minimum 0.5" in got
+    assert "policy.reachability_grace = 'soon': must be float" in got
+    assert "vip.audit_interval = -1.0: below the minimum 0.0" in got
+
+
+def test_ping_targets_must_be_addresses():
+    got = problems(ping={"targets": ["192.0.2.1", "gateway.example"]})
+    assert got == ["ping.targets = ['192.0.2.1', 'gateway.example']: 'gateway.example' is not an IPv4 address"]

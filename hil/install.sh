@@ -8,7 +8,7 @@ PACKAGES=(
   python3-venv python3-dev gcc libc6-dev iproute2 nftables socat procps psmisc util-linux
   nut-server nut-client snmptrapd snmp smitools
   postgresql keepalived iputils-arping
-  fdisk dosfstools mtools e2fsprogs
+  fdisk dosfstools mtools e2fsprogs xz-utils
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

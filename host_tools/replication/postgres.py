@@ -48,6 +48,14 @@ Actions:
 
 Commands needing the data directory run as ``os_user`` (runuser when the agent is root),
 each with ``timeout`` seconds.
+
+Two layouts:
+
+* Debian's (``cluster = "15/main"``): a cluster made by ``pg_createcluster``, started and
+  stopped with ``pg_ctlcluster``, its configuration in ``/etc/postgresql/15/main`` and its
+  data directory where that configuration's ``data_directory`` says. ``pg_rewind`` is given
+  the configuration file (``--config-file``), since it is not in the data directory.
+* A plain data directory (``pgdata``, ``bindir``), driven with ``pg_ctl``.
 """
 from __future__ import annotations
 
@@ -95,8 +103,10 @@ class PgSettings:
     user: str = "postgres"
     dbname: str = "postgres"
     connect_timeout: int = 2
+    cluster: str = ""  # Debian's "VERSION/NAME" (pg_lsclusters); then pgdata and bindir follow from it
     pgdata: str = ""
     bindir: str = DEFAULT_BINDIR
+    etc_dir: str = "/etc/postgresql"  # where Debian keeps each cluster's configuration
     os_user: str = "postgres"
     log_file: str = ""  # pg_ctl's log; default: postgresql.log beside the data directory
     application_name: str = ""  # default for status: the server's cluster_name; demote/rejoin need it
@@ -115,8 +125,8 @@ _BOUNDS: dict[str, tuple[type, float, float]] = {
     "port": (int, 1, 65535), "connect_timeout": (int, 1, 60), "peer_timeout": (float, 0.5, 600.0),
     "timeout": (float, 1.0, 3600.0),
 }
-_TEXT = ("host", "user", "dbname", "pgdata", "bindir", "os_user", "log_file", "application_name",
-         "replication_user")
+_TEXT = ("host", "user", "dbname", "cluster", "pgdata", "bindir", "etc_dir", "os_user", "log_file",
+         "application_name", "replication_user")
 
 
 def parse_settings(table: dict[str, Any]) -> PgSettings:
@@ -141,10 +151,39 @@ def parse_settings(table: dict[str, Any]) -> PgSettings:
             else:
                 values[key] = table[key]
     problems += _peer_problems(table.get("peers", {}), table.get("sync_after_promote", []))
+    problems += _cluster_problems(values)
     if problems:
         raise ConfigError(problems)
+    if values.get("cluster"):
+        values.setdefault("bindir", f"/usr/lib/postgresql/{values['cluster'].split('/')[0]}/bin")
     return PgSettings(**values, peers=dict(table.get("peers", {})),
                       sync_after_promote=tuple(table.get("sync_after_promote", [])))
+
+
+def _cluster_problems(values: dict[str, Any]) -> list[str]:
+    cluster = values.get("cluster", "")
+    if not cluster:
+        return []
+    if not re.fullmatch(r"\d+/[A-Za-z0-9_.-]+", cluster):
+        return [f"replication.cluster = {cluster!r}: must be Debian's VERSION/NAME, as pg_lsclusters lists it "
+                "(for example \"15/main\")"]
+    if values.get("pgdata"):
+        return [f"replication.pgdata = {values['pgdata']!r}: leave it out with replication.cluster = {cluster!r} "
+                "(the data directory is the cluster's data_directory)"]
+    return []
+
+
+def debian_data_directory(conf: Path) -> str:
+    """The ``data_directory`` a Debian cluster's postgresql.conf names (pg_createcluster always
+    writes one)."""
+    try:
+        text = conf.read_text()
+    except OSError as exc:
+        raise ActionError(f"replication.cluster: cannot read {conf}: {exc.strerror}") from exc
+    m = re.search(r"^\s*data_directory\s*=?\s*'([^']*)'", text, flags=re.MULTILINE)
+    if not m:
+        raise ActionError(f"replication.cluster: {conf} names no data_directory")
+    return m.group(1)
 
 
 def _peer_problems(peers: object, sync: object) -> list[str]:
@@ -343,7 +382,10 @@ class PostgresAdapter:
         host, port = self.s.peers[primary].rsplit(":", 1)
         source = f"host={host} port={port} user={self.s.user} dbname={self.s.dbname} connect_timeout=2"
         _checkpoint(source, primary)
-        self._run([f"{self.s.bindir}/pg_rewind", "-D", self._pgdata(), "--source-server", source], "pg_rewind")
+        argv = [f"{self.s.bindir}/pg_rewind", "-D", self._pgdata(), "--source-server", source]
+        if self.s.cluster:  # the configuration is not in the data directory
+            argv.append(f"--config-file={self._conf_dir() / 'postgresql.conf'}")
+        self._run(argv, "pg_rewind")
         self._become_standby([primary, *[p for p in self.s.peers if p != primary]])
 
     def _become_standby(self, order: list[str]) -> None:
@@ -367,16 +409,29 @@ class PostgresAdapter:
                               capture_output=True, timeout=self.s.timeout)
         return done.returncode == 0
 
+    def _conf_dir(self) -> Path:
+        return Path(self.s.etc_dir) / self.s.cluster
+
     def _pgdata(self) -> str:
+        if self.s.cluster:
+            return debian_data_directory(self._conf_dir() / "postgresql.conf")
         if not self.s.pgdata:
-            raise ActionError("replication.pgdata is not set: it is needed to stop, rewind and start the server")
+            raise ActionError("replication.pgdata is not set: it is needed to stop, rewind and start the server "
+                              "(or replication.cluster, for a cluster made by pg_createcluster)")
         return self.s.pgdata
 
     def _pg_ctl(self, *args: str) -> None:
-        log_file = self.s.log_file or str(Path(self._pgdata()).parent / "postgresql.log")
-        argv = [f"{self.s.bindir}/pg_ctl", *args, "-D", self._pgdata(), "-w", "-t", str(int(self.s.timeout))]
-        if args[0] == "start":
-            argv += ["-l", log_file]
+        """pg_ctl, or for a Debian cluster pg_ctlcluster, which logs where the cluster's
+        configuration says (/var/log/postgresql by default)."""
+        if self.s.cluster:
+            version, name = self.s.cluster.split("/", 1)
+            log_file = self.s.log_file or f"/var/log/postgresql/postgresql-{version}-{name}.log"
+            argv = ["pg_ctlcluster", version, name, *args, "--", "-w", "-t", str(int(self.s.timeout))]
+        else:
+            log_file = self.s.log_file or str(Path(self._pgdata()).parent / "postgresql.log")
+            argv = [f"{self.s.bindir}/pg_ctl", *args, "-D", self._pgdata(), "-w", "-t", str(int(self.s.timeout))]
+            if args[0] == "start":
+                argv += ["-l", log_file]
         try:
             self._run(argv, f"pg_ctl {args[0]}")
         except ActionError as exc:

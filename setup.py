@@ -7,21 +7,29 @@ setup(
     description="Arbiter appliance that fences and fails over a billing hot-standby pair",
     python_requires=">=3.11",
     packages=find_packages(include=["firmware*", "board*", "host_tools*", "hil*"]),
-    package_data={"firmware": ["mibs/*"], "board": ["systemd/*", "udev/*", "image/*"]},
+    package_data={"firmware": ["mibs/*"], "board": ["systemd/*", "udev/*", "image/*"], "host_tools": ["systemd/*"]},
+    # The core both sides need; the rest is split so that a database server's agent pulls
+    # neither pysnmp nor gpiozero. Majors are capped where a new major broke APIs before.
     install_requires=[
         "pyserial>=3.5",
         "cobs>=1.2",
-        "scapy>=2.5",
-        "gpiozero>=2.0",
-        "PyNUTClient>=2.8",
-        "pysnmp>=7.1",
-        "cryptography>=42",
-        "pyroute2>=0.7",
     ],
     extras_require={
-        "pi": ["lgpio", "rpi-lgpio"],
-        "postgres": ["psycopg2-binary>=2.9"],
-        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "psycopg2-binary>=2.9"],
+        "appliance": [
+            "gpiozero>=2.0,<3",
+            "PyNUTClient>=2.8",
+            "pysnmp>=7.1,<8",
+            "cryptography>=42",  # SNMPv3 privacy
+            "scapy>=2.5,<3",  # the ARP check after a takeover
+        ],
+        "pi": ["billmaster-arbiter[appliance]", "lgpio", "rpi-lgpio"],  # the appliance on a Raspberry Pi
+        "agent": [
+            "pyroute2>=0.7,<0.10",  # the virtual IP
+            "scapy>=2.5,<3",  # gratuitous ARP
+        ],
+        "postgres": ["psycopg2>=2.9,<3"],  # built against Debian's libpq (libpq-dev), not the -binary wheel
+        "rig": ["billmaster-arbiter[appliance,agent,postgres]"],
+        "test": ["billmaster-arbiter[rig]", "pytest>=8", "pytest-timeout", "hypothesis>=6"],
     },
     entry_points={
         "console_scripts": [

@@ -8,7 +8,7 @@ PACKAGES=(
   python3-venv python3-dev gcc libc6-dev iproute2 nftables socat procps psmisc util-linux
   nut-server nut-client snmptrapd snmp smitools
   postgresql keepalived iputils-arping
-  fdisk dosfstools mtools e2fsprogs xz-utils
+  fdisk dosfstools mtools e2fsprogs xz-utils libpq-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -29,5 +29,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test,postgres]'
+# psycopg2 is built against Debian's libpq, as on a database server; drop an earlier -binary build
+.venv/bin/pip uninstall -q -y psycopg2-binary >/dev/null 2>&1 || true
+.venv/bin/pip install -q -e '.[test]'
 echo "ready: $(.venv/bin/python --version), project installed in .venv"

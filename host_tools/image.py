@@ -102,7 +102,7 @@ def stage_root(base_root: Path, stage: Path, wheelhouse: Path | None) -> Path:
     (stage / "opt/arbiter/install.sh").write_text(
         "#!/bin/sh\n# First boot: the firmware's venv from the wheels shipped in this image.\nset -e\n"
         "python3 -m venv /opt/arbiter/venv\n"
-        "/opt/arbiter/venv/bin/pip install --no-index --find-links /opt/arbiter/wheels billmaster-arbiter\n")
+        "/opt/arbiter/venv/bin/pip install --no-index --find-links /opt/arbiter/wheels 'billmaster-arbiter[pi]'\n")
     os.chmod(stage / "opt/arbiter/install.sh", 0o755)
     units = stage / "etc/systemd/system"
     wants = units / "multi-user.target.wants"

@@ -21,18 +21,23 @@ def unit(name: str) -> configparser.RawConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("name", ["arbiterd.service", "arbiter-install.service", "arbiter-firstboot.service"])
-def test_systemd_analyze_verify_is_clean(name, tmp_path):
-    stub = tmp_path / "arbiterd"
+AGENT_UNIT = Path(__file__).resolve().parents[2] / "host_tools" / "systemd" / "arbiter-agent.service"
+
+
+@pytest.mark.parametrize("path", [UNITS / "arbiterd.service", UNITS / "arbiter-install.service",
+                                  UNITS / "arbiter-firstboot.service", AGENT_UNIT], ids=lambda p: p.name)
+def test_systemd_analyze_verify_is_clean(path, tmp_path):
+    stub = tmp_path / "stub"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
-    text = (UNITS / name).read_text().replace("/opt/arbiter/venv/bin/arbiterd", str(stub)).replace(
-        "/opt/arbiter/install.sh", str(stub))
-    (tmp_path / name).write_text(text)
+    text = path.read_text()
+    for program in ("/opt/arbiter/venv/bin/arbiterd", "/opt/arbiter/install.sh", "/opt/arbiter-agent/bin/arbiter-agent"):
+        text = text.replace(program, str(stub))
+    (tmp_path / path.name).write_text(text)
     # --man=no: the man pages Documentation= names are installed on the appliance, not here
-    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / name)], capture_output=True,
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / path.name)], capture_output=True,
                           text=True)
-    complaints = [ln for ln in (done.stdout + done.stderr).splitlines() if name in ln or "Unknown" in ln]
+    complaints = [ln for ln in (done.stdout + done.stderr).splitlines() if path.name in ln or "Unknown" in ln]
     assert done.returncode == 0 and complaints == [], done.stdout + done.stderr
 
 
@@ -97,3 +102,11 @@ def test_the_guard_is_restarted_however_often_it_fails():
 @pytest.mark.parametrize("name", ["arbiterd.service", "arbiter-install.service", "arbiter-firstboot.service"])
 def test_units_point_to_the_man_pages(name):
     assert "man:arbiterd(8)" in unit(name)["Unit"]["Documentation"].split()
+
+
+def test_agent_unit_keeps_retrying():
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(AGENT_UNIT)
+    assert parser["Unit"]["StartLimitIntervalSec"] == "0" and parser["Service"]["Restart"] == "always"
+    assert "--config /etc/arbiter/agent.toml" in parser["Service"]["ExecStart"]

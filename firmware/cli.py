@@ -12,12 +12,14 @@ import argparse
 import json
 import sys
 import time
+from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
 from firmware import config as config_mod
 from firmware.commands import Command, Name, sudo_user
 from firmware.control import NotRunning, request
+from firmware.status import CHECK_UNKNOWN, check
 from firmware.errors import ConfigError
 
 DEFAULT_SOCKET = "/run/arbiter/control.sock"
@@ -39,12 +41,18 @@ def _fmt(value: Any, unit: str = "") -> str:
 def render_status(st: dict[str, Any]) -> str:
     alarm = st.get("alarm", {})
     head = [
-        f"site {st['site']}   phase {st['phase']}   primary {st.get('primary') or '-'}   mode {st['mode']}"
-        + ("   MAINTENANCE" if st.get("maintenance") else ""),
+        f"site {st['site']}   phase {st['phase']} for {_duration(st.get('in_phase_s'))}   primary "
+        f"{st.get('primary') or '-'}   mode {st['mode']}" + ("   MAINTENANCE" if st.get("maintenance") else ""),
         f"alarm {alarm.get('severity', '-')}{' (acknowledged)' if alarm.get('acked') else ''}"
-        + (f"   hold-down {st['hold_down_remaining_s']:.0f} s" if st.get("hold_down_remaining_s") else ""),
+        + (f"   hold-down {st['hold_down_remaining_s']:.0f} s" if st.get("hold_down_remaining_s") else "")
+        + f"   failovers {st.get('failovers', 0)}   version {st.get('version', '-')}",
         f"why: {st.get('last_reason') or '-'}",
     ]
+    last = st.get("last_failover")
+    if last:
+        steps = ", ".join(f"{label} {_fmt(last.get(key), ' s')}" for key, label in LAST_FAILOVER_STEPS)
+        head.append(f"last {last.get('operation') or 'failover'}: {last.get('old') or '-'} -> "
+                    f"{last.get('target') or '-'}{'' if last.get('completed') else ' (NOT completed)'}: {steps}")
     for r in st.get("running", []):
         head.append(f"running: {r['action']} for {r['elapsed_s']:.1f} s")
     cols = ("server", "role", "alive", "fenced", "power", "healthy", "serial", "lan", "in sync", "lag", "ups")
@@ -61,6 +69,60 @@ def render_status(st: dict[str, Any]) -> str:
     dropped = st.get("frames_dropped") or {}
     tail = [f"frames dropped: {', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))}"] if dropped else []
     return "\n".join(head + [""] + table + tail)
+
+
+LAST_FAILOVER_STEPS = (("detection_s", "detection"), ("fence_s", "fence"), ("promote_s", "promote"),
+                       ("take_ip_s", "IP moved"), ("verify_s", "verified"), ("total_s", "total"))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def render_history(records: list[dict[str, Any]]) -> str:
+    """One line a record: the wall-clock stamp, what it is, and its monotonic durations."""
+    lines = []
+    for r in records:
+        kind = r.get("kind", "")
+        if kind == "alert":
+            where = "/".join(x for x in (r.get("server"), r.get("channel")) if x)
+            what = f"{r.get('severity', '')} {r.get('event', '')}{f' [{where}]' if where else ''}: {r.get('text', '')}"
+        elif kind == "phase":
+            what = f"{r.get('from')} -> {r.get('to')} after {r.get('after_s')} s (primary {r.get('primary') or '-'}" \
+                   f", target {r.get('target') or '-'})"
+        elif kind == "order":
+            op = r.get("operator") or {}
+            who = f"uid {op.get('uid')}" + (f" via sudo from {op['sudo_user']}" if op.get("sudo_user") else "") + \
+                (f", loginuid {op['loginuid']}" if op.get("loginuid") is not None else "")
+            what = f"{r.get('cmd')}{' ' + r['server'] if r.get('server') else ''} by {who}: " \
+                   f"{'accepted' if r.get('accepted') else 'REFUSED'}: {r.get('reason', '')}"
+        elif kind == "result":
+            what = f"{r.get('action')} {'ok' if r.get('ok') else 'FAILED'} in {_fmt(r.get('took_s'), ' s')}" \
+                   f"{': ' + r['detail'] if r.get('detail') else ''}"
+        elif kind == "failover":
+            what = ", ".join(f"{label} {_fmt(r.get(key), ' s')}" for key, label in LAST_FAILOVER_STEPS)
+        else:
+            what = r.get("reason", "") or json.dumps(r)
+        lines.append(f"{r.get('ts', '-'):<29} {kind:<9} {what}")
+    return "\n".join(lines)
+
+
+def parse_since(text: str, now: float) -> float:
+    """``--since``: 90s, 15m, 2h, 1d back from now, or an ISO time (2026-12-01T02:00:00)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--since {text!r}: give 90s, 15m, 2h, 1d or an ISO time") from None
 
 
 def _link(link: dict[str, Any] | None) -> str:
@@ -99,10 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="servers, links, roles, replication, UPS, alarm, phase")
     s.add_argument("--json", action="store_true", help="print the daemon's raw answer")
+    s.add_argument("--check", action="store_true", help="one line and a monitoring-plugin exit code: "
+                                                         "0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
     e = sub.add_parser("events", help="the newest events from the journal")
     e.add_argument("-n", type=int, default=20, help="how many (default %(default)s)")
     e.add_argument("--json", action="store_true")
-    sub.add_parser("why", help="the reason for the last decision")
+    h = sub.add_parser("history", help="decisions, phase changes, orders, action results and alerts, oldest first")
+    h.add_argument("-n", type=int, default=200, help="at most this many records (default %(default)s)")
+    h.add_argument("--since", help="only records from then on: 90s, 15m, 2h, 1d ago, or an ISO time")
+    h.add_argument("--json", action="store_true")
+    w = sub.add_parser("why", help="the reason for the last decision")
+    w.add_argument("--json", action="store_true")
     sw = sub.add_parser("switchover", help="planned, zero-loss: demote, wait for sync, promote, move the IP")
     sw.add_argument("--to", help="the standby to promote (default: the best in-sync one)")
     _wait_options(sw)
@@ -134,6 +203,9 @@ def command_of(args: argparse.Namespace) -> Command | None:
     name = Name(args.command)
     if name is Name.EVENTS:
         return Command(name, n=args.n)
+    if name is Name.HISTORY:
+        since = None if args.since is None else parse_since(args.since, time.time())
+        return Command(name, n=args.n, since=since)
     if name is Name.SWITCHOVER:
         return Command(name, server=args.to, sudo_user=sudo_user())
     if name is Name.FAILOVER:
@@ -178,12 +250,32 @@ def follow(ask: Callable[[], dict[str, Any]], target: str | None, timeout: float
         sleep(1.0)
 
 
+def _check(sock: str) -> int:
+    try:
+        st = request(sock, Command(Name.STATUS).to_wire())
+    except NotRunning as exc:
+        print(f"ARBITER UNKNOWN - {exc}")
+        return CHECK_UNKNOWN
+    if not st.get("ok"):
+        print(f"ARBITER UNKNOWN - {st.get('error', 'no status')}")
+        return CHECK_UNKNOWN
+    code, line = check(st)
+    print(line)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cmd = command_of(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cmd = command_of(args)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     if cmd is None:
         return EXIT_REFUSED
     sock = _socket(args)
+    if getattr(args, "check", False):
+        return _check(sock)
     try:
         answer = request(sock, cmd.to_wire())
         if getattr(args, "wait", False) and answer.get("accepted"):
@@ -203,13 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(answer, indent=2))
     elif args.command == "status":
         print(render_status(answer))
-    elif args.command == "events":
-        for ev in answer["events"]:
-            where = "/".join(x for x in (ev.get("server"), ev.get("channel")) if x)
-            print(f"{ev.get('ts', '')}  {ev.get('severity', ''):<8} {ev.get('event', ''):<24} {where:<16} "
-                  f"{ev.get('text', '')}")
+    elif args.command in ("events", "history"):
+        print(render_history(answer[args.command]))
     elif args.command == "why":
-        print(f"[{answer['phase']}, {answer['at']}] {answer['reason']}")
+        print(f"[{answer['phase']} for {_duration(answer['in_phase_s'])}, decided {answer['decided_s_ago']:.1f} s ago]"
+              f" {answer['reason']}")
     else:
         print(f"arbiterctl: accepted: {answer.get('reason', '')}")
     return EXIT_OK

@@ -30,7 +30,8 @@ from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, pe
 from firmware.control import Peer
 from firmware.model import Observations, Verdict
 from firmware.site_state import State
-from firmware.status import status_report
+from firmware.history import History
+from firmware.status import StatusView, status_report
 
 log = logging.getLogger("arbiter")
 
@@ -50,6 +51,7 @@ class Daemon:
         self.app = Appliance(self.cfg, clock, wake=self._wake_event_set)
         self.state = self.app.load_state(self.started_at)
         self.orders = OrderDesk()
+        self.history = History(self.app.journal)
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.reload = threading.Event()
@@ -105,15 +107,17 @@ class Daemon:
             d = decide(self.state, obs, now, self.cfg)
             if _substance(d.state) != _substance(self.state) or d.actions:
                 self.app.save_state(d.state)  # before any action runs; it lists the alerts too
-            self.state = d.state
+            before, self.state = self.state, d.state
             self.orders.answer(d.verdicts, d.state.target)  # saved first: an accepted order is kept
             self.last_obs = obs
             for warning in d.warnings:
                 self._throttled(logging.WARNING, "{}{}", warning)
-            if d.reason and d.reason != self._logged_reason:
+            new_reason = bool(d.reason) and d.reason != self._logged_reason
+            if new_reason:
                 log.info("%s", d.reason)
                 self._logged_reason = d.reason
                 self.last_decision_at = now
+            self.history.cycle(before, d.state, obs, d.actions, new_reason, now)
             self.app.executor.submit(d.actions)  # the acting batch starts first, then the alerts
             self._progress(now)
             self._frames_rejected()
@@ -205,18 +209,32 @@ class Daemon:
         except BadCommand as exc:
             return {"ok": False, "error": str(exc)}
         if cmd.name is Name.STATUS:
-            return {"ok": True, **status_report(self)}
+            return {"ok": True, **status_report(self.view())}
         if cmd.name is Name.EVENTS:
-            return {"ok": True, "events": self.app.journal.tail(cmd.n)}
+            return {"ok": True, "events": self.app.journal.tail(cmd.n, kind="alert")}
+        if cmd.name is Name.HISTORY:
+            return {"ok": True, "history": self.app.journal.tail(cmd.n, since=cmd.since)}
         if cmd.name is Name.WHY:
-            return {"ok": True, "reason": self.state.reason, "phase": self.state.phase.value,
-                    "at": f"{self.clock() - self.last_decision_at:.1f} s ago"}
+            state = self.state
+            return {"ok": True, "reason": state.reason, "phase": state.phase.value,
+                    "decided_s_ago": round(self.clock() - self.last_decision_at, 1),
+                    "in_phase_s": round(self.clock() - state.since, 1), "primary": state.primary,
+                    "target": state.target}
         operator = Operator(peer.uid, peer.pid, cmd.sudo_user, peer_loginuid(peer.pid))
         if cmd.name is Name.ACK:
             self.app.notifier.ack()
             self.app.notifier.notify("alarm-acknowledged", text=f"by {operator.describe()}")
             return self._answered(cmd, operator, Verdict(True, "alarm silenced until something new happens"))
         return self._order(cmd, operator)
+
+    def view(self) -> StatusView:
+        """A frozen snapshot for the status report, the page, the metrics and SNMP."""
+        notifier = self.app.notifier
+        return StatusView(site=self.cfg.site.name, mode=self.cfg.site.mode, state=self.state, obs=self.last_obs,
+                          now=self.clock(), started=self.started_at, alarm=notifier.alarm_state(),
+                          frames_dropped=self.app.poller.dropped(),
+                          running=tuple((a.id, t) for a, t in self.app.executor.running()),
+                          last_failover=self.history.last_failover, alerts_sent=dict(notifier.sent))
 
     def _order(self, cmd: Command, operator: Operator) -> dict[str, Any]:
         kind = cmd.request_kind()

@@ -2,6 +2,10 @@
 
 Appends are flushed but fsync'd at most every few seconds: an SD card wears out, and the
 SNMP outbox, not the journal, is what guarantees that no alert is lost.
+
+Every record is stamped with the wall clock to the millisecond, for reading (``ts``, and
+``t`` in seconds since the epoch for filtering), and with the monotonic clock (``mono``),
+from which durations between records of one kernel boot are computed.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ class Journal:
         return out
 
     def append(self, record: dict[str, Any]) -> None:
-        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+        wall = round(time.time(), 3)
+        entry = {"ts": wall_stamp(wall), "t": wall, "mono": round(time.monotonic(), 3), **record}
         with self._lock:
             self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
             self._file.flush()
@@ -64,13 +69,25 @@ class Journal:
         self._file = open(self.path, "a")
         self._lines = len(keep)
 
-    def tail(self, n: int) -> list[dict[str, Any]]:
+    def tail(self, n: int, since: float | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``n`` records, only those stamped at or after ``since`` (epoch seconds)
+        and of ``kind`` where given."""
         with self._lock:
-            return self._read()[-n:] if n > 0 else []
+            records = self._read()
+        picked = [r for r in records if (since is None or r.get("t", 0) >= since)
+                  and (kind is None or r.get("kind") == kind)]
+        return picked[-n:] if n > 0 else []
 
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def wall_stamp(wall: float) -> str:
+    """Local time with milliseconds and the UTC offset: 2026-12-01T02:50:01.123+0000."""
+    ms = round(wall * 1000)
+    local = time.localtime(ms // 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{ms % 1000:03d}{time.strftime('%z', local)}"
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -170,6 +170,7 @@ class Notifier:
         self.last_sent: dict[Key, float] = {}
         self.sink_errors = {id(s): Throttle(SINK_ERROR_LOG_EVERY_S, clock) for s in self.sinks}
         self.lock = threading.Lock()
+        self.sent: collections.Counter[str] = collections.Counter()  # admitted alerts by event, for metrics
 
     def notify(self, event: str, server: str = "", channel: str = "", text: str = "") -> Alert | None:
         """Returns the alert sent, or None if de-duplication or the rate limit held it back.
@@ -188,6 +189,8 @@ class Notifier:
             self._forget_counterparts(event, server, channel)
             admitted = self.rate.admit(event, always=event in UNLIMITED)
             seq = self.seq.next() if admitted else 0  # gaps in seq then mean lost alerts only
+            if admitted:
+                self.sent[event] += 1
             alert = Alert(seq, event, etype.severity, server, channel, text or etype.text, self.wall())
             for sink in self.sinks:
                 if admitted or getattr(sink, "essential", False):

@@ -137,6 +137,10 @@ def test_killed_primary_agent_leads_to_fence_then_promote(site):
     assert next(s for s in st["servers"] if s["name"] == "master")["fenced"]
     log = (site.tmp / "arbiterd.log").read_text()
     assert log.index("Fence#") < log.index("Promote#") < log.index("TakeIp#")
+    last = st["last_failover"]
+    assert st["failovers"] == 1 and last["completed"] and last["target"] == "standby"
+    assert 0 < last["detection_s"] < DEAD + 2 * INTERVAL + 0.1 and last["fence_s"] is not None
+    assert last["total_s"] < elapsed + 1.0 and st["version"] != "unknown"
 
 
 def test_pulled_serial_cable_is_a_warning_not_a_failover(site):
@@ -181,7 +185,13 @@ def test_orders_are_answered_with_the_daemons_verdict_and_journaled(site, capsys
     assert "switchover to master: refused" in capsys.readouterr().err
     assert main(["--socket", sock, "maintenance", "on"]) == 0
     assert "accepted: maintenance on: observe only" in capsys.readouterr().out
-    orders = [e for e in request(sock, {"cmd": "events", "n": 50})["events"] if e.get("kind") == "order"]
+    orders = [e for e in request(sock, {"cmd": "history", "n": 500})["history"] if e.get("kind") == "order"]
     assert [(o["cmd"], o["accepted"]) for o in orders] == [("power-on", False), ("switchover", False),
                                                           ("maintenance", True)]
     assert orders[0]["operator"]["uid"] == os.getuid() and orders[0]["operator"]["pid"] > 0
+    assert main(["--socket", sock, "history", "--since", "1m"]) == 0
+    assert "maintenance by uid" in capsys.readouterr().out
+    assert main(["--socket", sock, "status", "--check"]) == 1  # maintenance: observe only
+    assert "ARBITER WARNING" in capsys.readouterr().out
+    assert main(["--socket", sock, "why", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["phase"] == "normal"

@@ -5,6 +5,7 @@ parts themselves (board, links, alerts, UPS watch, control socket, state) stay s
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -15,13 +16,14 @@ from board.gpio import Board, make_factory
 from board.sdnotify import notify as sd_notify
 from firmware import arpcheck
 from firmware.config import Config, read_key
+from firmware.reach import reaches_any
 from firmware.errors import ConfigError, StateError
 from firmware.control import ControlServer, Handler
 from firmware.executor import Executor
 from firmware.hands import make_handlers
 from firmware.journal import Journal
 from firmware.links import Poller
-from firmware.model import UpsObs
+from firmware.model import UpsObs, VipAudit
 from firmware.notify import make_notifier
 from firmware.protocol import Codec
 from firmware.site_state import State
@@ -52,6 +54,8 @@ class Appliance:
             if specs else None
         self._ups: dict[str, UpsObs] = {}
         self._ups_lock = threading.Lock()
+        self.vip_audit: VipAudit | None = None  # written by one thread, read whole by the loop
+        self.reach: bool | None = None
         self._stop = threading.Event()
         self.control: ControlServer | None = None
         self.sd_notify = sd_notify
@@ -96,6 +100,38 @@ class Appliance:
         self.control.start()
         if self.ups_watch is not None:
             threading.Thread(target=self._watch_ups, name="ups-watch", daemon=True).start()
+        threading.Thread(target=self._audit_vip, name="vip-audit", daemon=True).start()
+        threading.Thread(target=self._probe_clients, name="ping", daemon=True).start()
+
+    def _audit_vip(self) -> None:
+        """Who answers ARP for the virtual IP, every vip.audit_interval, off the loop (a probe
+        waits for late answers). A failed probe is logged and leaves the last audit standing,
+        which ages: decide acts only on audits newer than what it already judged."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            every = self.cfg.vip.audit_interval  # a reload may change it
+            if every > 0 and self.cfg.vip.verify == "arp":
+                try:
+                    macs = arpcheck.probe(str(ipaddress.ip_interface(self.cfg.vip.address).ip), self.cfg.vip.interface)
+                    self.vip_audit = VipAudit(self.clock(), macs)
+                except Exception:  # the audit must outlive a bad moment of the interface; decide sees no new audit
+                    log.exception("virtual IP audit failed (vip.interface = %s)", self.cfg.vip.interface)
+            self._stop.wait(max(0.05, (every or 1.0) - (time.monotonic() - started)))
+
+    def _probe_clients(self) -> None:
+        """The appliance's own view of the ping targets: one more witness for network-down."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            p = self.cfg.ping
+            if p.targets:
+                try:
+                    self.reach = reaches_any(p.targets, p.timeout)
+                except OSError as exc:  # cannot look is not "unreachable"
+                    log.error("ping.targets: cannot send ICMP echo (%s); the appliance's view is unknown", exc)
+                    self.reach = None
+            else:
+                self.reach = None
+            self._stop.wait(max(0.05, p.interval - (time.monotonic() - started)))
 
     def _watch_ups(self) -> None:
         while not self._stop.is_set():

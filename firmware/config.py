@@ -125,8 +125,8 @@ class Vip:
     interface: str = setting("eth0", doc="the appliance's LAN interface for ARP probes")
     audit_interval: float = setting(1.0, lo=0.0, hi=3600.0,
                                     doc="seconds between two checks of who answers ARP for the virtual IP, "
-                                        "compared with the agents' vip flags (0: no audit, only the check "
-                                        "after a takeover)")
+                                        "compared with the agents' vip flags (0, or vip.verify = 'none': no "
+                                        "audit, only the check after a takeover)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +226,11 @@ _SECTIONS: dict[str, type] = {
     "site": Site, "vip": Vip, "timing": Timing, "policy": Policy, "board": Board,
     "fence": Fence, "ups": Ups, "alerts": Alerts, "ping": Ping,
 }
+
+
+def sections() -> dict[str, type]:
+    """Every top-level section's schema class by name (its fields carry defaults and docs)."""
+    return dict(_SECTIONS)
 
 
 def _check_value(key: str, value: Any, f: dataclasses.Field, hint: Any) -> str | None:

@@ -153,7 +153,8 @@ class Daemon:
         servers = observe_servers(self.cfg, records, now, self.started_at, self.app.power(),
                                   self.app.ups_latest())
         return Observations(servers=servers, results=self.app.executor.results(),
-                            requests=self.orders.drain(), run=self.app.run_id)
+                            requests=self.orders.drain(), run=self.app.run_id,
+                            vip_audit=self.app.vip_audit, reach=self.app.reach)
 
     def _frames_rejected(self) -> None:
         dropped = self.app.poller.dropped()

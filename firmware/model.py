@@ -135,11 +135,21 @@ class ActionResult:
 
 
 @dataclass(frozen=True)
+class VipAudit:
+    """Who answered ARP for the virtual IP in the appliance's latest audit, and when it ended."""
+
+    at: float  # monotonic
+    macs: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Observations:
     servers: tuple[ServerObs, ...]
     results: tuple[ActionResult, ...] = ()
     requests: tuple[Request, ...] = ()
     run: int = 0  # the daemon's boot id: actions issued by an earlier run are re-issued
+    vip_audit: VipAudit | None = None  # None: no audit done yet (or vip.audit_interval = 0)
+    reach: bool | None = None  # the appliance's own probe of the ping targets; None: not probed
 
     def server(self, name: str) -> ServerObs:
         for s in self.servers:

@@ -212,6 +212,21 @@ class PgCluster(Built):
         for leftover in self.socket_dir(name).glob(".s.PGSQL.*"):  # /run is a tmpfs: a reboot empties it
             leftover.unlink(missing_ok=True)
 
+    def freeze(self, name: str) -> int:
+        """A hung database: the postmaster stops (SIGSTOP) and accepts no new connection, while
+        its children (open sessions, WAL senders) go on. Returns the pid for ``thaw``."""
+        pid = self.pid(name)
+        if pid is None:
+            raise RuntimeError(f"{name}: no postmaster to freeze")
+        os.kill(pid, signal.SIGSTOP)
+        return pid
+
+    def thaw(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # fenced meanwhile: nothing left to wake
+
     def sql(self, name: str, query: str, timeout: float = 30.0) -> list[tuple[Any, ...]]:
         import psycopg2
         conn = psycopg2.connect(self.dsn(name))

@@ -44,6 +44,8 @@ class RigOptions:
     snmp: bool = True
     arbiter: dict[str, dict[str, Any]] = field(default_factory=dict)  # config section overrides
     lagging: tuple[str, ...] = ()  # stand-in database: these standbys report a replication lag
+    ping: bool = False  # a gateway host on the clients' side, probed as the ping target by all
+    priorities: tuple[tuple[str, int], ...] = ()  # (server, servers[].priority) instead of the rig's own
     prefix: str = "ba"
 
 
@@ -56,7 +58,7 @@ class Rig(Built):
         self.opts = opts
         self.workdir = workdir
         self.servers = server_names(opts)
-        self.site = Site(opts.prefix, self.servers + ["arbiter", "client"], workdir)
+        self.site = Site(opts.prefix, self.servers + ["arbiter", "client"] + (["gw"] if opts.ping else []), workdir)
         self.gpio_dir = workdir / "gpio"
         self.gpio = HilGpio(self.gpio_dir)
         self.key_file = workdir / "site.key"
@@ -168,14 +170,20 @@ class Rig(Built):
             "peers": peers,
             "replication": replication,
             "vip": {"address": self.site.vip, "interface": "eth0"},
+            **self._ping_section(),
         }
+
+    def _ping_section(self) -> dict[str, Any]:
+        """The gateway as the one ping target, probed at the shipped interval and timeout."""
+        return {"ping": {"targets": [self.site.ip("gw")]}} if self.opts.ping else {}
 
     def arbiter_config(self) -> dict[str, Any]:
         servers = []
         for i, name in enumerate(self.servers, start=1):
             srv = {"name": name, "address": self.site.ip(name), "port": AGENT_PORT,
                    "serial": str(self.site.serial_path(name, "arbiter")), "mac": self.site.mac(name),
-                   "fence_relay": f"relay{i}", "power_sense": f"sense{i}", "priority": 100 - i}
+                   "fence_relay": f"relay{i}", "power_sense": f"sense{i}",
+                   "priority": dict(self.opts.priorities).get(name, 100 - i)}
             if self.opts.ups:
                 srv["ups"] = f"{name}-ups@127.0.0.1:{NUT_PORT}"
             servers.append(srv)
@@ -189,6 +197,7 @@ class Rig(Built):
             "alerts": {"managers": [{"host": "127.0.0.1", "port": TRAP_PORT}] if self.opts.snmp else [],
                        "min_repeat_s": 5.0},
             "servers": servers,
+            **self._ping_section(),
         }
         for section, values in self.opts.arbiter.items():
             cfg.setdefault(section, {}).update(values)

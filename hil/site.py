@@ -37,7 +37,7 @@ from hil.lifecycle import Built
 SUBNET = "192.0.2"  # TEST-NET-1: documentation addresses, used only inside our namespaces
 VIP = f"{SUBNET}.100/24"
 DEFAULT_HOSTS = ("master", "standby", "arbiter", "client")
-NOT_SERVERS = frozenset({"arbiter", "client"})
+NOT_SERVERS = frozenset({"arbiter", "client", "gw"})  # gw: the clients' gateway, a ping target
 MAX_HOSTS = 80  # host addresses .11 to .90 stay below the virtual IP
 NAME_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
 LOSS_TABLE = "hil_loss"
@@ -290,6 +290,9 @@ class Site(Built):
 
     def add_address(self, host: str, address: str) -> None:
         netns.ip(self.netns(host), "addr", "add", address, "dev", "eth0")
+
+    def del_address(self, host: str, address: str) -> None:
+        netns.ip(self.netns(host), "addr", "del", address, "dev", "eth0")
 
     def addresses(self, host: str) -> list[str]:
         return netns.addresses(self.netns(host), "eth0")

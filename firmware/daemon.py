@@ -22,6 +22,7 @@ from typing import Any
 
 from board.sdnotify import watchdog_interval
 from firmware import config as config_mod
+from firmware import logs
 from firmware.appliance import Appliance
 from firmware.decide import decide
 from firmware.detector import observe_servers
@@ -44,8 +45,6 @@ class Daemon:
     def __init__(self, config_path: Path, clock=time.monotonic) -> None:
         self.config_path = config_path
         self.cfg = config_mod.load(config_path)
-        logging.basicConfig(level=self.cfg.site.log_level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.clock = clock
         self.started_at = clock()
         self.app = Appliance(self.cfg, clock, wake=self._wake_event_set)
@@ -76,6 +75,7 @@ class Daemon:
         ready = False
         pet_every = min(watchdog_interval() or 1.0, 1.0)
         last_pet = -pet_every
+        shown_status = ""
         while not self.stop.is_set():
             if self.reload.is_set():
                 self._reload()
@@ -83,6 +83,9 @@ class Daemon:
             if healthy and not ready:
                 self.app.sd_notify("READY=1")  # after the first full cycle that worked
                 ready = True
+            if ready and self._status_line() != shown_status:
+                shown_status = self._status_line()
+                self.app.sd_notify(f"STATUS={shown_status}")  # what `systemctl status arbiterd` shows
             if healthy and self.clock() - last_pet >= pet_every:
                 self.app.sd_notify("WATCHDOG=1")  # only from the loop, only after a healthy cycle
                 last_pet = self.clock()
@@ -97,6 +100,9 @@ class Daemon:
         self.app.close()
         log.info("stopped; phase %s, primary %s", self.state.phase.value, self.state.primary)
         return 0
+
+    def _status_line(self) -> str:
+        return f"phase {self.state.phase.value}, primary {self.state.primary or 'none'}"
 
     def _cycle(self) -> bool:
         """One poll-observe-decide-act cycle. False if it failed (no watchdog pet)."""
@@ -185,6 +191,13 @@ class Daemon:
         apply at once; the sections built into the links, the board, the alert senders and
         the UPS watch (RESTART_SECTIONS) keep their old values until the next restart."""
         self.reload.clear()
+        self.app.sd_notify("RELOADING=1")
+        try:
+            self._apply_new_config()
+        finally:
+            self.app.sd_notify("READY=1")  # systemd waits for it to end the reload, failed or not
+
+    def _apply_new_config(self) -> None:
         try:
             new = config_mod.load(self.config_path)
         except ConfigError as exc:
@@ -308,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file, args.json)
+    logs.setup()
     try:
         daemon = Daemon(args.config)
+        logging.getLogger().setLevel(daemon.cfg.site.log_level.upper())
     except ConfigError as exc:
         for p in exc.problems:
             print(f"arbiterd: config error: {p}", file=sys.stderr)

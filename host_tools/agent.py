@@ -24,6 +24,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from firmware import logs
 from firmware.config import read_key
 from firmware.errors import ActionError, ArbiterError, ConfigError
 from firmware.links import SerialPort
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate an agent config; non-zero naming every bad key")
     check.add_argument("file", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup()
     try:
         cfg = load(args.file if args.command == "check-config" else args.config)
         if args.command == "check-config":

@@ -61,6 +61,26 @@ def test_ready_then_watchdog_and_silence_while_hung(tmp_path, abstract):
         listener.close()
 
 
+def test_status_line_and_reload_are_told_to_systemd(tmp_path):
+    conf = _config(tmp_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(0.2)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    daemon = subprocess.Popen([sys.executable, "-m", "firmware.daemon", "--config", str(conf)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "wb"))
+    try:
+        got = [m for _, m in _collect(listener, 2.0)]
+        assert got.index("READY=1") < next(i for i, m in enumerate(got) if m.startswith("STATUS=phase "))
+        daemon.send_signal(signal.SIGHUP)
+        got = [m for _, m in _collect(listener, 1.5) if m != "WATCHDOG=1"]
+        assert got[:2] == ["RELOADING=1", "READY=1"], got
+    finally:
+        daemon.kill()
+        daemon.wait()
+        listener.close()
+
+
 def _collect(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
     out = []
     deadline = time.monotonic() + seconds

@@ -78,6 +78,18 @@ _TABLE = (
               "a server other than the primary holds the virtual IP; it is told to release it"),
     EventType(41, "vip-lost", Severity.MAJOR, "nobody answers for the virtual IP; the primary is told to take it again"),
     EventType(42, "vip-restored", Severity.CLEAR, "only the primary holds the virtual IP again", ("vip-rogue", "vip-lost")),
+    # continuity: losing the synchronous standby, fencing levels, standby rebuild (numbered from 50)
+    EventType(50, "durability-reduced", Severity.MAJOR, "synchronous standby lost: the primary's commits no longer"
+              " wait for it (policy.sync_loss = degrade); no automatic failover until it is in sync again"),
+    EventType(51, "durability-restored", Severity.CLEAR, "synchronous replication restored",
+              ("durability-reduced", "commits-blocked")),
+    EventType(52, "commits-blocked", Severity.CRITICAL, "synchronous standby lost: commits on the primary wait"
+              " for it (policy.sync_loss = block)"),
+    EventType(53, "fence-escalated", Severity.MAJOR, "fence level 1 (power relay) not confirmed; trying level 2"
+              " (UPS outlet)"),
+    EventType(54, "rebuild-started", Severity.MAJOR, "standby rebuild from the primary (pg_basebackup) started"),
+    EventType(55, "rebuild-done", Severity.CLEAR, "standby rebuilt and replicating again", ("rebuild-failed",)),
+    EventType(56, "rebuild-failed", Severity.CRITICAL, "standby rebuild failed; operator action needed"),
 )
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}
@@ -86,7 +98,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}
 # or per real change, so they cannot storm, and losing one in a link-flap storm would hide
 # the one thing the operator must know.
 UNLIMITED = frozenset(e.name for e in _TABLE if e.severity is Severity.CRITICAL) | {
-    "failover-started", "failover-completed", "fence-done", "switchover-started", "switchover-completed"}
+    "failover-started", "failover-completed", "fence-done", "switchover-started", "switchover-completed",
+    "durability-reduced", "fence-escalated"}
 
 
 def event_type(name: str) -> EventType:

@@ -71,6 +71,11 @@ class Timing:
     verify_timeout: float = setting(3.0, lo=0.1, hi=60.0, doc="ARP owner check after takeover")
     watchdog_timeout: float = setting(15.0, lo=1.0, hi=15.0, safety=True,
                                       doc="hardware watchdog (bcm2835_wdt: 15 s at most)")
+    self_fence_wait: float = setting(10.0, lo=0.5, hi=600.0, safety=True,
+                                     doc="policy.fencing = none: a dead primary is replaced only once it has been"
+                                         " silent this long, the time its agent has to fence itself; it must exceed"
+                                         " agent.isolation_timeout + agent.self_fence_timeout + 2 x timing.interval"
+                                         " (arbiter-agent check-config --site checks it)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +104,17 @@ class Policy:
                                             "eligible standby does, this long without a break, is failed over "
                                             "(fenced first); nobody reaching them is a network failure: an "
                                             "alert, no failover")
+    sync_loss: str = setting("block", choices=("block", "degrade"), safety=True,
+                             doc="the synchronous standby is lost: block keeps commits waiting for it (no"
+                                 " acknowledged commit on one machine only) and raises commits-blocked; degrade"
+                                 " has the primary stop waiting after policy.sync_loss_grace (durability-reduced),"
+                                 " with no automatic failover until that standby is in sync again")
+    sync_loss_grace: float = setting(2.0, lo=0.1, hi=3600.0, safety=True,
+                                     doc="how long the primary may run without a synchronous standby before"
+                                         " policy.sync_loss acts (commits wait meanwhile)")
+    auto_rebuild: bool = setting(False, safety=True,
+                                 doc="an old primary that cannot rejoin by pg_rewind is rebuilt from the primary"
+                                     " (pg_basebackup) automatically; false: an operator runs arbiterctl rebuild")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +132,8 @@ class Fence:
     mode: str = setting("off", choices=("off", "cycle"), safety=True,
                         doc="off: stay off until an operator restores power; cycle: off, wait, on")
     cycle_off_s: float = setting(10.0, lo=1.0, hi=600.0)
+    ups_username: str = setting("", doc="level 2: the NUT user allowed the servers' fence_ups_command instcmds")
+    ups_password_file: str = setting("", doc="level 2: file holding that NUT user's password (root only)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +218,10 @@ class Server:
     relay_active_low: bool = setting(False, safety=True, doc="the relay board energises its coil on a low level")
     sense_active_low: bool = setting(False, safety=True, doc="the readback input reads low while powered")
     ups: str = setting("", pattern=r"^$|^[\w.-]+@[\w.:-]+$", doc="ups@host[:port]")
+    fence_ups_command: str = setting("", pattern=r"^$|^(load\.off|outlet\.\d{1,3}\.load\.off)$", safety=True,
+                                     doc="fence level 2: the NUT instcmd on this server's ups that cuts its power"
+                                         " (load.off, or outlet.N.load.off for its own outlet), tried when the"
+                                         " relay's power-off is not confirmed; empty: no level 2")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,6 +387,7 @@ def _cross_checks(cfg: Config) -> list[str]:
             p.append(f"servers[{i}] ({s.name}): fence_relay and power_sense are required while"
                      " policy.fencing = 'relay' (a fence must be confirmed; set policy.fencing ="
                      " 'none' to run without fencing, explicitly)")
+    p += _fence_level2_checks(cfg)
     try:
         ipaddress.ip_interface(cfg.vip.address)
     except ValueError:
@@ -378,6 +401,28 @@ def _cross_checks(cfg: Config) -> list[str]:
     for i, m in enumerate(cfg.alerts.managers):
         if m.version == "v3" and not (m.user and m.auth_key_file and m.priv_key_file):
             p.append(f"alerts.managers[{i}]: v3 needs user, auth_key_file and priv_key_file")
+    return p
+
+
+def _fence_level2_checks(cfg: Config) -> list[str]:
+    """A level 2 fence needs the UPS it commands, a user allowed to, and a relay level before it."""
+    p = []
+    for i, s in enumerate(cfg.servers):
+        if not s.fence_ups_command:
+            continue
+        if not s.ups:
+            p.append(f"servers[{i}].fence_ups_command = {s.fence_ups_command!r}: needs servers[{i}].ups"
+                     " (the UPS that feeds this server)")
+        if cfg.policy.fencing == "none":
+            p.append(f"servers[{i}].fence_ups_command = {s.fence_ups_command!r}: not used while"
+                     " policy.fencing = 'none' (level 2 follows the relay)")
+        if not (cfg.fence.ups_username and cfg.fence.ups_password_file):
+            p.append(f"servers[{i}].fence_ups_command = {s.fence_ups_command!r}: needs fence.ups_username and"
+                     " fence.ups_password_file (a NUT user allowed the instcmd)")
+    t = cfg.timing
+    if cfg.policy.fencing == "none" and t.self_fence_wait <= t.dead_time:
+        p.append(f"timing.self_fence_wait = {t.self_fence_wait}: must exceed timing.dead_time = {t.dead_time}"
+                 " (policy.fencing = 'none': an isolated primary must have fenced itself first)")
     return p
 
 

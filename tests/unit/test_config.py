@@ -130,3 +130,41 @@ def test_service_and_reachability_settings_are_bounded():
 def test_ping_targets_must_be_addresses():
     got = problems(ping={"targets": ["192.0.2.1", "gateway.example"]})
     assert got == ["ping.targets = ['192.0.2.1', 'gateway.example']: 'gateway.example' is not an IPv4 address"]
+
+
+def test_sync_loss_policy_is_a_choice_with_a_bounded_grace():
+    assert site_config().policy.sync_loss == "block"
+    assert site_config(policy={"sync_loss": "degrade", "sync_loss_grace": 0.5}).policy.sync_loss_grace == 0.5
+    assert any("policy.sync_loss = 'drop': must be one of block, degrade" in p
+               for p in problems(policy={"sync_loss": "drop"}))
+    assert any("policy.sync_loss_grace = 0.0: below the minimum 0.1" in p
+               for p in problems(policy={"sync_loss_grace": 0.0}))
+
+
+def _level2(fence: dict, **server: str) -> list[str]:
+    data = {"site": {"name": "s", "key_file": "/k"}, "vip": {"address": "192.0.2.1/24", "verify": "none"},
+            "fence": fence,
+            "servers": [{"name": "a", "address": "192.0.2.2", "fence_relay": "r1", "power_sense": "s1", **server},
+                        {"name": "b", "address": "192.0.2.3", "fence_relay": "r2", "power_sense": "s2"}]}
+    try:
+        config.parse(data)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def test_fence_level2_needs_the_ups_and_a_user_allowed_the_command():
+    creds = {"ups_username": "fencer", "ups_password_file": "/etc/arbiter/nut-fence.pw"}
+    assert _level2(creds, ups="a-ups@10.0.0.5", fence_ups_command="outlet.2.load.off") == []
+    assert any("servers[0].fence_ups_command = 'load.off': needs servers[0].ups" in p
+               for p in _level2(creds, fence_ups_command="load.off"))
+    assert any("needs fence.ups_username and fence.ups_password_file" in p
+               for p in _level2({}, ups="a-ups@10.0.0.5", fence_ups_command="load.off"))
+    assert any("servers[0].fence_ups_command = 'shutdown.return': must match" in p
+               for p in _level2(creds, ups="a-ups@10.0.0.5", fence_ups_command="shutdown.return"))
+
+
+def test_fencing_none_needs_a_self_fence_wait_longer_than_dead_time():
+    assert any("timing.self_fence_wait = 0.5: must exceed timing.dead_time = 1.0" in p for p in problems(
+        policy={"fencing": "none"}, timing={"self_fence_wait": 0.5, "dead_time": 1.0, "warn_time": 0.5,
+                                            "init_dead": 5.0}))

@@ -57,7 +57,8 @@ MAX_FRAME = 2 + 1 + 1 + 1 + MAX_SENDER + 8 + 8 + 2 + MAX_PAYLOAD + MAC_LEN
 REPLAY_WINDOW = 64
 _U64 = 2**64 - 1
 
-COMMAND_OPS = ("promote", "demote", "take_ip", "release_ip", "backup", "shutdown", "rejoin")
+COMMAND_OPS = ("promote", "demote", "take_ip", "release_ip", "backup", "shutdown", "rejoin",
+               "sync_degrade", "sync_restore", "rebuild")
 
 
 class Kind(enum.IntEnum):

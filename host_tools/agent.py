@@ -29,13 +29,15 @@ from firmware.config import read_key
 from firmware.errors import ActionError, ArbiterError, ConfigError
 from firmware.links import SerialPort
 from firmware.protocol import COMMAND_OPS, MAX_FRAME, Codec, Frame, Kind
+from firmware.config import load as load_site
 from firmware.reach import reaches_any
-from host_tools.agent_config import AgentConfig, load
+from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
 from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter
 
 log = logging.getLogger("arbiter.agent")
 
 KEEP_COMMANDS = 256
+_ADAPTER_OPS = ("promote", "demote", "rejoin", "rebuild", "sync_degrade", "sync_restore")
 
 
 class Agent:
@@ -60,6 +62,9 @@ class Agent:
         self._peer_polls: dict[int, float] = {}
         self._peer_lock = threading.Lock()  # the peer thread adds polls, the receivers take them
         self._primary_heard: float | None = None
+        self._heard = time.monotonic()  # last valid frame from the appliance or a peer; the isolation clock
+        self.self_fenced = ""  # why this server stopped its own database, once it has
+        self.progress = ""  # the last progress line of a long command (a rebuild)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((a.listen, a.port))
         self.sock.settimeout(0.2)
@@ -77,6 +82,8 @@ class Agent:
             threads.append(self._peer_loop)
         if self.cfg.ping.targets:
             threads.append(self._ping_loop)
+        if self.cfg.agent.isolation_timeout:
+            threads.append(self._isolation_loop)
         for target in threads:
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
         log.info("%s: answering on udp %s:%d%s", self.cfg.agent.name, self.cfg.agent.listen, self.cfg.agent.port,
@@ -169,6 +176,34 @@ class Agent:
                     del self._peer_polls[old]
             self.stop.wait(self.cfg.agent.peer_interval)
 
+    def _isolation_loop(self) -> None:
+        """Self-fencing (Data Guard's FastStartFailoverPmyShutdown, sbd): a primary that hears
+        neither the appliance nor any peer may already have been replaced; it stops taking
+        writes before the appliance may promote another (timing.self_fence_wait)."""
+        a = self.cfg.agent
+        while not self.stop.wait(a.peer_interval):
+            silent = time.monotonic() - self._heard
+            with self.lock:
+                role = self.status.role
+            if silent > a.isolation_timeout and role == "primary" and not self.self_fenced:
+                self.fence_self(f"no frame from the appliance on any channel nor from any peer for {silent:.2f} s"
+                                f" (agent.isolation_timeout = {a.isolation_timeout:g} s)")
+
+    def fence_self(self, why: str) -> None:
+        """Stop the database, then give up the virtual IP; each step logged with its time."""
+        started = time.monotonic()
+        self.self_fenced = why
+        log.critical("SELF-FENCING: %s; stopping the database", why)
+        if self.adapter is not None:
+            try:
+                log.critical("self-fencing: %s", self.adapter.self_fence(self.cfg.agent.self_fence_timeout))
+            except (ArbiterError, OSError, subprocess.TimeoutExpired) as exc:
+                log.critical("self-fencing: the database did not stop: %s", exc)
+        if self.vip is not None:
+            self.vip.release()
+        log.critical("self-fenced in %.3f s; the database stays stopped until an operator starts it",
+                     time.monotonic() - started)
+
     def hears_primary(self) -> bool | None:
         if not self.cfg.peers:
             return None
@@ -211,6 +246,7 @@ class Agent:
             frame = self.codec.read(raw)
         if frame is None:
             return
+        self._heard = time.monotonic()
         if frame.kind is Kind.POLL:
             reply(self._make(Kind.REPLY, self._report(frame.seq)))
         elif frame.kind is Kind.REPLY:
@@ -231,7 +267,8 @@ class Agent:
                 "vip": bool(self.vip is not None and self.vip.held()),
                 "repl": {"in_sync": st.in_sync, "lag_bytes": st.lag_bytes, "lag_s": st.lag_s,
                          "peer_alive": st.peer_alive},
-                "hears_primary": self.hears_primary(), "detail": detail[:200]}
+                "hears_primary": self.hears_primary(),
+                "detail": (f"self-fenced: {self.self_fenced}" if self.self_fenced else self.progress or detail)[:200]}
 
     def _peer_reply(self, frame: Frame) -> None:
         re = frame.payload.get("re")
@@ -283,17 +320,13 @@ class Agent:
         hook = getattr(self.cfg.hooks, op)
         if op in ("take_ip", "release_ip") and self.cfg.vip.address:
             return self._vip(op)
-        if op in ("promote", "demote", "rejoin") and self.adapter is not None and not hook:
-            if op == "rejoin":
-                self.adapter.rejoin(str(args.get("primary", "")))
-            else:
-                getattr(self.adapter, op)()
+        if op in _ADAPTER_OPS and self.adapter is not None and not hook:
+            detail = self._adapter_op(op, args)
             with self.lock:
                 self.status = self.adapter.status()
-            return f"{op} done; role now {self.status.role}"
+            return f"{detail or op + ' done'}; role now {self.status.role}"
         if not hook:
-            raise ActionError(f"no way to {op}: set hooks.{op}" + (" or [replication]" if op in
-                                                                     ("promote", "demote", "rejoin") else ""))
+            raise ActionError(f"no way to {op}: set hooks.{op}" + (" or [replication]" if op in _ADAPTER_OPS else ""))
         env = {**os.environ, "ARBITER_OP": op, "ARBITER_COMMAND_ID": cmd_id,
                "ARBITER_ARGS": json.dumps(args)}
         try:
@@ -307,6 +340,28 @@ class Agent:
         if done.returncode != 0:
             raise ActionError(f"hooks.{op} exit {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}")
         return done.stdout.strip()[:200]
+
+    def _adapter_op(self, op: str, args: dict[str, Any]) -> str | None:
+        assert self.adapter is not None
+        if op == "rejoin":
+            self.adapter.rejoin(str(args.get("primary", "")))
+        elif op == "rebuild":
+            try:
+                return self.adapter.rebuild(str(args.get("primary", "")), self._progress)
+            finally:
+                self.progress = ""
+        elif op == "sync_restore":
+            return self.adapter.sync_restore([str(s) for s in args.get("standbys", [])])
+        elif op == "sync_degrade":
+            return self.adapter.sync_degrade()
+        else:
+            getattr(self.adapter, op)()
+        return None
+
+    def _progress(self, line: str) -> None:
+        """A long command's progress: in the log, and in the replies' detail until it ends."""
+        log.info("%s", line)
+        self.progress = line
 
     def _vip_manager(self):
         """Built at start-up: scapy's first import costs a few hundred ms, not to be paid mid-takeover."""
@@ -358,12 +413,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check-config", help="validate an agent config; non-zero naming every bad key")
     check.add_argument("file", type=Path)
+    check.add_argument("--site", type=Path, help="the appliance's config: cross-check self-fencing against"
+                                                 " its policy.fencing and timing.self_fence_wait")
     args = parser.parse_args(argv)
     logs.setup()
     try:
         cfg = load(args.file if args.command == "check-config" else args.config)
         if args.command == "check-config":
             read_key(cfg.agent.key_file)
+            if args.site is not None:
+                site = load_site(args.site)
+                problems = site_problems(cfg.agent, site, str(args.site))
+                if problems:
+                    raise ConfigError(problems)
+                if site.policy.fencing == "none":
+                    print(f"{args.file}: self-fencing done {self_fence_margin(cfg.agent, site):.2f} s"
+                          " before the appliance may promote")
             print(f"{args.file}: ok")
             return 0
         agent = Agent(cfg)

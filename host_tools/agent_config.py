@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware.config import Ping, build_section, ping_target_problems, setting
+from firmware.config import Config, Ping, build_section, ping_target_problems, setting
 from firmware.errors import ConfigError
 
 
@@ -33,6 +33,13 @@ class AgentSection:
     peer_dead_time: float = setting(0.2, lo=0.02, hi=120.0,
                                     doc="no reply from the primary's agent this long: it is not heard")
     command_timeout: float = setting(60.0, lo=0.1, hi=3600.0)
+    isolation_timeout: float = setting(0.0, lo=0.0, hi=600.0,
+                                       doc="a primary that has heard neither the appliance (any channel) nor any"
+                                           " peer for this long stops its database (self-fencing; 0: never)."
+                                           " Required while the appliance runs with policy.fencing = none; see"
+                                           " check-config --site")
+    self_fence_timeout: float = setting(5.0, lo=0.5, hi=120.0,
+                                        doc="the database must be stopped within this once self-fencing starts")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +57,9 @@ class Hooks:
     backup: str = setting("")
     shutdown: str = setting("")
     rejoin: str = setting("")
+    sync_degrade: str = setting("")
+    sync_restore: str = setting("")
+    rebuild: str = setting("")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +103,40 @@ def parse(data: dict[str, Any]) -> AgentConfig:
     if problems or agent is None or hooks is None or vip is None or ping is None:
         raise ConfigError(problems or ["agent config: incomplete"])
     return AgentConfig(agent, peers, hooks, vip, ping, replication)
+
+
+def self_fence_margin(agent: AgentSection, site: Config) -> float:
+    """Seconds between the latest moment an isolated primary's database is down and the
+    earliest moment the appliance may promote another server under policy.fencing = none.
+
+    Patroni's rule (``loop_wait + 2 * retry_timeout <= ttl``: the leader demotes itself before
+    its lease can expire) transposed: the agent's clock starts when it last heard the
+    appliance, which is no later than when the appliance last heard the agent; it notices
+    isolation within one check (agent.peer_interval) after agent.isolation_timeout and then
+    has agent.self_fence_timeout to stop the database; the appliance may promote once the
+    primary has been silent for timing.self_fence_wait, its own view late by up to two polls
+    (timing.interval: the last reply may have been sent just after a poll that was lost).
+    """
+    done = agent.isolation_timeout + agent.peer_interval + agent.self_fence_timeout + 2 * site.timing.interval
+    return site.timing.self_fence_wait - done
+
+
+def site_problems(agent: AgentSection, site: Config, site_path: str) -> list[str]:
+    """Cross-checks against the appliance's config: self-fencing is required without a fence
+    relay, and must be complete before the appliance can promote."""
+    if site.policy.fencing != "none":
+        return []
+    if agent.isolation_timeout == 0:
+        return [f"agent.isolation_timeout = 0: required while policy.fencing = 'none' in {site_path} (an isolated"
+                " primary must stop its own database before the appliance promotes another)"]
+    margin = self_fence_margin(agent, site)
+    if margin <= 0:
+        return [f"agent.isolation_timeout = {agent.isolation_timeout:g}: agent.isolation_timeout +"
+                f" agent.peer_interval + agent.self_fence_timeout + 2 x timing.interval ="
+                f" {site.timing.self_fence_wait - margin:g} s must stay below timing.self_fence_wait ="
+                f" {site.timing.self_fence_wait:g} s of {site_path} (self-fencing must be complete before the"
+                " appliance can promote)"]
+    return []
 
 
 def load(path: str | Path) -> AgentConfig:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -44,6 +45,21 @@ class Adapter(Protocol):
     def demote(self) -> None: ...
 
     def rejoin(self, primary: str) -> None: ...
+
+    def sync_degrade(self) -> str:
+        """On a primary that lost its synchronous standby: stop waiting for it (name another
+        standby that is in sync, or none); the new setting in words."""
+
+    def sync_restore(self, standbys: list[str]) -> str:
+        """On a primary: name ``standbys`` synchronous again, beside those still named."""
+
+    def rebuild(self, primary: str, progress: Callable[[str], None]) -> str:
+        """Make this server a fresh copy of ``primary`` and a standby of it; ``progress`` gets
+        lines while the copy runs."""
+
+    def self_fence(self, timeout: float) -> str:
+        """Stop accepting writes now (an isolated primary): stop or demote the database
+        within ``timeout`` seconds."""
 
 
 def run_checked(argv: list[str], what: str, timeout: float, env: dict[str, str] | None = None,

@@ -17,6 +17,16 @@ Contract:
 * ``promote``, ``demote``, ``rejoin``: commands that exit 0 once the change is done. rejoin
   gets the new primary's name in ARBITER_PRIMARY. A non-zero exit fails the action with
   the command's stderr.
+* ``sync_degrade`` (policy.sync_loss = degrade, run on the primary): the primary stops waiting
+  for the synchronous standby it lost: it names another standby that holds every commit, or
+  none (Data Guard: the protection mode drops from maximum protection or availability to
+  maximum performance). ``sync_restore``: the standbys named in ARBITER_STANDBYS (comma
+  separated) are synchronous again. Both exit 0 once the primary acts on the new setting;
+  their stdout's last line is the detail the appliance logs.
+* ``rebuild``: this server becomes a fresh copy of the primary named in ARBITER_PRIMARY and a
+  standby of it (when ``rejoin`` cannot); ``self_fence``: an isolated primary stops accepting
+  writes at once. Both optional; an action whose command is not configured fails, naming the
+  key.
 
 Every command runs without a shell (split like a shell would), with ``timeout`` seconds.
 """
@@ -25,26 +35,32 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from firmware.errors import ActionError, ConfigError
 from host_tools.replication import Health, ReplicationStatus, run_checked
 
 _ROLES = ("primary", "standby", "unknown")
+_ACTIONS = frozenset({"promote", "demote", "rejoin", "sync_degrade", "sync_restore", "rebuild", "self_fence"})
 
 
 @dataclass(frozen=True)
 class CommandAdapter:
     status_cmd: str
+    timeout: float = 30.0
     promote_cmd: str = ""
     demote_cmd: str = ""
     rejoin_cmd: str = ""
-    timeout: float = 30.0
     health_cmd: str = ""
+    sync_degrade_cmd: str = ""
+    sync_restore_cmd: str = ""
+    rebuild_cmd: str = ""
+    self_fence_cmd: str = ""
 
     @classmethod
     def from_table(cls, table: dict) -> CommandAdapter:
-        known = {"adapter", "status", "health", "promote", "demote", "rejoin", "timeout"}
+        known = {"adapter", "status", "health", "timeout", *_ACTIONS}
         problems = [f"replication.{k}: unknown key (known: {', '.join(sorted(known))})" for k in set(table) - known]
         if not isinstance(table.get("status"), str) or not table.get("status"):
             problems.append("replication.status: required for adapter = 'command' (a command printing JSON)")
@@ -53,10 +69,13 @@ class CommandAdapter:
             problems.append(f"replication.timeout = {timeout!r}: must be a number from 0.1 to 3600")
         if not isinstance(table.get("health", ""), str):
             problems.append(f"replication.health = {table['health']!r}: must be a command (a string)")
+        for key in sorted(_ACTIONS & set(table)):
+            if not isinstance(table[key], str):
+                problems.append(f"replication.{key} = {table[key]!r}: must be a command (a string)")
         if problems:
             raise ConfigError(problems)
-        return cls(table["status"], table.get("promote", ""), table.get("demote", ""), table.get("rejoin", ""),
-                   float(timeout), table.get("health", ""))
+        return cls(table["status"], float(timeout), health_cmd=table.get("health", ""),
+                   **{f"{k}_cmd": table[k] for k in _ACTIONS & set(table)})
 
     def _run(self, cmd: str, what: str, env: dict[str, str] | None = None) -> str:
         return run_checked(shlex.split(cmd), f"replication.{what}", self.timeout, env)
@@ -84,10 +103,11 @@ class CommandAdapter:
             return Health(False, str(exc)[:200])
         return Health(True)
 
-    def _act(self, cmd: str, what: str, env: dict[str, str] | None = None) -> None:
+    def _act(self, cmd: str, what: str, env: dict[str, str] | None = None) -> str:
         if not cmd:
             raise ActionError(f"replication.{what} is not configured")
-        self._run(cmd, what, env)
+        out = self._run(cmd, what, env).strip().splitlines()
+        return out[-1][:200] if out else f"{what} done"
 
     def promote(self) -> None:
         self._act(self.promote_cmd, "promote")
@@ -97,6 +117,18 @@ class CommandAdapter:
 
     def rejoin(self, primary: str) -> None:
         self._act(self.rejoin_cmd, "rejoin", {"ARBITER_PRIMARY": primary})
+
+    def sync_degrade(self) -> str:
+        return self._act(self.sync_degrade_cmd, "sync_degrade")
+
+    def sync_restore(self, standbys: list[str]) -> str:
+        return self._act(self.sync_restore_cmd, "sync_restore", {"ARBITER_STANDBYS": ",".join(standbys)})
+
+    def rebuild(self, primary: str, progress: Callable[[str], None]) -> str:
+        return self._act(self.rebuild_cmd, "rebuild", {"ARBITER_PRIMARY": primary})
+
+    def self_fence(self, timeout: float) -> str:
+        return self._act(self.self_fence_cmd, "self_fence")
 
 
 def _opt(value: object, kind: type) -> object:

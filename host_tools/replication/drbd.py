@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,3 +195,18 @@ class DrbdAdapter:
 
     def rejoin(self, primary: str) -> None:
         self._run([*shlex.split(self.drbdadm), "connect", self.resource], "drbdadm connect")
+
+    def sync_degrade(self) -> str:
+        raise ActionError("sync_degrade: not with DRBD (protocol C waits for the peer by design; a lost peer"
+                          " is DRBD's own fencing policy, not the appliance's)")
+
+    def sync_restore(self, standbys: list[str]) -> str:
+        raise ActionError("sync_restore: not with DRBD (DRBD resynchronises a returning peer itself)")
+
+    def rebuild(self, primary: str, progress: Callable[[str], None]) -> str:
+        self._run([*shlex.split(self.drbdadm), "invalidate", self.resource], "drbdadm invalidate")
+        return "local copy invalidated: DRBD resynchronises it from the peer in full"
+
+    def self_fence(self, timeout: float) -> str:
+        self.demote()
+        return "resource made secondary (drbdadm secondary)"

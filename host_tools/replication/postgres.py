@@ -45,6 +45,21 @@ Actions:
   primary; start.
 * rejoin(primary): stop if running, CHECKPOINT on the named primary (see ``_checkpoint``),
   ``pg_rewind`` from it, standby config with that primary first, start.
+* sync_degrade (policy.sync_loss = degrade, on the primary): the names in
+  ``synchronous_standby_names`` whose standby still streams are kept; if none does, one other
+  streaming standby with nothing left to flush is named; if there is none either, the setting
+  is emptied and commits stop waiting (ALTER SYSTEM, reload). Every one kept or named must
+  confirm, so no commit is acknowledged by fewer machines than the new setting says.
+* sync_restore(standbys): those standbys are named again beside the ones named now (all must
+  confirm), once the appliance has seen them caught up.
+* rebuild(primary): when pg_rewind cannot help (the old primary's data diverged past what
+  rewind can undo, WAL gone, a damaged cluster): stop, move the data directory aside to
+  ``PGDATA.before-rebuild`` (the previous one of those is removed: one copy kept for a
+  post-mortem), ``pg_basebackup --progress`` from the primary with its progress as lines,
+  standby config, start.
+* self_fence (an isolated primary's agent): ``pg_ctl stop -m immediate``: no new
+  transaction and no commit acknowledged after it; the crash recovery at the next start
+  is what a power cut would have cost anyway.
 
 Commands needing the data directory run as ``os_user`` (runuser when the agent is root),
 each with ``timeout`` seconds.
@@ -68,6 +83,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
@@ -388,6 +404,81 @@ class PostgresAdapter:
         self._run(argv, "pg_rewind")
         self._become_standby([primary, *[p for p in self.s.peers if p != primary]])
 
+    # ------------------------------------------------------------------ losing and regaining sync
+
+    def sync_degrade(self) -> str:
+        import psycopg2
+        try:
+            before = self._query("SHOW synchronous_standby_names")[0][0]
+            rows = self._query("SELECT application_name, pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint"
+                               " FROM pg_stat_replication WHERE state = 'streaming'")
+            keep = degraded_names(before, {name: lag for name, lag in rows})
+            self._set_sync_names(keep)
+        except psycopg2.Error as exc:
+            raise ActionError(f"sync_degrade: postgres at {self.s.host}:{self.s.port}: {str(exc).strip()[:200]}") from exc
+        return f"synchronous_standby_names {before!r} -> {sync_value(keep)!r}"
+
+    def sync_restore(self, standbys: list[str]) -> str:
+        import psycopg2
+        try:
+            before = self._query("SHOW synchronous_standby_names")[0][0]
+            names = [*parse_sync_names(before)[1], *standbys]
+            self._set_sync_names(list(dict.fromkeys(n for n in names if n != "*")))
+            after = self._query("SHOW synchronous_standby_names")[0][0]
+        except psycopg2.Error as exc:
+            raise ActionError(f"sync_restore: postgres at {self.s.host}:{self.s.port}: {str(exc).strip()[:200]}") from exc
+        return f"synchronous_standby_names {before!r} -> {after!r}"
+
+    def _set_sync_names(self, names: list[str]) -> None:
+        value = sync_value(names).replace("'", "''")
+        self._query(f"ALTER SYSTEM SET synchronous_standby_names = '{value}'")
+        self._query("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + self.s.timeout  # the postmaster's reload reaches new sessions only
+        while self._fresh_setting() != sync_value(names) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _fresh_setting(self) -> str:
+        """The setting as a new session sees it: this one keeps the value it had at its start
+        until it processes the reload signal."""
+        with self._lock:
+            self._close()
+        return str(self._query("SHOW synchronous_standby_names")[0][0])
+
+    # ------------------------------------------------------------------ rebuilding and self-fencing
+
+    def rebuild(self, primary: str, progress: Callable[[str], None]) -> str:
+        if primary not in self.s.peers:
+            raise ActionError(f"rebuild: primary {primary!r} is not in replication.peers "
+                              f"({', '.join(sorted(self.s.peers)) or 'empty'})")
+        if self._in_recovery() is False:
+            raise ActionError("rebuild: this server runs as a primary; refusing to overwrite it")
+        if self._running():
+            self._pg_ctl("stop", "-m", "fast")
+        data = Path(self._pgdata())
+        aside = data.with_name(data.name + ".before-rebuild")
+        self._run(["rm", "-rf", str(aside)], "removing the previous copy set aside")
+        self._run(["mv", str(data), str(aside)], f"moving {data} aside")
+        host, port = self.s.peers[primary].rsplit(":", 1)
+        started = time.monotonic()
+        argv = [f"{self.s.bindir}/pg_basebackup", "-D", str(data), "-h", host, "-p", port, "-U",
+                self.s.replication_user, "-X", "stream", "-c", "fast", "--progress"]
+        run_with_progress(as_os_user(self.s.os_user, argv), "pg_basebackup", self.s.timeout * 10, progress)
+        self._become_standby([primary, *[p for p in self.s.peers if p != primary]])
+        return f"rebuilt from {primary} in {time.monotonic() - started:.1f} s; old data in {aside}"
+
+    def self_fence(self, timeout: float) -> str:
+        argv = [f"{self.s.bindir}/pg_ctl", "stop", "-D", self._pgdata(), "-m", "immediate", "-w", "-t",
+                str(max(1, int(timeout)))]
+        done = subprocess.run(as_os_user(self.s.os_user, argv), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode != 0 and "Is server running?" in done.stderr:
+            return "database already stopped"
+        if done.returncode != 0:
+            raise ActionError(f"pg_ctl stop -m immediate exit {done.returncode}: {done.stderr.strip()[-200:]}")
+        with self._lock:
+            self._close()
+        return "database stopped (pg_ctl stop -m immediate)"
+
     def _become_standby(self, order: list[str]) -> None:
         if not self.s.application_name:
             raise ActionError("replication.application_name is not set: a standby needs it to be named "
@@ -459,6 +550,47 @@ def _wait_async(conn: Any, deadline: float) -> None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def sync_value(names: list[str]) -> str:
+    """``synchronous_standby_names`` requiring every one of ``names`` to confirm."""
+    quoted = ", ".join(_quote_ident(n) for n in names)
+    return "" if not names else quoted if len(names) == 1 else f"FIRST {len(names)} ({quoted})"
+
+
+def degraded_names(current: str, streaming: dict[str, int | None]) -> list[str]:
+    """Who stays (or becomes) synchronous when a synchronous standby is lost: the named ones
+    still streaming; else one streaming standby with nothing left to flush; else nobody."""
+    named = [n for n in parse_sync_names(current)[1] if n in streaming]
+    if named:
+        return named
+    caught_up = sorted(n for n, lag in streaming.items() if lag == 0)
+    return caught_up[:1]
+
+
+def run_with_progress(argv: list[str], what: str, timeout: float, progress: Callable[[str], None]) -> None:
+    """Run a command whose stderr carries progress (pg_basebackup rewrites one line with \\r):
+    each new line, at most one a second, goes to ``progress``; failure is an ActionError."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stderr is not None
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    last, tail, sent = 0.0, "", ""
+    try:
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # type: ignore[union-attr]
+            tail = (tail + chunk.decode(errors="replace"))[-2000:]
+            lines = [ln.strip() for ln in re.split(r"[\r\n]", tail) if ln.strip()]
+            if lines and lines[-1] != sent and time.monotonic() - last >= 1.0:
+                sent, last = lines[-1], time.monotonic()
+                progress(f"{what}: {sent}")
+        code = proc.wait()
+    finally:
+        killer.cancel()
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", tail) if ln.strip()]
+    if lines and lines[-1] != sent:
+        progress(f"{what}: {lines[-1]}")
+    if code != 0:
+        raise ActionError(f"{what} exit {code}: {tail.strip()[-300:]}")
 
 
 def _quote_ident(name: str) -> str:

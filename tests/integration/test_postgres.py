@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,3 +224,73 @@ def test_bad_settings_name_key_value_and_bound() -> None:
 ])
 def test_synchronous_standby_names_parsing(value: str, parsed: tuple) -> None:
     assert parse_sync_names(value) == parsed
+
+
+def _insert_in_background(cluster: PgCluster, node: str, row: str) -> threading.Thread:
+    t = threading.Thread(target=cluster.sql, args=(node, f"INSERT INTO billing VALUES ('{row}', 1)"), daemon=True)
+    t.start()
+    return t
+
+
+def test_sync_loss_degrade_names_a_caught_up_standby_then_restore(make_cluster) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    wait_status(ad["n1"], lambda s: s.in_sync, 10, "primary with its sync standby")
+    cluster.sql("n1", "INSERT INTO billing VALUES ('before-loss', 1)")
+    wait_status(ad["n3"], lambda s: s.lag_bytes == 0, 5, "async standby caught up")
+    cluster.kill("n2")
+    waiting = _insert_in_background(cluster, "n1", "during-loss")
+    waiting.join(1.0)
+    assert waiting.is_alive(), "a commit must wait while its synchronous standby is gone"
+    detail = ad["n1"].sync_degrade()
+    assert detail == "synchronous_standby_names '\"n2\"' -> '\"n3\"'"
+    waiting.join(5.0)
+    assert not waiting.is_alive(), "the caught-up n3 now confirms the commit"
+    assert cluster.sql("n3", "SELECT count(*) FROM billing WHERE id = 'during-loss'") == [(1,)]
+    cluster.start("n2")
+    cluster.wait_streaming("n1", "n2")
+    assert ad["n1"].sync_restore(["n2"]) == "synchronous_standby_names '\"n3\"' -> 'FIRST 2 (\"n3\", \"n2\")'"
+    status = wait_status(ad["n1"], lambda s: s.in_sync, 10, "both synchronous")
+    assert "n2 streaming/sync" in status.detail and "n3 streaming/sync" in status.detail
+
+
+def test_sync_loss_degrade_with_no_standby_left_stops_waiting(make_cluster) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    wait_status(ad["n1"], lambda s: s.in_sync, 10, "primary with its sync standby")
+    cluster.kill("n3")
+    cluster.kill("n2")
+    waiting = _insert_in_background(cluster, "n1", "alone")
+    waiting.join(1.0)
+    assert waiting.is_alive()
+    assert ad["n1"].sync_degrade() == "synchronous_standby_names '\"n2\"' -> ''"
+    waiting.join(5.0)
+    assert not waiting.is_alive()
+    assert ad["n1"].status().in_sync is False
+
+
+def test_rebuild_makes_a_fresh_standby_with_progress_lines(make_cluster) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    cluster.kill("n3")
+    lines: list[str] = []
+    detail = ad["n3"].rebuild("n1", lines.append)
+    assert detail.startswith("rebuilt from n1 in ") and detail.endswith(".before-rebuild")
+    assert lines and all(ln.startswith("pg_basebackup: ") for ln in lines)
+    assert any("kB" in ln for ln in lines), lines
+    assert Path(str(cluster.data("n3")) + ".before-rebuild").is_dir()
+    cluster.sql("n1", "INSERT INTO billing VALUES ('after-rebuild', 1)")
+    wait_status(ad["n3"], lambda s: s.peer_alive and s.lag_bytes == 0, 15, "rebuilt standby streaming")
+    assert cluster.sql("n3", "SELECT count(*) FROM billing WHERE id = 'after-rebuild'") == [(1,)]
+    with pytest.raises(ActionError, match="runs as a primary; refusing to overwrite it"):
+        ad["n1"].rebuild("n2", lines.append)
+
+
+def test_self_fence_stops_the_primary_at_once(make_cluster) -> None:
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    started = time.monotonic()
+    assert ad["n1"].self_fence(5.0) == "database stopped (pg_ctl stop -m immediate)"
+    assert time.monotonic() - started < 5.0 and cluster.pid("n1") is None
+    assert ad["n1"].status().role == "unknown"
+    assert ad["n1"].self_fence(5.0) == "database already stopped"

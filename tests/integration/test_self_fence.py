@@ -1,0 +1,62 @@
+"""An isolated primary's agent stops its database; one that still hears the appliance does not."""
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from firmware.protocol import Codec, Kind
+from tests.integration.loopback import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
+    key = tmp_path / "key"
+    key.write_text(secrets.token_hex(32))
+    role = tmp_path / "role.json"
+    role.write_text(json.dumps({"role": "primary", "in_sync": True, "lag_bytes": 0}))
+    marker = tmp_path / "fenced"
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'[agent]\nname = "master"\nkey_file = "{key}"\nlisten = "127.0.0.1"\nport = {port}\n'
+                    f'state_file = "{tmp_path / "state.json"}"\nisolation_timeout = 0.5\n'
+                    f'[replication]\nadapter = "command"\nstatus = "cat {role}"\n'
+                    f'self_fence = "sh -c \'date +%s.%N > {marker}\'"\n')
+    agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return agent, marker
+
+
+def test_a_primary_that_hears_nobody_fences_itself_and_says_why(tmp_path):
+    agent, marker = _start(tmp_path, free_port())
+    try:
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+    finally:
+        agent.terminate()
+        out = agent.communicate(timeout=10)[0]
+    assert "SELF-FENCING: no frame from the appliance on any channel nor from any peer" in out
+    assert "(agent.isolation_timeout = 0.5 s)" in out and "self-fenced in" in out
+
+
+def test_a_primary_the_appliance_still_polls_keeps_running(tmp_path):
+    port = free_port()
+    agent, marker = _start(tmp_path, port)
+    codec = Codec("arbiter", (tmp_path / "key").read_bytes().rstrip(b"\n"), 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            sock.sendto(codec.make(Kind.POLL)[1], ("127.0.0.1", port))
+            time.sleep(0.1)
+        assert not marker.exists()
+    finally:
+        sock.close()
+        agent.terminate()
+        agent.communicate(timeout=10)

@@ -1,0 +1,223 @@
+"""The steps of a failover or switchover, each waiting for its actions' results, and
+resuming them after an appliance restart (fence, promote, take IP, verify; demote, sync)."""
+from __future__ import annotations
+
+from firmware.config import Config
+from firmware.decide.step import Step, drop_condition, with_
+from firmware.model import Demote, Fence, HoldFence, Promote, ReleaseIp, SetStatus, TakeIp, VerifyIp
+from firmware.site_state import BUSY, Phase
+
+VERIFY_TRIES = 3
+
+
+def resume(step: Step, unsent: tuple[tuple[str, str, str, str], ...]) -> None:
+    """After a restart: the last decision's alerts again, the status LED again, fenced
+    servers held off again, and the phase's action re-issued."""
+    if step.state.seen_run == step.obs.run:
+        return
+    for event, server, channel, text in unsent:
+        step.notify(event, server, channel, f"{text} (again after an appliance restart)".lstrip())
+    if step.state.led:
+        step.act(SetStatus(step.state.led))  # the board starts with every LED off
+    if step.state.fenced:
+        step.act(HoldFence(step.state.fenced))
+        step.why(f"after a restart: {', '.join(step.state.fenced)} kept fenced")
+    step.update(seen_run=step.obs.run)
+    if step.state.phase in BUSY and step.state.issued_run != step.obs.run:
+        s = step.state  # its alerts came back above (unsent): here only its action again
+        _REENTER[s.phase](step)
+        step.why(f"resumed {s.phase.value} after a restart")
+
+
+def start_failover(step: Step, target: str, operation: str) -> None:
+    old = step.state.primary or ""
+    step.update(old=old, target=target, operation=operation, verify_tries=0)
+    step.notify("failover-started", old, text=f"{operation}: {old} -> {target}")
+    if operation != "failover":
+        step.why(f"{operation} to {target} ordered by an operator")
+    elif step.cfg.policy.fencing == "none":
+        step.why(f"{operation}: {old} silent on every link and {target} confirms losing it;"
+                 f" promoting {target} (policy.fencing = 'none': no fence)")
+    else:
+        step.why(f"{operation}: {old} silent on every link; fencing it, then promoting {target}")
+    if step.cfg.policy.fencing == "none":
+        step.enter(Phase.PROMOTING, Promote(target))
+    else:
+        step.enter(Phase.FENCING, Fence(old))
+
+
+def start_switchover(step: Step, target: str) -> None:
+    old = step.state.primary or ""
+    step.update(old=old, target=target, operation="switchover", verify_tries=0)
+    step.notify("switchover-started", old, text=f"{old} -> {target}")
+    step.why(f"switchover: demoting {old}, then promoting {target}")
+    step.enter(Phase.DEMOTING, Demote(old), ReleaseIp(old))
+
+
+def _outcome(step: Step) -> tuple[bool, str] | None:
+    """(all ok, details) once every awaited action reported; a timeout counts as failure.
+
+    Each result comes in one cycle only, and the actions of a phase may finish in different
+    cycles, so what came is kept in the state until the phase has everything."""
+    got = {i: (ok, d) for i, ok, d in step.state.results}
+    for r in step.obs.results:
+        if r.action_id in step.state.awaiting:
+            got[r.action_id] = (r.ok, r.detail)
+    step.update(results=tuple((i, ok, d) for i, (ok, d) in got.items()))
+    if all(i in got for i in step.state.awaiting):
+        bad = [f"{i}: {got[i][1]}" for i in step.state.awaiting if not got[i][0]]
+        return (not bad, "; ".join(bad) or "; ".join(got[i][1] for i in step.state.awaiting if got[i][1]))
+    limit = _phase_timeout(step.state.phase, step.cfg)
+    if step.now - step.state.since > limit:
+        return False, f"no result within {limit:.1f} s"
+    return None
+
+
+def _phase_timeout(phase: Phase, cfg: Config) -> float:
+    t = cfg.timing
+    margin = 1.0  # the executor times out first; this guards against a lost result
+    return {Phase.FENCING: t.fence_timeout, Phase.VERIFYING: t.verify_timeout}.get(
+        phase, t.action_timeout) + margin
+
+
+def _fail(step: Step, event: str, why: str) -> None:
+    s = step.state
+    failed = "switchover-failed" if s.operation == "switchover" else "failover-failed"
+    if event != failed:
+        step.notify(event, s.old or "", text=why)
+    step.notify(failed, s.target or "", text=why)
+    step.notify("operator-needed", text=why)
+    step.enter(Phase.HALTED)
+    step.why(f"{s.operation} {s.old} -> {s.target} stopped: {why}; waiting for an operator")
+
+
+def _awaited(step: Step, waiting: str, event: str, failure: str) -> str | None:
+    """The phase's outcome detail once its actions succeeded; None while waiting or after a
+    failure, which is handled here (``failure`` gets the detail in ``{}``)."""
+    out = _outcome(step)
+    if out is None:
+        step.why(waiting)
+        return None
+    ok, detail = out
+    if not ok:
+        _fail(step, event, failure.format(detail))
+        return None
+    return detail
+
+
+def fencing(step: Step) -> None:
+    s = step.state
+    detail = _awaited(step, f"fencing {s.old}: waiting for power-off confirmation", "fence-failed",
+                      f"fence of {s.old} not confirmed ({{}}); no promotion")
+    if detail is None:
+        return
+    step.update(fenced=with_(s.fenced, s.old or ""))
+    step.notify("fence-done", s.old or "", text=detail)
+    step.why(f"{s.old} fenced; promoting {s.target}")
+    step.enter(Phase.PROMOTING, Promote(s.target or ""))
+
+
+def promoting(step: Step) -> None:
+    s = step.state
+    if _awaited(step, f"promoting {s.target}", "failover-failed", f"promote of {s.target} failed ({{}})") is None:
+        return
+    step.update(primary=s.target)
+    step.why(f"{s.target} is primary; moving the virtual IP")
+    step.enter(Phase.TAKING_IP, TakeIp(s.target or ""))
+
+
+def taking_ip(step: Step) -> None:
+    s = step.state
+    if _awaited(step, f"{s.target} taking the virtual IP", "failover-failed",
+                f"{s.target} could not take the virtual IP ({{}})") is None:
+        return
+    if step.cfg.vip.verify == "none":
+        _complete(step, "takeover not verified (vip.verify = none)")
+        return
+    step.update(verify_tries=1)
+    step.enter(Phase.VERIFYING, VerifyIp(s.target or ""))
+    step.why(f"{s.target} holds the virtual IP; checking that only its MAC answers ARP")
+
+
+def verifying(step: Step) -> None:
+    out = _outcome(step)
+    s = step.state
+    if out is None:
+        step.why(f"verifying that only {s.target} answers ARP for the virtual IP")
+        return
+    ok, detail = out
+    result = step.obs.result(s.awaiting[0]) if s.awaiting else None
+    if ok:
+        _complete(step, detail)
+    elif result is not None and result.code == "split-brain":
+        _split_brain(step, detail)
+    elif s.verify_tries < VERIFY_TRIES:
+        step.update(verify_tries=s.verify_tries + 1)
+        step.enter(Phase.VERIFYING, VerifyIp(s.target or ""))
+        step.why(f"ARP check {s.verify_tries} of {VERIFY_TRIES} failed ({detail}); trying again")
+    else:
+        _fail(step, "failover-failed", f"takeover not verified after {VERIFY_TRIES} ARP checks ({detail})")
+
+
+def _split_brain(step: Step, detail: str) -> None:
+    """The target is primary, but another host answers for the virtual IP too: alarm, and
+    nothing more automatic until an operator has looked (maintenance off resumes)."""
+    s = step.state
+    step.notify("split-brain-suspected", s.target or "", text=detail)
+    step.notify("operator-needed", text=f"split brain suspected after {s.operation} to {s.target}: {detail}")
+    if s.operation != "switchover":
+        step.update(hold_down_until=step.now + step.cfg.timing.hold_down, failovers=s.failovers + 1)
+    step.enter(Phase.HALTED)
+    step.why(f"{s.operation} {s.old} -> {s.target}: {s.target} is primary but the virtual IP is answered"
+             f" by more than one host ({detail}); split brain suspected, waiting for an operator")
+
+
+def _complete(step: Step, detail: str) -> None:
+    s = step.state
+    if s.operation == "switchover":
+        step.notify("switchover-completed", s.target or "", text=detail)
+        step.update(phase=Phase.NORMAL, since=step.now, awaiting=(), primary=s.target)
+    else:
+        step.notify("failover-completed", s.target or "", text=detail)
+        step.update(phase=Phase.NORMAL, since=step.now, awaiting=(), primary=s.target,
+                    hold_down_until=step.now + step.cfg.timing.hold_down, failovers=s.failovers + 1)
+    drop_condition(step, "operator-needed:")
+    step.why(f"{s.operation} complete: {s.target} is primary and holds the virtual IP ({detail})")
+
+
+def demoting(step: Step) -> None:
+    s = step.state
+    if _awaited(step, f"switchover: demoting {s.old} and releasing its virtual IP", "switchover-failed",
+                f"demote of {s.old} failed ({{}})") is None:
+        return
+    step.update(phase=Phase.SYNCING, since=step.now, awaiting=())
+    step.why(f"{s.old} demoted; waiting until {s.target} has every transaction")
+
+
+def syncing(step: Step) -> None:
+    s = step.state
+    srv = step.obs.server(s.target or "")
+    r = srv.report
+    caught_up = r is not None and srv.alive and (r.repl.lag_bytes == 0 or
+                                                  (r.repl.lag_bytes is None and r.repl.in_sync is True))
+    if caught_up:
+        step.why(f"{s.target} has everything; promoting it")
+        step.enter(Phase.PROMOTING, Promote(s.target or ""))
+        return
+    if step.now - s.since > step.cfg.timing.action_timeout:
+        _fail(step, "switchover-failed", f"{s.target} did not catch up within timing.action_timeout"
+                                         f" = {step.cfg.timing.action_timeout} s")
+        return
+    step.why(f"waiting for {s.target} to catch up (lag {r.repl.lag_bytes if r else '?'} bytes)")
+
+
+# What a phase waits for, issued again when the appliance restarts in that phase.
+_REENTER = {
+    Phase.FENCING: lambda st: st.enter(Phase.FENCING, Fence(st.state.old or "")),
+    Phase.PROMOTING: lambda st: st.enter(Phase.PROMOTING, Promote(st.state.target or "")),
+    Phase.TAKING_IP: lambda st: st.enter(Phase.TAKING_IP, TakeIp(st.state.target or "")),
+    Phase.VERIFYING: lambda st: st.enter(Phase.VERIFYING, VerifyIp(st.state.target or "")),
+    Phase.DEMOTING: lambda st: st.enter(Phase.DEMOTING, Demote(st.state.old or ""),
+                                        ReleaseIp(st.state.old or "")),
+    Phase.SYNCING: lambda st: st.update(since=st.now),
+}

@@ -1,0 +1,75 @@
+"""One decide() call's working state, and the small helpers every part of it shares."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from firmware.config import Config
+from firmware.model import Action, Notify, Observations, Verdict
+from firmware.site_state import Phase, State
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: State
+    actions: tuple[Action, ...]
+    reason: str
+    warnings: tuple[str, ...] = ()  # for the log at warning level (late replies), not alerts
+    verdicts: tuple[tuple[int, Verdict], ...] = ()  # (request id, verdict) of each operator request
+
+
+@dataclass
+class Step:
+    """Accumulates one cycle's outcome; local to one decide() call."""
+
+    state: State
+    obs: Observations
+    now: float
+    cfg: Config
+    actions: list[Action] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    verdicts: list[tuple[int, Verdict]] = field(default_factory=list)
+    refused: str = ""  # set by refuse() while one request is handled
+
+    def act(self, action: Action) -> Action:
+        action = dataclasses.replace(action, ref=self.state.next_ref)
+        self.update(next_ref=self.state.next_ref + 1)
+        self.actions.append(action)
+        return action
+
+    def notify(self, event: str, server: str = "", channel: str = "", text: str = "") -> None:
+        self.act(Notify(event, server, channel, text))
+        self.update(alerts=self.state.alerts + ((event, server, channel, text),))
+
+    def update(self, **changes: object) -> None:
+        self.state = dataclasses.replace(self.state, **changes)
+
+    def enter(self, phase: Phase, *waits: Action) -> None:
+        issued = tuple(self.act(a).id for a in waits)
+        self.update(phase=phase, since=self.now, awaiting=issued, results=(), issued_run=self.obs.run)
+
+    def why(self, text: str) -> None:
+        self.reasons.append(text)
+
+    def refuse(self, text: str) -> None:
+        """An operator request decided against: the reason, and the operator's answer."""
+        self.why(text)
+        self.refused = text
+
+    @property
+    def active(self) -> bool:
+        return not self.state.maintenance and self.cfg.site.mode == "active"
+
+
+def drop_condition(step: Step, cond: str) -> None:
+    if cond in step.state.conditions:
+        step.update(conditions=without(step.state.conditions, cond))
+
+
+def with_(items: tuple[str, ...], item: str) -> tuple[str, ...]:
+    return tuple(sorted(set(items) | {item}))
+
+
+def without(items: tuple[str, ...], item: str) -> tuple[str, ...]:
+    return tuple(x for x in items if x != item)

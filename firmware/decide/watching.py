@@ -1,0 +1,138 @@
+"""Events on real changes: links, servers, standbys, UPSes and returning old primaries.
+
+Conditions persist in the state so each is raised once and cleared once."""
+from __future__ import annotations
+
+from firmware.decide.eligibility import candidates, lag_ok
+from firmware.decide.step import Step, with_, without
+from firmware.model import LinkState, Rejoin, Role, UpsObs
+from firmware.site_state import Phase
+from firmware.ups import ups_events
+
+
+def watch(step: Step) -> None:
+    conditions = set(_links_and_servers(step)) | set(_standbys(step))
+    _ups(step)
+    _returning(step)
+    old = {c for c in step.state.conditions if _split(c)[0] in _RAISE}
+    held = {c for c in old if _split(c)[1] in step.state.fenced}  # a fenced server's alerts stay as they were
+    conditions |= held
+    others = set(step.state.conditions) - old
+    for cond in sorted(conditions - old):
+        _raise(step, cond)
+    for cond in sorted(old - conditions):
+        _clear(step, cond)
+    step.update(conditions=tuple(sorted(conditions | others)))
+    _late_links(step)
+
+
+def _late_links(step: Step) -> None:
+    """Heartbeat's warn time: a link silent past it but not yet dead is a warning in the log,
+    once per late spell; no alert, no LED (a lost reply under packet loss is routine)."""
+    late = {f"late:{srv.name}/{link.channel.value}" for srv in step.obs.servers if srv.name not in step.state.fenced
+            for link in srv.links if link.state is LinkState.LATE}
+    before = {c for c in step.state.conditions if c.startswith("late:")}
+    for cond in sorted(late - before):
+        _, server, channel = _split(cond)
+        step.warnings.append(f"{server}: late reply on {channel} (silent past timing.warn_time ="
+                             f" {step.cfg.timing.warn_time:g} s, dead at timing.dead_time = {step.cfg.timing.dead_time:g} s)")
+    step.update(conditions=tuple(sorted((set(step.state.conditions) - before) | late)))
+
+
+def _links_and_servers(step: Step) -> list[str]:
+    conds = []
+    for srv in step.obs.servers:
+        if srv.name in step.state.fenced:
+            continue
+        if srv.alive is False:
+            conds.append(f"server-down:{srv.name}")
+            continue
+        for link in srv.links:
+            if link.state.value == "dead":
+                conds.append(f"link-down:{srv.name}/{link.channel.value}")
+    return conds
+
+
+def _standbys(step: Step) -> list[str]:
+    conds = []
+    for srv in step.obs.servers:
+        r = srv.report
+        if srv.alive and r and r.role is Role.STANDBY and srv.name not in step.state.fenced:
+            if not lag_ok(r, step.cfg):
+                conds.append(f"standby-lagging:{srv.name}")
+    primary = step.state.primary
+    if primary and step.state.phase is Phase.NORMAL and not candidates(step.obs, step.cfg, step.state):
+        conds.append("standby-down:")
+    return conds
+
+
+_RAISE = {"server-down": "server-down", "link-down": "link-down",
+          "standby-lagging": "standby-lagging", "standby-down": "standby-down"}
+_CLEAR = {"server-down": "server-up", "link-down": "link-up", "standby-lagging": "standby-in-sync"}
+
+
+def _split(cond: str) -> tuple[str, str, str]:
+    kind, _, where = cond.partition(":")
+    server, _, channel = where.partition("/")
+    return kind, server, channel
+
+
+def _raise(step: Step, cond: str) -> None:
+    kind, server, channel = _split(cond)
+    step.notify(_RAISE[kind], server, channel)
+    step.why(f"{server or 'site'}: {kind.replace('-', ' ')}{' on ' + channel if channel else ''}")
+
+
+def _clear(step: Step, cond: str) -> None:
+    kind, server, channel = _split(cond)
+    if kind in _CLEAR:
+        step.notify(_CLEAR[kind], server, channel)
+        step.why(f"{server}: {_CLEAR[kind].replace('-', ' ')}{' on ' + channel if channel else ''}")
+
+
+def _ups(step: Step) -> None:
+    """UPS events on real changes only (start-up is silent); the policy runs in _normal."""
+    seen = {s[0]: s for s in step.state.ups_seen}
+    now_seen = []
+    for srv in step.obs.servers:
+        if srv.ups is None:
+            continue
+        prev = seen.get(srv.name)
+        prev_obs = None if prev is None else UpsObs(srv.ups.name, prev[1], frozenset(prev[2]), prev[3], prev[4])
+        for event in ups_events(prev_obs, srv.ups, step.cfg.policy.ups_low_runtime_s):
+            step.notify(event, srv.name, "ups", _ups_text(srv.ups))
+            step.why(f"{srv.name}: {event}")
+        u = srv.ups
+        if not u.reachable and prev is not None:  # keep the last known power state across a gap
+            now_seen.append((srv.name, u.reachable, prev[2], prev[3], prev[4]))
+        else:
+            now_seen.append((srv.name, u.reachable, tuple(sorted(u.flags)), u.charge, u.runtime_s))
+    step.update(ups_seen=tuple(now_seen))
+
+
+def _ups_text(u: UpsObs) -> str:
+    if not u.reachable:
+        return f"{u.name}: {u.error or 'not answering'}"
+    return f"{u.name}: status {' '.join(sorted(u.flags))}, charge {u.charge}%, runtime {u.runtime_s} s"
+
+
+def _returning(step: Step) -> None:
+    """An old primary that comes back stays out, or rejoins as a standby, by policy."""
+    s = step.state
+    for name in s.fenced:
+        srv = step.obs.server(name)
+        if srv.alive and name not in s.returned:
+            step.update(returned=with_(step.state.returned, name))
+            step.notify("old-primary-returned", name)
+            if step.cfg.policy.old_primary == "rejoin-as-standby" and s.primary and step.active:
+                step.act(Rejoin(name, s.primary))
+                step.update(fenced=without(step.state.fenced, name))
+                step.why(f"{name}: old primary back; told to rejoin as a standby of {s.primary}")
+            else:
+                step.why(f"{name}: old primary answers again; it stays fenced (policy.old_primary)")
+    for name in s.rejoining:
+        srv = step.obs.server(name)
+        if srv.alive and s.primary and srv.report is not None:
+            step.act(Rejoin(name, s.primary))
+            step.update(rejoining=without(step.state.rejoining, name))
+            step.why(f"{name}: back after power-on; rejoining as a standby of {s.primary}")

@@ -10,6 +10,7 @@ daemon at start-up.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import math
 import re
@@ -26,10 +27,63 @@ SERIAL_BYTES_PER_POLL = 300  # a poll (66 B) and a full reply (217 B) on the wir
 SERIAL_MAX_SHARE = 0.8  # heartbeats may use at most this share of a serial line
 
 
+class Choice(enum.StrEnum):
+    """A setting's closed set of values. Compares equal to its text, and shows as it does in
+    the TOML file (``board.kind = 'hil'``), so messages and saved text read as before."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class SiteMode(Choice):
+    ACTIVE = "active"
+    OBSERVE = "observe"  # decide and report, act on nothing
+
+
+class Fencing(Choice):
+    RELAY = "relay"
+    NONE = "none"  # no relay: the standby must confirm it lost the primary
+
+
+class OldPrimary(Choice):
+    STAY_FENCED = "stay-fenced"
+    REJOIN_AS_STANDBY = "rejoin-as-standby"
+
+
+class BoardKind(Choice):
+    PI4 = "pi4"
+    PI5 = "pi5"
+    CM4 = "cm4"
+    GENERIC = "generic"
+    HIL = "hil"
+
+
+class PinFactory(Choice):
+    AUTO = "auto"
+    RPIGPIO = "rpigpio"
+    LGPIO = "lgpio"
+    MOCK = "mock"
+
+
+class FenceMode(Choice):
+    OFF = "off"
+    CYCLE = "cycle"
+
+
+class VipVerify(Choice):
+    ARP = "arp"
+    NONE = "none"
+
+
 def setting(default: Any = _REQUIRED, *, lo: float | None = None, hi: float | None = None,
-            choices: tuple[str, ...] | None = None, pattern: str | None = None,
+            choices: tuple[str, ...] | type[Choice] | None = None, pattern: str | None = None,
             safety: bool = False, doc: str = "") -> Any:
-    meta = {"lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "safety": safety, "doc": doc}
+    """A declared setting. ``choices`` given as a Choice enum: the loaded value is its member."""
+    enum_type = choices if isinstance(choices, type) else None
+    if enum_type is not None:
+        choices = tuple(m.value for m in enum_type)
+    meta = {"lo": lo, "hi": hi, "choices": choices, "enum": enum_type, "pattern": pattern, "safety": safety,
+            "doc": doc}
     if default is _REQUIRED:
         return field(metadata=meta)
     if isinstance(default, (list, dict)):
@@ -47,7 +101,7 @@ class Site:
     key_file: str = setting(doc="file holding the per-site HMAC key (at least 16 bytes)")
     state_dir: str = setting("/var/lib/arbiter", doc="persisted state, journal and alert outbox")
     socket: str = setting("/run/arbiter/control.sock", doc="operator CLI socket (root only)")
-    mode: str = setting("active", choices=("active", "observe"), safety=True,
+    mode: SiteMode = setting(SiteMode.ACTIVE, choices=SiteMode, safety=True,
                         doc="observe: decide and report, act on nothing")
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
 
@@ -80,12 +134,12 @@ class Timing:
 
 @dataclass(frozen=True, kw_only=True)
 class Policy:
-    fencing: str = setting("relay", choices=("relay", "none"), safety=True,
+    fencing: Fencing = setting(Fencing.RELAY, choices=Fencing, safety=True,
                            doc="none: no relay; then the standby must also confirm it lost the primary")
     lag_limit_bytes: int = setting(0, lo=0, hi=2**40, safety=True,
                                    doc="max replication lag for an automatic failover (0: in sync only)")
     lag_limit_s: float = setting(0.0, lo=0.0, hi=3600.0, safety=True)
-    old_primary: str = setting("stay-fenced", choices=("stay-fenced", "rejoin-as-standby"), safety=True)
+    old_primary: OldPrimary = setting(OldPrimary.STAY_FENCED, choices=OldPrimary, safety=True)
     auto_failover: bool = setting(True, safety=True)
     ups_low_runtime_s: float = setting(300.0, lo=0.0, hi=86400.0,
                                        doc="runtime under this counts as low battery")
@@ -119,8 +173,8 @@ class Policy:
 
 @dataclass(frozen=True, kw_only=True)
 class Board:
-    kind: str = setting("generic", choices=("pi4", "pi5", "cm4", "generic", "hil"), safety=True)
-    pin_factory: str = setting("auto", choices=("auto", "rpigpio", "lgpio", "mock"), safety=True,
+    kind: BoardKind = setting(BoardKind.GENERIC, choices=BoardKind, safety=True)
+    pin_factory: PinFactory = setting(PinFactory.AUTO, choices=PinFactory, safety=True,
                                doc="auto picks the board's own; mock only with kind hil")
     alarm_relay: str = setting("", doc="pin name of the alarm relay in the board's pin map")
     ack_button: str = setting("", doc="pin name of the acknowledge push button")
@@ -129,7 +183,7 @@ class Board:
 
 @dataclass(frozen=True, kw_only=True)
 class Fence:
-    mode: str = setting("off", choices=("off", "cycle"), safety=True,
+    mode: FenceMode = setting(FenceMode.OFF, choices=FenceMode, safety=True,
                         doc="off: stay off until an operator restores power; cycle: off, wait, on")
     cycle_off_s: float = setting(10.0, lo=1.0, hi=600.0)
     ups_username: str = setting("", doc="level 2: the NUT user allowed the servers' fence_ups_command instcmds")
@@ -139,7 +193,7 @@ class Fence:
 @dataclass(frozen=True, kw_only=True)
 class Vip:
     address: str = setting(doc="the service's virtual IP with prefix, e.g. 192.0.2.10/24")
-    verify: str = setting("arp", choices=("arp", "none"), safety=True)
+    verify: VipVerify = setting(VipVerify.ARP, choices=VipVerify, safety=True)
     interface: str = setting("eth0", doc="the appliance's LAN interface for ARP probes")
     audit_interval: float = setting(1.0, lo=0.0, hi=3600.0,
                                     doc="seconds between two checks of who answers ARP for the virtual IP, "
@@ -257,7 +311,7 @@ def sections() -> dict[str, type]:
 
 def _check_value(key: str, value: Any, f: dataclasses.Field, hint: Any) -> str | None:
     meta = f.metadata
-    want = get_origin(hint) or hint
+    want = str if meta.get("enum") else get_origin(hint) or hint
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, want) or (want in (int, float) and isinstance(value, bool)):
@@ -273,6 +327,13 @@ def _check_value(key: str, value: Any, f: dataclasses.Field, hint: Any) -> str |
     if meta.get("pattern") and not re.match(meta["pattern"], value):
         return f"{key} = {value!r}: must match {meta['pattern']}"
     return None
+
+
+def _typed(value: Any, f: dataclasses.Field, hint: Any) -> Any:
+    """A checked TOML value as the field holds it: floats for float fields, Choice members."""
+    if f.metadata.get("enum"):
+        return f.metadata["enum"](value)
+    return float(value) if hint is float else value
 
 
 def build_section(cls: type, prefix: str, table: Any, problems: list[str]) -> Any:
@@ -295,7 +356,7 @@ def build_section(cls: type, prefix: str, table: Any, problems: list[str]) -> An
         if problem:
             problems.append(problem)
             continue
-        values[name] = float(value) if hints[name] is float else value
+        values[name] = _typed(value, f, hints[name])
     try:
         return cls(**values)
     except TypeError:
@@ -383,7 +444,7 @@ def _cross_checks(cfg: Config) -> list[str]:
                 ipaddress.ip_address(s.address)
             except ValueError:
                 p.append(f"servers[{i}].address = {s.address!r}: not an IP address")
-        if cfg.policy.fencing == "relay" and not (s.fence_relay and s.power_sense):
+        if cfg.policy.fencing is Fencing.RELAY and not (s.fence_relay and s.power_sense):
             p.append(f"servers[{i}] ({s.name}): fence_relay and power_sense are required while"
                      " policy.fencing = 'relay' (a fence must be confirmed; set policy.fencing ="
                      " 'none' to run without fencing, explicitly)")
@@ -392,10 +453,10 @@ def _cross_checks(cfg: Config) -> list[str]:
         ipaddress.ip_interface(cfg.vip.address)
     except ValueError:
         p.append(f"vip.address = {cfg.vip.address!r}: not an address with prefix (192.0.2.10/24)")
-    if cfg.vip.verify == "arp" and not all(s.mac for s in cfg.servers):
+    if cfg.vip.verify is VipVerify.ARP and not all(s.mac for s in cfg.servers):
         p.append("vip.verify = 'arp': every server needs its mac (or set vip.verify = 'none')")
     p += ping_target_problems("ping.targets", cfg.ping.targets)
-    if cfg.board.pin_factory == "mock" and cfg.board.kind != "hil":
+    if cfg.board.pin_factory is PinFactory.MOCK and cfg.board.kind is not BoardKind.HIL:
         p.append(f"board.pin_factory = 'mock': only allowed with board.kind = 'hil'"
                  f" (board.kind = {cfg.board.kind!r})")
     for i, m in enumerate(cfg.alerts.managers):

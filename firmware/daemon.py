@@ -30,7 +30,6 @@ from firmware.errors import ArbiterError, ConfigError
 from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
 from firmware.control import Peer
 from firmware.model import Observations, Verdict
-from firmware.site_state import State
 from firmware.history import History
 from firmware.status import StatusView, status_report
 
@@ -111,7 +110,7 @@ class Daemon:
             self.app.poller.poll_all()
             obs = self._observe(now)
             d = decide(self.state, obs, now, self.cfg)
-            if _substance(d.state) != _substance(self.state) or d.actions:
+            if d.state.substance() != self.state.substance() or d.actions:
                 self.app.save_state(d.state)  # before any action runs; it lists the alerts too
             before, self.state = self.state, d.state
             self.orders.answer(d.verdicts, d.state.target)  # saved first: an accepted order is kept
@@ -277,13 +276,6 @@ class Daemon:
         if not verdict.accepted:
             answer["error"] = verdict.reason
         return answer
-
-def _substance(state: State) -> State:
-    """The state without its reason text and late links: those alone are not worth an SD
-    card write (a late reply under packet loss comes and goes many times an hour)."""
-    return dataclasses.replace(state, reason="", conditions=tuple(c for c in state.conditions
-                                                                  if not c.startswith("late:")))
-
 
 # ---------------------------------------------------------------------- command line
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from firmware.config import Config
+from firmware.config import Config, FenceMode
 from firmware.errors import ActionError, SplitBrainSuspected
 from firmware.executor import Handler, wait_for
 from firmware.model import (Backup, Demote, Fence, HoldFence, Notify, PowerOn, Promote,
@@ -58,7 +58,7 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
         if not relay.cut_and_confirm(t.fence_timeout):
             raise ActionError(f"{a.server}: power still reads on {t.fence_timeout:g} s after the relay"
                               " opened (timing.fence_timeout; check the relay and its power_sense input)")
-        if cfg.fence.mode == "cycle":
+        if cfg.fence.mode is FenceMode.CYCLE:
             timer = threading.Timer(cfg.fence.cycle_off_s, relay.restore)
             timer.daemon = True  # a stopping appliance must not wait for it; the relay fails safe (closed)
             timer.start()
@@ -66,7 +66,7 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
         return f"{a.server}: power off confirmed"
 
     def hold(a: HoldFence) -> str:
-        if cfg.fence.mode == "cycle":  # they were powered on again on purpose, and are kept out of service
+        if cfg.fence.mode is FenceMode.CYCLE:  # they were powered on again on purpose, and are kept out of service
             return f"fence.mode = cycle: {', '.join(a.servers)} stay powered, out of service"
         for server in a.servers:
             board.relay(server).cut()

@@ -38,6 +38,37 @@ class Phase(str, enum.Enum):
     HALTED = "halted"
 
 
+class CondKind(enum.StrEnum):
+    """What an active condition is about. Each is raised once and cleared once."""
+
+    SERVER_DOWN = "server-down"
+    LINK_DOWN = "link-down"
+    STANDBY_LAGGING = "standby-lagging"
+    STANDBY_DOWN = "standby-down"  # no standby may take over
+    SPLIT = "split"  # a server other than the primary claims the primary role
+    OPERATOR_NEEDED = "operator-needed"
+    LATE = "late"  # a reply later than warn time: a log warning only, no alert, no LED
+
+
+@dataclass(frozen=True, order=True)
+class Condition:
+    """An active alert condition: its kind, and the server and channel it is about ('' for none)."""
+
+    kind: CondKind
+    server: str = ""
+    channel: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        """The "kind:server/channel" text state files held before conditions were typed."""
+        kind, _, where = text.partition(":")
+        server, _, channel = where.partition("/")
+        return cls(CondKind(kind), server, channel)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.server}{'/' + self.channel if self.channel else ''}"
+
+
 BUSY = frozenset({Phase.FENCING, Phase.PROMOTING, Phase.TAKING_IP, Phase.VERIFYING,
                   Phase.DEMOTING, Phase.SYNCING})
 
@@ -64,7 +95,7 @@ class State:
     seen_run: int = 0  # the daemon run that last decided
     next_ref: int = 1
     verify_tries: int = 0
-    conditions: tuple[str, ...] = ()  # active alert conditions, e.g. "link-down:master/serial"
+    conditions: tuple[Condition, ...] = ()  # active alert conditions, sorted
     ups_seen: tuple[UpsSeen, ...] = ()
     ups_handled: str = ""  # the UPS intent already acted on
     led: str = ""
@@ -77,6 +108,7 @@ class State:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["phase"] = self.phase.value
+        data["conditions"] = [[c.kind.value, c.server, c.channel] for c in self.conditions]
         return data
 
     @classmethod
@@ -84,13 +116,21 @@ class State:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["phase"] = Phase(kwargs.get("phase", Phase.STARTING.value))
-        for name in ("fenced", "rejoining", "returned", "awaiting", "conditions"):
+        for name in ("fenced", "rejoining", "returned", "awaiting"):
             kwargs[name] = tuple(kwargs.get(name, ()))
+        kwargs["conditions"] = tuple(sorted(Condition.parse(c) if isinstance(c, str) else Condition(CondKind(c[0]), *c[1:])
+                                            for c in kwargs.get("conditions", ())))
         kwargs["results"] = tuple((i, ok, d) for i, ok, d in kwargs.get("results", ()))
         kwargs["alerts"] = tuple((e, s, c, t) for e, s, c, t in kwargs.get("alerts", ()))
         kwargs["ups_seen"] = tuple(
             (s, r, tuple(f), c, t) for s, r, f, c, t in kwargs.get("ups_seen", ()))
         return cls(**kwargs)
+
+    def substance(self) -> State:
+        """The state without its reason text and late links: those alone are not worth an SD
+        card write (a late reply under packet loss comes and goes many times an hour)."""
+        return dataclasses.replace(self, reason="", conditions=tuple(
+            c for c in self.conditions if c.kind is not CondKind.LATE))
 
     def rebased(self, now: float, hold_down: float) -> State:
         """Monotonic stamps from another kernel boot mean nothing: restart every timer now.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from firmware.config import Config
+from firmware.config import Config, Fencing
 from firmware.model import AgentReport, Observations, Role, ServerObs
 from firmware.site_state import State
 
@@ -59,7 +59,7 @@ def standby_objects(srv: ServerObs, cfg: Config) -> str:
     stream = None if r is None else r.repl.peer_alive
     if hears is True or (hears is None and stream is True):
         return f"{srv.name} still hears the primary: the appliance is the one cut off"
-    if cfg.policy.fencing == "none" and not (hears is False and stream is not True):
+    if cfg.policy.fencing is Fencing.NONE and not (hears is False and stream is not True):
         return (f"{srv.name} has not confirmed losing the primary, and policy.fencing = 'none'"
                 " leaves no fence to make it safe")
     return ""

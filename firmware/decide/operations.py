@@ -2,10 +2,10 @@
 resuming them after an appliance restart (fence, promote, take IP, verify; demote, sync)."""
 from __future__ import annotations
 
-from firmware.config import Config
+from firmware.config import Config, Fencing, VipVerify
 from firmware.decide.step import Step, drop_condition, with_
 from firmware.model import Demote, Fence, HoldFence, Promote, ReleaseIp, SetStatus, TakeIp, VerifyIp
-from firmware.site_state import BUSY, Phase
+from firmware.site_state import BUSY, CondKind, Condition, Phase
 
 VERIFY_TRIES = 3
 
@@ -35,12 +35,12 @@ def start_failover(step: Step, target: str, operation: str) -> None:
     step.notify("failover-started", old, text=f"{operation}: {old} -> {target}")
     if operation != "failover":
         step.why(f"{operation} to {target} ordered by an operator")
-    elif step.cfg.policy.fencing == "none":
+    elif step.cfg.policy.fencing is Fencing.NONE:
         step.why(f"{operation}: {old} silent on every link and {target} confirms losing it;"
                  f" promoting {target} (policy.fencing = 'none': no fence)")
     else:
         step.why(f"{operation}: {old} silent on every link; fencing it, then promoting {target}")
-    if step.cfg.policy.fencing == "none":
+    if step.cfg.policy.fencing is Fencing.NONE:
         step.enter(Phase.PROMOTING, Promote(target))
     else:
         step.enter(Phase.FENCING, Fence(old))
@@ -131,7 +131,7 @@ def taking_ip(step: Step) -> None:
     if _awaited(step, f"{s.target} taking the virtual IP", "failover-failed",
                 f"{s.target} could not take the virtual IP ({{}})") is None:
         return
-    if step.cfg.vip.verify == "none":
+    if step.cfg.vip.verify is VipVerify.NONE:
         _complete(step, "takeover not verified (vip.verify = none)")
         return
     step.update(verify_tries=1)
@@ -181,7 +181,7 @@ def _complete(step: Step, detail: str) -> None:
         step.notify("failover-completed", s.target or "", text=detail)
         step.update(phase=Phase.NORMAL, since=step.now, awaiting=(), primary=s.target,
                     hold_down_until=step.now + step.cfg.timing.hold_down, failovers=s.failovers + 1)
-    drop_condition(step, "operator-needed:")
+    drop_condition(step, Condition(CondKind.OPERATOR_NEEDED))
     step.why(f"{s.operation} complete: {s.target} is primary and holds the virtual IP ({detail})")
 
 

@@ -7,7 +7,7 @@ from firmware.decide.operations import (demoting, fencing, promoting, start_fail
                                         start_switchover, syncing, taking_ip, verifying)
 from firmware.decide.step import Step, drop_condition
 from firmware.model import Backup, Role, SetStatus, Shutdown
-from firmware.site_state import Phase
+from firmware.site_state import CondKind, Condition, Phase
 from firmware.ups_policy import ups_intent
 
 
@@ -44,19 +44,19 @@ def _normal(step: Step) -> None:
     if primary.alive is False:
         _primary_dead(step)
     elif primary.alive:
-        drop_condition(step, "operator-needed:")
+        drop_condition(step, Condition(CondKind.OPERATOR_NEEDED))
         _ups_policy(step)
 
 
 def _rogue_primaries(step: Step) -> None:
     others = [x.name for x in step.obs.servers if x.name != step.state.primary and x.alive
               and x.report and x.report.role is Role.PRIMARY and x.name not in step.state.fenced]
-    cond = {f"split:{n}" for n in others}
-    for name in sorted(cond - set(step.state.conditions)):
-        text = f"{name.split(':')[1]} claims the primary role; {step.state.primary} is the primary"
-        step.notify("split-brain-suspected", name.split(":")[1], text=text)
+    cond = {Condition(CondKind.SPLIT, n) for n in others}
+    for c in sorted(cond - set(step.state.conditions)):
+        text = f"{c.server} claims the primary role; {step.state.primary} is the primary"
+        step.notify("split-brain-suspected", c.server, text=text)
         step.why(f"split brain suspected: {text}")
-    step.update(conditions=tuple(sorted(set(c for c in step.state.conditions if not c.startswith("split:")) | cond)))
+    step.update(conditions=tuple(sorted({c for c in step.state.conditions if c.kind is not CondKind.SPLIT} | cond)))
 
 
 def _primary_dead(step: Step) -> None:
@@ -81,10 +81,8 @@ def _primary_dead(step: Step) -> None:
 
 def _failover_blocked(step: Step) -> str:
     s = step.state
-    if step.cfg.site.mode == "observe":
-        return "site.mode = observe"
-    if s.maintenance:
-        return "maintenance mode is on"
+    if step.held():
+        return step.held()
     if not step.cfg.policy.auto_failover:
         return "policy.auto_failover = false"
     if s.hold_down_until is not None and step.now < s.hold_down_until:
@@ -94,10 +92,10 @@ def _failover_blocked(step: Step) -> str:
 
 def _wait_operator(step: Step, why: str) -> None:
     step.why(why)
-    cond = "operator-needed:"
+    cond = Condition(CondKind.OPERATOR_NEEDED)
     if cond not in step.state.conditions:
         step.notify("operator-needed", text=why)
-        step.update(conditions=step.state.conditions + (cond,))
+        step.update(conditions=tuple(sorted(step.state.conditions + (cond,))))
 
 
 def _ups_policy(step: Step) -> None:
@@ -113,7 +111,7 @@ def _ups_policy(step: Step) -> None:
     if intent.kind == s.ups_handled:
         return
     step.why(intent.reason)
-    if not step.active:
+    if step.held():
         step.why("observe only: UPS policy not carried out")
         return
     step.update(ups_handled=intent.kind)
@@ -145,7 +143,7 @@ def status_led(step: Step) -> None:
     s = step.state
     if s.phase is Phase.HALTED:
         led = "fault"
-    elif any(not c.startswith("late:") for c in s.conditions) or s.maintenance:
+    elif any(c.kind is not CondKind.LATE for c in s.conditions) or s.maintenance:
         led = "degraded"
     elif s.failovers:
         led = "failed-over"

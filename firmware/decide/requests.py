@@ -44,8 +44,8 @@ def _power_on(step: Step, server: str) -> None:
     if server not in s.fenced:
         step.refuse(f"power-on {server}: refused, it is not fenced")
         return
-    if step.cfg.site.mode != "active":
-        step.refuse(f"power-on {server}: refused, site.mode = observe acts on nothing")
+    if step.held(automatic=False):
+        step.refuse(f"power-on {server}: refused, {step.held(automatic=False)} acts on nothing")
         return
     step.act(PowerOn(server))
     step.update(fenced=without(s.fenced, server), returned=without(s.returned, server),
@@ -59,8 +59,8 @@ def _operation_request(step: Step, kind: RequestKind, server: str | None, force:
     if s.phase not in (Phase.NORMAL, Phase.HALTED) or s.primary is None:
         step.refuse(f"{kind.value}: refused in phase {s.phase.value} (primary {s.primary})")
         return
-    if step.cfg.site.mode != "active":
-        step.refuse(f"{kind.value}: refused, site.mode = observe")
+    if step.held(automatic=False):
+        step.refuse(f"{kind.value}: refused, {step.held(automatic=False)}")
         return
     if kind is RequestKind.FAILOVER:
         _manual_failover(step, server, force)

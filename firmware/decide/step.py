@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from firmware.config import Config
+from firmware.config import Config, SiteMode
 from firmware.model import Action, Notify, Observations, Verdict
-from firmware.site_state import Phase, State
+from firmware.site_state import Condition, Phase, State
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,18 @@ class Step:
         self.why(text)
         self.refused = text
 
-    @property
-    def active(self) -> bool:
-        return not self.state.maintenance and self.cfg.site.mode == "active"
+    def held(self, automatic: bool = True) -> str:
+        """The one gate for acting: empty if the appliance may act, else why not. In observe
+        mode nothing acts; in maintenance the operator's orders still do, automatics do not.
+        A held appliance still decides and reports (Notify, SetStatus)."""
+        if self.cfg.site.mode is SiteMode.OBSERVE:
+            return "site.mode = observe"
+        if automatic and self.state.maintenance:
+            return "maintenance mode is on"
+        return ""
 
 
-def drop_condition(step: Step, cond: str) -> None:
+def drop_condition(step: Step, cond: Condition) -> None:
     if cond in step.state.conditions:
         step.update(conditions=without(step.state.conditions, cond))
 
@@ -71,5 +80,5 @@ def with_(items: tuple[str, ...], item: str) -> tuple[str, ...]:
     return tuple(sorted(set(items) | {item}))
 
 
-def without(items: tuple[str, ...], item: str) -> tuple[str, ...]:
+def without(items: tuple[T, ...], item: T) -> tuple[T, ...]:
     return tuple(x for x in items if x != item)

@@ -3,10 +3,11 @@
 Conditions persist in the state so each is raised once and cleared once."""
 from __future__ import annotations
 
+from firmware.config import OldPrimary
 from firmware.decide.eligibility import candidates, lag_ok
 from firmware.decide.step import Step, with_, without
 from firmware.model import LinkState, Rejoin, Role, UpsObs
-from firmware.site_state import Phase
+from firmware.site_state import CondKind, Condition, Phase
 from firmware.ups import ups_events
 
 
@@ -14,8 +15,8 @@ def watch(step: Step) -> None:
     conditions = set(_links_and_servers(step)) | set(_standbys(step))
     _ups(step)
     _returning(step)
-    old = {c for c in step.state.conditions if _split(c)[0] in _RAISE}
-    held = {c for c in old if _split(c)[1] in step.state.fenced}  # a fenced server's alerts stay as they were
+    old = {c for c in step.state.conditions if c.kind in _RAISE}
+    held = {c for c in old if c.server in step.state.fenced}  # a fenced server's alerts stay as they were
     conditions |= held
     others = set(step.state.conditions) - old
     for cond in sorted(conditions - old):
@@ -29,65 +30,58 @@ def watch(step: Step) -> None:
 def _late_links(step: Step) -> None:
     """Heartbeat's warn time: a link silent past it but not yet dead is a warning in the log,
     once per late spell; no alert, no LED (a lost reply under packet loss is routine)."""
-    late = {f"late:{srv.name}/{link.channel.value}" for srv in step.obs.servers if srv.name not in step.state.fenced
-            for link in srv.links if link.state is LinkState.LATE}
-    before = {c for c in step.state.conditions if c.startswith("late:")}
+    late = {Condition(CondKind.LATE, srv.name, link.channel.value) for srv in step.obs.servers
+            if srv.name not in step.state.fenced for link in srv.links if link.state is LinkState.LATE}
+    before = {c for c in step.state.conditions if c.kind is CondKind.LATE}
     for cond in sorted(late - before):
-        _, server, channel = _split(cond)
-        step.warnings.append(f"{server}: late reply on {channel} (silent past timing.warn_time ="
+        step.warnings.append(f"{cond.server}: late reply on {cond.channel} (silent past timing.warn_time ="
                              f" {step.cfg.timing.warn_time:g} s, dead at timing.dead_time = {step.cfg.timing.dead_time:g} s)")
     step.update(conditions=tuple(sorted((set(step.state.conditions) - before) | late)))
 
 
-def _links_and_servers(step: Step) -> list[str]:
+def _links_and_servers(step: Step) -> list[Condition]:
     conds = []
     for srv in step.obs.servers:
         if srv.name in step.state.fenced:
             continue
         if srv.alive is False:
-            conds.append(f"server-down:{srv.name}")
+            conds.append(Condition(CondKind.SERVER_DOWN, srv.name))
             continue
         for link in srv.links:
-            if link.state.value == "dead":
-                conds.append(f"link-down:{srv.name}/{link.channel.value}")
+            if link.state is LinkState.DEAD:
+                conds.append(Condition(CondKind.LINK_DOWN, srv.name, link.channel.value))
     return conds
 
 
-def _standbys(step: Step) -> list[str]:
+def _standbys(step: Step) -> list[Condition]:
     conds = []
     for srv in step.obs.servers:
         r = srv.report
         if srv.alive and r and r.role is Role.STANDBY and srv.name not in step.state.fenced:
             if not lag_ok(r, step.cfg):
-                conds.append(f"standby-lagging:{srv.name}")
+                conds.append(Condition(CondKind.STANDBY_LAGGING, srv.name))
     primary = step.state.primary
     if primary and step.state.phase is Phase.NORMAL and not candidates(step.obs, step.cfg, step.state):
-        conds.append("standby-down:")
+        conds.append(Condition(CondKind.STANDBY_DOWN))
     return conds
 
 
-_RAISE = {"server-down": "server-down", "link-down": "link-down",
-          "standby-lagging": "standby-lagging", "standby-down": "standby-down"}
-_CLEAR = {"server-down": "server-up", "link-down": "link-up", "standby-lagging": "standby-in-sync"}
+# The kinds watched here, with the events that raise and clear them.
+_RAISE = {CondKind.SERVER_DOWN: "server-down", CondKind.LINK_DOWN: "link-down",
+          CondKind.STANDBY_LAGGING: "standby-lagging", CondKind.STANDBY_DOWN: "standby-down"}
+_CLEAR = {CondKind.SERVER_DOWN: "server-up", CondKind.LINK_DOWN: "link-up",
+          CondKind.STANDBY_LAGGING: "standby-in-sync"}
 
 
-def _split(cond: str) -> tuple[str, str, str]:
-    kind, _, where = cond.partition(":")
-    server, _, channel = where.partition("/")
-    return kind, server, channel
+def _raise(step: Step, c: Condition) -> None:
+    step.notify(_RAISE[c.kind], c.server, c.channel)
+    step.why(f"{c.server or 'site'}: {c.kind.value.replace('-', ' ')}{' on ' + c.channel if c.channel else ''}")
 
 
-def _raise(step: Step, cond: str) -> None:
-    kind, server, channel = _split(cond)
-    step.notify(_RAISE[kind], server, channel)
-    step.why(f"{server or 'site'}: {kind.replace('-', ' ')}{' on ' + channel if channel else ''}")
-
-
-def _clear(step: Step, cond: str) -> None:
-    kind, server, channel = _split(cond)
-    if kind in _CLEAR:
-        step.notify(_CLEAR[kind], server, channel)
-        step.why(f"{server}: {_CLEAR[kind].replace('-', ' ')}{' on ' + channel if channel else ''}")
+def _clear(step: Step, c: Condition) -> None:
+    if c.kind in _CLEAR:
+        step.notify(_CLEAR[c.kind], c.server, c.channel)
+        step.why(f"{c.server}: {_CLEAR[c.kind].replace('-', ' ')}{' on ' + c.channel if c.channel else ''}")
 
 
 def _ups(step: Step) -> None:
@@ -124,7 +118,7 @@ def _returning(step: Step) -> None:
         if srv.alive and name not in s.returned:
             step.update(returned=with_(step.state.returned, name))
             step.notify("old-primary-returned", name)
-            if step.cfg.policy.old_primary == "rejoin-as-standby" and s.primary and step.active:
+            if step.cfg.policy.old_primary is OldPrimary.REJOIN_AS_STANDBY and s.primary and not step.held():
                 step.act(Rejoin(name, s.primary))
                 step.update(fenced=without(step.state.fenced, name))
                 step.why(f"{name}: old primary back; told to rejoin as a standby of {s.primary}")

@@ -8,7 +8,7 @@ import pytest
 from firmware.decide import decide
 from firmware.model import (ActionResult, Verdict, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
                             Rejoin, ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
-from firmware.site_state import Phase, State
+from firmware.site_state import CondKind, Condition, Phase, State
 from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
 
 CFG = site_config()
@@ -626,7 +626,7 @@ def test_alerts_saved_with_their_state_are_sent_again_after_a_restart_only():
 
 
 def test_the_status_led_is_set_again_after_a_restart():
-    st = dataclasses.replace(NORMAL, led="degraded", conditions=("link-down:master/serial",))
+    st = dataclasses.replace(NORMAL, led="degraded", conditions=(Condition(CondKind.LINK_DOWN, "master", "serial"),))
     d = decide(st, obs(server("master", LinkState.DEAD, LinkState.UP), server("standby"), run=2), 100.0, CFG)
     assert [a.status for a in d.actions if isinstance(a, SetStatus)] == ["degraded"]
 

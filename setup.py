@@ -7,7 +7,7 @@ setup(
     description="Arbiter appliance that fences and fails over a billing hot-standby pair",
     python_requires=">=3.11",
     packages=find_packages(include=["firmware*", "board*", "host_tools*", "hil*"]),
-    package_data={"firmware": ["mibs/*"], "board": ["systemd/*", "udev/*", "image/*"], "host_tools": ["systemd/*"]},
+    package_data={"firmware": ["mibs/*", "static/*"], "board": ["systemd/*", "udev/*", "image/*"], "host_tools": ["systemd/*"]},
     # The core both sides need; the rest is split so that a database server's agent pulls
     # neither pysnmp nor gpiozero. Majors are capped where a new major broke APIs before.
     install_requires=[
@@ -21,6 +21,7 @@ setup(
             "pysnmp>=7.1,<8",
             "cryptography>=42",  # SNMPv3 privacy
             "scapy>=2.5,<3",  # the ARP check after a takeover
+            "prometheus_client>=0.20,<1",  # /metrics
         ],
         "pi": ["billmaster-arbiter[appliance]", "lgpio", "rpi-lgpio"],  # the appliance on a Raspberry Pi
         "agent": [
@@ -29,7 +30,8 @@ setup(
         ],
         "postgres": ["psycopg2>=2.9,<3"],  # built against Debian's libpq (libpq-dev), not the -binary wheel
         "rig": ["billmaster-arbiter[appliance,agent,postgres]"],
-        "test": ["billmaster-arbiter[rig]", "pytest>=8", "pytest-timeout", "hypothesis>=6"],
+        "test": ["billmaster-arbiter[rig]", "pytest>=8", "pytest-timeout", "hypothesis>=6",
+                 "selenium>=4.20,<5"],  # the status page in Debian's chromium (chromium-driver),
     },
     entry_points={
         "console_scripts": [

@@ -92,6 +92,8 @@ def setting(default: Any = _REQUIRED, *, lo: float | None = None, hi: float | No
 
 
 _NAME = r"^[a-z][a-z0-9-]{0,31}$"
+AUTH_PROTOCOLS = ("sha", "sha224", "sha256", "sha384", "sha512")
+PRIV_PROTOCOLS = ("aes", "aes192", "aes256")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +243,12 @@ class SnmpManager:
     user: str = setting("")
     auth_key_file: str = setting("")
     priv_key_file: str = setting("")
+    auth_protocol: str = setting("sha", choices=AUTH_PROTOCOLS,
+                                 doc="v3 authentication (HMAC): sha is SHA-1; sha256 and up need the manager to "
+                                     "know them (net-snmp 5.8 and later)")
+    priv_protocol: str = setting("aes", choices=PRIV_PROTOCOLS,
+                                 doc="v3 privacy: aes is AES-128; aes192 and aes256 use the key extension of "
+                                     "net-snmp and Cisco (Blumenthal draft)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +261,29 @@ class Alerts:
     max_per_minute: int = setting(30, lo=1, hi=10000)
     inform_retries: int = setting(3, lo=0, hi=100)
     inform_timeout: float = setting(2.0, lo=0.1, hi=60.0)
+    heartbeat_interval: float = setting(60.0, lo=0.0, hi=86400.0,
+                                        doc="seconds between appliance-alive traps to every manager (0: none); "
+                                            "a manager that misses them knows the appliance is dead or cut off")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Http:
+    address: str = setting("", doc="serve the read-only status page, /health, /status and /metrics on this "
+                                   "local address (e.g. the management LAN's); empty: off. Nothing secret is served")
+    port: int = setting(8080, lo=1, hi=65535, doc="TCP port of the status page")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnmpAgent:
+    address: str = setting("", doc="answer SNMP GET/GETNEXT/GETBULK for the MIB's status objects on this local "
+                                   "address; empty: off")
+    port: int = setting(161, lo=1, hi=65535, doc="UDP port of the SNMP responder")
+    community_file: str = setting("", doc="file holding the read-only SNMPv2c community; empty: no v2c access")
+    user: str = setting("", doc="read-only SNMPv3 user (authPriv only); empty: no v3 access")
+    auth_key_file: str = setting("", doc="file holding the v3 user's authentication passphrase (8+ characters)")
+    priv_key_file: str = setting("", doc="file holding the v3 user's privacy passphrase (8+ characters)")
+    auth_protocol: str = setting("sha256", choices=AUTH_PROTOCOLS, doc="v3 authentication (HMAC)")
+    priv_protocol: str = setting("aes256", choices=PRIV_PROTOCOLS, doc="v3 privacy")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,6 +320,8 @@ class Config:
     fence: Fence = field(default_factory=Fence)
     ups: Ups = field(default_factory=Ups)
     alerts: Alerts = field(default_factory=Alerts)
+    http: Http = field(default_factory=Http)
+    snmp: SnmpAgent = field(default_factory=SnmpAgent)
     ping: Ping = field(default_factory=Ping)
 
     def server(self, name: str) -> Server:
@@ -300,7 +333,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "site": Site, "vip": Vip, "timing": Timing, "policy": Policy, "board": Board,
-    "fence": Fence, "ups": Ups, "alerts": Alerts, "ping": Ping,
+    "fence": Fence, "ups": Ups, "alerts": Alerts, "ping": Ping, "http": Http, "snmp": SnmpAgent,
 }
 
 
@@ -462,6 +495,17 @@ def _cross_checks(cfg: Config) -> list[str]:
     for i, m in enumerate(cfg.alerts.managers):
         if m.version == "v3" and not (m.user and m.auth_key_file and m.priv_key_file):
             p.append(f"alerts.managers[{i}]: v3 needs user, auth_key_file and priv_key_file")
+    for section, address in (("http", cfg.http.address), ("snmp", cfg.snmp.address)):
+        if address:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                p.append(f"{section}.address = {address!r}: not an IP address")
+    a = cfg.snmp
+    if a.address and not (a.community_file or a.user):
+        p.append(f"snmp.address = {a.address!r}: set snmp.community_file, snmp.user or both (no access is defined)")
+    if a.user and not (a.auth_key_file and a.priv_key_file):
+        p.append(f"snmp.user = {a.user!r}: needs snmp.auth_key_file and snmp.priv_key_file (authPriv only)")
     return p
 
 

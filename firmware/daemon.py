@@ -31,12 +31,14 @@ from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, pe
 from firmware.control import Peer
 from firmware.model import Observations, Verdict
 from firmware.history import History
+from firmware.metrics import Metrics
 from firmware.status import StatusView, status_report
+from firmware.web import StatusWeb
 
 log = logging.getLogger("arbiter")
 
 OVERRUN_LOG_EVERY_S = 60.0
-RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups")
+RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups", "http", "snmp")
 VERDICT_WAIT_S = 5.0  # an order's answer: decide runs every timing.interval, so this means stuck
 
 
@@ -54,12 +56,24 @@ class Daemon:
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.last_obs: Observations | None = None
+        self.last_cycle: float | None = None
+        self.metrics = Metrics(self.view)
+        self.web = self._web()
         self.last_decision_at = self.started_at
         self._dropped_seen = 0
         self._overrun_logged = -OVERRUN_LOG_EVERY_S
         self._logged_reason = ""
         self._errors: dict[str, tuple[float, int]] = {}
         self._progress_logged: dict[str, float] = {}
+
+    def _web(self) -> StatusWeb | None:
+        h = self.cfg.http
+        if not h.address:
+            return None
+        try:
+            return StatusWeb(h.address, h.port, self.view, self.metrics, lambda n: self.app.journal.tail(n))
+        except OSError as exc:
+            raise ArbiterError(f"http.address = {h.address!r}, http.port = {h.port}: cannot listen ({exc})") from exc
 
     def _wake_event_set(self) -> None:
         self.wake.set()
@@ -69,6 +83,8 @@ class Daemon:
     def run(self) -> int:
         self._signals()
         self.app.start(self.handle_request)
+        if self.web is not None:
+            self.web.start()
         self.app.notifier.notify("arbiter-started", text=f"run {self.app.run_id}, phase {self.state.phase.value}")
         next_tick = self.clock()
         ready = False
@@ -96,6 +112,8 @@ class Daemon:
                 next_tick = now
             self.wake.wait(max(0.0, next_tick - now))
             self.wake.clear()
+        if self.web is not None:
+            self.web.stop()
         self.app.close()
         log.info("stopped; phase %s, primary %s", self.state.phase.value, self.state.primary)
         return 0
@@ -126,6 +144,8 @@ class Daemon:
             self.app.executor.submit(d.actions)  # the acting batch starts first, then the alerts
             self._progress(now)
             self._frames_rejected()
+            self.last_cycle = self.clock()
+            self.metrics.cycle_seconds.observe(self.last_cycle - now)
             return True
         except ArbiterError as exc:
             self._cycle_failed(str(exc))
@@ -245,6 +265,7 @@ class Daemon:
         notifier = self.app.notifier
         return StatusView(site=self.cfg.site.name, mode=self.cfg.site.mode, state=self.state, obs=self.last_obs,
                           now=self.clock(), started=self.started_at, alarm=notifier.alarm_state(),
+                          vip=self.cfg.vip.address, last_cycle=self.last_cycle,
                           frames_dropped=self.app.poller.dropped(),
                           running=tuple((a.id, t) for a, t in self.app.executor.running()),
                           last_failover=self.history.last_failover, alerts_sent=dict(notifier.sent))

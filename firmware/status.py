@@ -22,6 +22,8 @@ class StatusView:
     now: float
     started: float  # monotonic time the daemon started
     alarm: tuple[str, bool]  # (severity name, acknowledged)
+    vip: str = ""
+    last_cycle: float | None = None  # monotonic end of the last cycle that worked
     frames_dropped: dict[str, int] = field(default_factory=dict)
     running: tuple[tuple[str, float], ...] = ()  # (action id, elapsed s)
     last_failover: dict[str, Any] | None = None
@@ -86,11 +88,28 @@ def status_report(view: StatusView) -> dict[str, Any]:
         "last_failover": view.last_failover,
         "uptime_s": round(now - view.started, 1),
         "alarm": {"severity": severity, "acked": acked},
+        "vip": {"address": view.vip, "held_by": [s.name for s in view.obs.servers if s.report and s.report.vip]
+                if view.obs else []},
         "last_reason": state.reason,
         "frames_dropped": view.frames_dropped,
         "running": [{"action": a, "elapsed_s": round(t, 2)} for a, t in view.running],
         "servers": [_server(s, state.fenced, now) for s in (view.obs.servers if view.obs else ())],
     }
+
+
+STALE_AFTER_S = 3.0  # no working cycle for this long: the decision loop is stuck
+
+
+def health(view: StatusView) -> tuple[bool, str]:
+    """For monitors and load balancers: healthy while the loop cycles, the appliance is not
+    halted and it knows a primary."""
+    if view.last_cycle is None or view.now - view.last_cycle > STALE_AFTER_S:
+        return False, f"no working decision cycle for over {STALE_AFTER_S:g} s"
+    if view.state.phase is Phase.HALTED:
+        return False, "halted: an operator is needed"
+    if view.state.primary is None:
+        return False, f"no primary (phase {view.state.phase.value})"
+    return True, f"phase {view.state.phase.value}, primary {view.state.primary}"
 
 
 # Monitoring-plugin exit codes (Nagios, Icinga, Zabbix, Checkmk all read them).

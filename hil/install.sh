@@ -8,6 +8,7 @@ PACKAGES=(
   python3-venv python3-dev gcc libc6-dev iproute2 nftables socat procps psmisc util-linux
   nut-server nut-client snmptrapd snmp smitools
   postgresql keepalived iputils-arping
+  chromium chromium-driver
   fdisk dosfstools mtools e2fsprogs xz-utils libpq-dev
 )
 missing=()

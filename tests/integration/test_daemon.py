@@ -32,7 +32,7 @@ class Site:
         self.key = tmp / "key"
         self.key.write_text(secrets.token_hex(32))
         self.procs: dict[str, subprocess.Popen] = {}
-        self.ports = {"master": free_port(), "standby": free_port()}
+        self.ports = {"master": free_port(), "standby": free_port(), "http": free_port()}
         self.gpio = HilGpio(tmp / "gpio")
         self.stop = threading.Event()
 
@@ -68,6 +68,7 @@ class Site:
             "board": {"kind": "hil", "pin_factory": "mock", "hil_gpio_dir": str(self.tmp / "gpio")},
             "timing": {"interval": INTERVAL, "dead_time": DEAD, "warn_time": 0.12, "init_dead": 1.5},
             "vip": {"address": "192.0.2.100/24", "verify": "none"},
+            "http": {"address": "127.0.0.1", "port": self.ports["http"]},
             "servers": servers,
         }))
         for i in (1, 2):
@@ -195,3 +196,19 @@ def test_orders_are_answered_with_the_daemons_verdict_and_journaled(site, capsys
     assert "ARBITER WARNING" in capsys.readouterr().out
     assert main(["--socket", sock, "why", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["phase"] == "normal"
+
+
+def test_status_page_in_chromium_shows_the_new_primary_within_2_s(site):
+    from hil.browser import Browser
+    url = f"http://127.0.0.1:{site.ports['http']}/"
+    with Browser() as browser:
+        browser.open(url)
+        assert browser.wait_text("primary", "master", 5.0) is not None
+        assert browser.primary_card() == "master" and browser.text("phase") == "normal"
+        site.procs["agent-master"].kill()
+        site.wait(lambda st: st["primary"] == "standby" and st["phase"] == "normal", 10, "failover")
+        done = time.monotonic()
+        shown = browser.wait_text("primary", "standby", 2.0)
+        assert shown is not None and shown - done < 2.0
+        assert browser.wait_text("phase", "normal", 2.0) is not None and browser.primary_card() == "standby"
+        assert "failover to standby" in browser.text("history") or "Promote" in browser.text("history")

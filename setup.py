@@ -20,7 +20,6 @@ setup(
             "PyNUTClient>=2.8",
             "pysnmp>=7.1,<8",
             "cryptography>=42",  # SNMPv3 privacy
-            "scapy>=2.5,<3",  # the ARP check after a takeover
             "prometheus_client>=0.20,<1",  # /metrics
         ],
         "pi": ["billmaster-arbiter[appliance]", "lgpio", "rpi-lgpio"],  # the appliance on a Raspberry Pi

@@ -33,6 +33,8 @@ from firmware.model import Observations, Verdict
 from firmware.history import History
 from firmware.metrics import Metrics
 from firmware.status import StatusView, status_report
+from firmware.snmp import engine_id
+from firmware.snmp_agent import SnmpResponder
 from firmware.web import StatusWeb
 
 log = logging.getLogger("arbiter")
@@ -57,8 +59,10 @@ class Daemon:
         self.reload = threading.Event()
         self.last_obs: Observations | None = None
         self.last_cycle: float | None = None
+        self._last_heartbeat = -float("inf")
         self.metrics = Metrics(self.view)
         self.web = self._web()
+        self.snmp = self._snmp()
         self.last_decision_at = self.started_at
         self._dropped_seen = 0
         self._overrun_logged = -OVERRUN_LOG_EVERY_S
@@ -74,6 +78,14 @@ class Daemon:
             return StatusWeb(h.address, h.port, self.view, self.metrics, lambda n: self.app.journal.tail(n))
         except OSError as exc:
             raise ArbiterError(f"http.address = {h.address!r}, http.port = {h.port}: cannot listen ({exc})") from exc
+
+    def _snmp(self) -> SnmpResponder | None:
+        if not self.cfg.snmp.address:
+            return None
+        responder = SnmpResponder(self.cfg.snmp, self.cfg.alerts.enterprise_oid, self.view,
+                                  engine_id(self.cfg, ".q"))
+        responder.start()
+        return responder
 
     def _wake_event_set(self) -> None:
         self.wake.set()
@@ -114,6 +126,8 @@ class Daemon:
             self.wake.clear()
         if self.web is not None:
             self.web.stop()
+        if self.snmp is not None:
+            self.snmp.close()
         self.app.close()
         log.info("stopped; phase %s, primary %s", self.state.phase.value, self.state.primary)
         return 0
@@ -144,6 +158,7 @@ class Daemon:
             self.app.executor.submit(d.actions)  # the acting batch starts first, then the alerts
             self._progress(now)
             self._frames_rejected()
+            self._heartbeat(now)
             self.last_cycle = self.clock()
             self.metrics.cycle_seconds.observe(self.last_cycle - now)
             return True
@@ -180,6 +195,14 @@ class Daemon:
         return Observations(servers=servers, results=self.app.executor.results(),
                             requests=self.orders.drain(), run=self.app.run_id,
                             vip_audit=self.app.vip_audit, reach=self.app.reach)
+
+    def _heartbeat(self, now: float) -> None:
+        """From the loop, so a stuck loop stops them: a manager then knows nobody watches."""
+        every = self.cfg.alerts.heartbeat_interval
+        if every and now - self._last_heartbeat >= every:
+            self._last_heartbeat = now
+            self.app.notifier.heartbeat(f"appliance alive; phase {self.state.phase.value}, "
+                                        f"primary {self.state.primary or '-'}")
 
     def _frames_rejected(self) -> None:
         dropped = self.app.poller.dropped()

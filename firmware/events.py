@@ -90,6 +90,13 @@ _TABLE = (
     EventType(54, "rebuild-started", Severity.MAJOR, "standby rebuild from the primary (pg_basebackup) started"),
     EventType(55, "rebuild-done", Severity.CLEAR, "standby rebuilt and replicating again", ("rebuild-failed",)),
     EventType(56, "rebuild-failed", Severity.CRITICAL, "standby rebuild failed; operator action needed"),
+    # Watching the watcher: the appliance's periodic alive trap (SNMP only, alerts.heartbeat_interval;
+    # its seq is the last alert's, so a manager also sees alerts it missed), and the agents' own
+    # alert when no valid poll from the appliance has arrived for agent.unobserved_after.
+    EventType(60, "heartbeat", Severity.INFO, "appliance alive"),
+    EventType(61, "agent-unobserved", Severity.MAJOR, "no valid poll from the appliance: nobody watches this "
+              "server"),
+    EventType(62, "agent-observed", Severity.CLEAR, "the appliance polls this server again", ("agent-unobserved",)),
 )
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}

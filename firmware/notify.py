@@ -197,6 +197,20 @@ class Notifier:
                     self._send(sink, alert)
             return alert if admitted else None
 
+    def heartbeat(self, text: str) -> None:
+        """The appliance-alive notification, to the sinks that carry one (SNMP): outside the
+        de-duplication, the rate limit and the alarm, with the last alert's seq, so a
+        manager that missed alerts sees the gap."""
+        etype = event_type("heartbeat")
+        alert = Alert(self.seq.last, etype.name, etype.severity, "", "", text, self.wall())
+        for sink in self.sinks:
+            beat = getattr(sink, "heartbeat", None)
+            if beat is not None:
+                try:
+                    beat(alert)
+                except Exception as exc:  # a broken sink must not stop the loop
+                    log.error("heartbeat to %s failed: %s", type(sink).__name__, exc)
+
     def _forget_counterparts(self, event: str, server: str, channel: str) -> None:
         ends = counterparts(event)
         for key in [k for k in self.last_sent if k[0] in ends and _same_place(k, server, channel)]:

@@ -25,7 +25,11 @@ from typing import Any
 
 from pysnmp.entity.engine import SnmpEngine
 from pysnmp.hlapi.v3arch.asyncio import (CommunityData, ContextData, UdpTransportTarget, UsmUserData,
-                                         send_notification, usmAesCfb128Protocol, usmHMACSHAAuthProtocol)
+                                         send_notification, usmAesBlumenthalCfb192Protocol,
+                                         usmAesBlumenthalCfb256Protocol, usmAesCfb128Protocol,
+                                         usmHMAC128SHA224AuthProtocol, usmHMAC192SHA256AuthProtocol,
+                                         usmHMAC256SHA384AuthProtocol, usmHMAC384SHA512AuthProtocol,
+                                         usmHMACSHAAuthProtocol)
 from pysnmp.proto.rfc1902 import Integer32, ObjectIdentifier, OctetString, TimeTicks, Unsigned32
 
 from firmware.config import Config, SnmpManager
@@ -42,12 +46,22 @@ TEXT_MAX = 255  # DisplayString
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 60.0
 
+# Config names -> pysnmp's protocols. AES-192/256 with the key extension of the Blumenthal
+# draft: what net-snmp's AES-192/AES-256 (5.8 and later) use (its -C variants are Reeder's).
+AUTH_PROTOCOLS = {"sha": usmHMACSHAAuthProtocol, "sha224": usmHMAC128SHA224AuthProtocol,
+                  "sha256": usmHMAC192SHA256AuthProtocol, "sha384": usmHMAC256SHA384AuthProtocol,
+                  "sha512": usmHMAC384SHA512AuthProtocol}
+PRIV_PROTOCOLS = {"aes": usmAesCfb128Protocol, "aes192": usmAesBlumenthalCfb192Protocol,
+                  "aes256": usmAesBlumenthalCfb256Protocol}
 
-def engine_id(cfg: Config) -> bytes:
+
+def engine_id(cfg: Config, role: str = "") -> bytes:
     """RFC 3411 text format: enterprise number with the high bit set, 4, then the site's
-    name and the appliance's node id, so it is stable across restarts and re-flashes."""
+    name and the appliance's node id, so it is stable across restarts and re-flashes.
+    ``role`` tells the status responder's engine from the notifying one: a manager keeps
+    boots and time per engine id, and the two engines count them apart."""
     pen = int(cfg.alerts.enterprise_oid.rsplit(".", 1)[1])
-    text = f"{cfg.site.name}.{cfg.site.node_id}".encode()[:27]
+    text = (f"{cfg.site.name}.{cfg.site.node_id}"[:27 - len(role)] + role).encode()[:27]
     return (0x80000000 | pen).to_bytes(4, "big") + b"\x04" + text
 
 
@@ -111,7 +125,7 @@ class Outbox:
             return len(self.pending)
 
 
-def _secret(key: str, path: str) -> str:
+def secret(key: str, path: str) -> str:
     try:
         value = Path(path).read_text().strip()
     except OSError as exc:
@@ -124,9 +138,9 @@ def _secret(key: str, path: str) -> str:
 def _auth(m: SnmpManager, i: int) -> CommunityData | UsmUserData:
     if m.version == "v2c":
         return CommunityData(m.community, mpModel=1)
-    return UsmUserData(m.user, authKey=_secret(f"alerts.managers[{i}].auth_key_file", m.auth_key_file),
-                       privKey=_secret(f"alerts.managers[{i}].priv_key_file", m.priv_key_file),
-                       authProtocol=usmHMACSHAAuthProtocol, privProtocol=usmAesCfb128Protocol)
+    return UsmUserData(m.user, authKey=secret(f"alerts.managers[{i}].auth_key_file", m.auth_key_file),
+                       privKey=secret(f"alerts.managers[{i}].priv_key_file", m.priv_key_file),
+                       authProtocol=AUTH_PROTOCOLS[m.auth_protocol], privProtocol=PRIV_PROTOCOLS[m.priv_protocol])
 
 
 def _file_name(m: SnmpManager) -> str:
@@ -201,6 +215,17 @@ class SnmpSink:
             if mgr.outbox is not None:
                 mgr.outbox.append(data)
         self.loop.call_soon_threadsafe(self._dispatch, data)
+
+    def heartbeat(self, alert: Alert) -> None:
+        """The periodic alive notification: to every manager once, never through an outbox
+        (a missed heartbeat is the message; a queued one would be a false one)."""
+        data = alert.to_dict()
+        self.loop.call_soon_threadsafe(self._beat, data)
+
+    def _beat(self, data: dict[str, Any]) -> None:
+        for mgr in self.managers:
+            self.tasks.append(self.loop.create_task(self._deliver(mgr, data, mgr.cfg.notify)))
+        self.tasks = [t for t in self.tasks if not t.done()]
 
     def _dispatch(self, data: dict[str, Any]) -> None:
         for mgr in self.managers:

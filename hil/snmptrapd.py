@@ -49,7 +49,8 @@ def stage_mibs(dest: Path, src: Path, probe: str) -> None:
 
 class TrapReceiver:
     def __init__(self, workdir: Path, port: int, mib_dir: Path = MIB_DIR, community: str = "public",
-                 v3_users: list[V3User] | None = None, netns: str = "", host: str = "127.0.0.1") -> None:
+                 v3_users: list[V3User] | None = None, netns: str = "", host: str = "127.0.0.1",
+                 v3_protocols: tuple[str, str] = ("SHA", "AES")) -> None:
         self.workdir = Path(workdir)
         self.port = port
         self.host = host
@@ -60,7 +61,7 @@ class TrapReceiver:
         self.logs: list[Path] = []  # one per start: snmptrapd truncates its -Lf file
         self.workdir.mkdir(parents=True, exist_ok=True)
         stage_mibs(self.mibs, mib_dir, "BILLMASTER-ARBITER-MIB::arbLinkDown")
-        self.conf.write_text(_config(community, v3_users or []))
+        self.conf.write_text(_config(community, v3_users or [], v3_protocols))
 
     def start(self) -> None:
         if self.proc is not None:
@@ -127,11 +128,12 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _config(community: str, users: list[V3User]) -> str:
+def _config(community: str, users: list[V3User], protocols: tuple[str, str] = ("SHA", "AES")) -> str:
+    """``protocols``: net-snmp's names of the v3 users' authentication and privacy (SHA-256, AES-256)."""
     lines = [f"authCommunity log {community}"] if community else []
     for user, auth, priv, engine in users:
         target = f"-e 0x{engine} " if engine else ""
-        lines.append(f'createUser {target}{user} SHA "{auth}" AES "{priv}"')
+        lines.append(f'createUser {target}{user} {protocols[0]} "{auth}" {protocols[1]} "{priv}"')
     lines += [f"authUser log {user} priv" for user in sorted({u[0] for u in users})]
     lines.append(f"format2 {_MARK}|%P|%V{_SEP}%v\\n")
     return "\n".join(lines) + "\n"

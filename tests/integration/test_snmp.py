@@ -1,20 +1,25 @@
 """SNMP alerts against net-snmp's real snmptrapd on a high port on 127.0.0.1."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from firmware.config import Alerts, Config, Site, SnmpManager, Vip
+from firmware.config import Alerts, Config, Site, SnmpAgent, SnmpManager, Vip
 from firmware.events import EVENTS
 from firmware.mib import notification_name
 from firmware.notify import Alert
+from firmware.site_state import Phase, State
 from firmware.snmp import SnmpSink, engine_id
+from firmware.snmp_agent import SnmpResponder
 from hil.snmptrapd import MIB_DIR, TrapReceiver, stage_mibs
+from tests.unit.test_web import VIEW
 
 AUTH, PRIV = "arb-auth-pass", "arb-priv-pass"
 
@@ -159,3 +164,82 @@ def test_the_shipped_mib_folder_loads_and_any_rejected_line_is_an_error(tmp_path
         (src / module).write_text((MIB_DIR / module).read_text().replace(anchor, f"{anchor}\n    stray words here\n", 1))
         with pytest.raises(RuntimeError, match="net-snmp rejects"):
             stage_mibs(tmp_path / f"dest-{module}", src, probe)
+
+
+def test_v3_sha256_aes256_traps_and_informs(tmp_path: Path, port: int, sinks: list[SnmpSink]) -> None:
+    strong = [dataclasses.replace(v3(tmp_path, port, kind), auth_protocol="sha256", priv_protocol="aes256")
+              for kind in ("inform", "trap")]
+    cfg = site_config(tmp_path, strong)
+    users = [("arbuser", AUTH, PRIV, ""), ("arbuser", AUTH, PRIV, engine_id(cfg).hex())]
+    with TrapReceiver(tmp_path / "mgr", port, v3_users=users, v3_protocols=("SHA-256", "AES-256")) as rx:
+        sinks.append(SnmpSink(cfg, tmp_path))
+        sinks[0].send(alert(3, "fence-done"))
+        sinks[0].heartbeat(alert(3, "heartbeat", server="", channel=""))
+        got = rx.wait_for(4, 5.0)
+    assert sorted((n["pdu"], n["event"]) for n in got) == [("INFORM", "arbFenceDone"), ("INFORM", "arbHeartbeat"),
+                                                           ("TRAP2", "arbFenceDone"), ("TRAP2", "arbHeartbeat")]
+    assert all(n["version"] == "v3" and n["user"] == "arbuser" for n in got)
+    assert sinks[0].pending() == {f"127.0.0.1:{port}": 0}  # the heartbeat never went through the outbox
+
+
+# ---------------------------------------------------------------- polling the status objects
+
+POLL_AUTH, POLL_PRIV, COMMUNITY = "poll-auth-pass", "poll-priv-pass", "ro-community-7"
+
+
+@pytest.fixture
+def responder(tmp_path: Path, port: int) -> Iterator[dict]:
+    for name, value in (("community", COMMUNITY), ("auth", POLL_AUTH), ("priv", POLL_PRIV)):
+        (tmp_path / f"poll-{name}").write_text(value + "\n")
+    cfg = SnmpAgent(address="127.0.0.1", port=port, community_file=str(tmp_path / "poll-community"),
+                    user="arbmon", auth_key_file=str(tmp_path / "poll-auth"), priv_key_file=str(tmp_path / "poll-priv"))
+    box = {"view": VIEW}
+    r = SnmpResponder(cfg, "1.3.6.1.4.1.64400", lambda: box["view"], b"\x80\x00\xfa\x10\x04poll-test")
+    r.start()
+    try:
+        yield {"port": port, "box": box}
+    finally:
+        r.close()
+
+
+def net_snmp(tool: str, port: int, *args: str, auth: tuple[str, ...] = ("-v2c", "-c", COMMUNITY)) -> str:
+    done = subprocess.run([tool, *auth, "-t", "1", "-r", "1", "-M", str(MIB_DIR), "-m", "BILLMASTER-ARBITER-MIB",
+                           f"127.0.0.1:{port}", *args], capture_output=True, text=True, timeout=20, check=False)
+    return done.stdout + done.stderr
+
+
+V3 = ("-v3", "-l", "authPriv", "-u", "arbmon", "-a", "SHA-256", "-A", POLL_AUTH, "-x", "AES-256", "-X", POLL_PRIV)
+
+
+def test_snmpget_and_snmpwalk_v2c_read_the_status_objects(responder: dict) -> None:
+    port = responder["port"]
+    out = net_snmp("snmpget", port, "BILLMASTER-ARBITER-MIB::arbPhase.0", "BILLMASTER-ARBITER-MIB::arbPrimary.0",
+                   "BILLMASTER-ARBITER-MIB::arbFailovers.0")
+    assert "arbPhase.0 = INTEGER: normal(2)" in out and 'arbPrimary.0 = STRING: master' in out
+    assert "arbFailovers.0 = Counter32: 2" in out
+    walk = net_snmp("snmpwalk", port, "BILLMASTER-ARBITER-MIB::arbStatus")
+    for line in ("arbServerName.2 = STRING: standby", "arbServerRole.1 = INTEGER: primary(1)",
+                 "arbServerRole.2 = INTEGER: standby(2)", "arbServerLanLink.1 = INTEGER: dead(4)",
+                 "arbServerSerialLink.1 = INTEGER: up(2)", "arbServerInSync.2 = INTEGER: true(1)",
+                 "arbServerLagBytes.2 = Gauge32: 0", "arbAlarmSeverity.0 = INTEGER: warning(2)"):
+        assert line in walk
+    bulk = net_snmp("snmpbulkwalk", port, "BILLMASTER-ARBITER-MIB::arbServerTable")
+    assert bulk.count("arbServer") >= 16
+    responder["box"]["view"] = dataclasses.replace(VIEW, state=State(phase=Phase.TAKING_IP, primary="standby"))
+    out = net_snmp("snmpget", port, "BILLMASTER-ARBITER-MIB::arbPhase.0", "BILLMASTER-ARBITER-MIB::arbPrimary.0")
+    assert "takingIp(5)" in out and "STRING: standby" in out
+
+
+def test_v3_sha256_aes256_reads_and_nothing_else_does(responder: dict) -> None:
+    port = responder["port"]
+    assert "INTEGER: normal(2)" in net_snmp("snmpget", port, "BILLMASTER-ARBITER-MIB::arbPhase.0", auth=V3)
+    assert "arbServerName.1 = STRING: master" in net_snmp("snmpwalk", port, "BILLMASTER-ARBITER-MIB::arbStatus",
+                                                         auth=V3)
+    wrong_priv = tuple("wrong-priv-pass" if a == POLL_PRIV else a for a in V3)
+    assert "normal" not in net_snmp("snmpget", port, "BILLMASTER-ARBITER-MIB::arbPhase.0", auth=wrong_priv)
+    no_priv = ("-v3", "-l", "authNoPriv", "-u", "arbmon", "-a", "SHA-256", "-A", POLL_AUTH)
+    assert "normal" not in net_snmp("snmpget", port, "BILLMASTER-ARBITER-MIB::arbPhase.0", auth=no_priv)
+    assert "Timeout" in net_snmp("snmpget", port, "BILLMASTER-ARBITER-MIB::arbPhase.0",
+                                 auth=("-v2c", "-c", "public"))
+    outside = net_snmp("snmpget", port, "1.3.6.1.2.1.1.1.0")
+    assert "No Such Object" in outside

@@ -264,3 +264,20 @@ def test_outbox_keeps_undelivered_alerts_in_order_across_reopen(tmp_path: Path) 
     again.mark_delivered(4)
     assert len(again) == 0 and path.read_bytes() == b""
     assert len(Outbox(path)) == 0
+
+
+class Beats(Recorder):
+    def heartbeat(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+
+def test_heartbeat_reaches_only_heartbeat_sinks_with_the_last_seq_every_time(tmp_path: Path) -> None:
+    beats, plain, relay = Beats(), Recorder(), Relay()
+    n = make(tmp_path, beats, plain, AlarmSink(relay))
+    n.notify("link-down", "db1", "lan")
+    for _ in range(3):
+        n.heartbeat("appliance alive; phase normal, primary db1")
+    hb = [a for a in beats.alerts if a.event == "heartbeat"]
+    assert len(hb) == 3 and all(a.seq == 1 and a.text.startswith("appliance alive") for a in hb)
+    assert plain.events == ["link-down"] and relay.history == [False, True]
+    assert n.sent == {"link-down": 1}

@@ -5,10 +5,10 @@ Recipe (each step prints a progress line):
    bootable) from 1 MiB, partition 2 Linux (type 83) after it;
 2. the boot partition built as its own file (mkfs.vfat) and filled with mtools from the
    base's boot files, plus an empty arbiter/ folder that arbiter-provision fills;
-3. the root tree staged in a folder: the base's root, the firmware as a wheel in
-   /opt/arbiter/wheels (plus any --wheelhouse wheels for its dependencies) with an installer,
-   the systemd units enabled, the watchdog drop-in and the udev rule; then made into an ext4
-   file with `mkfs.ext4 -d`;
+3. the root tree staged in a folder: the base's root, /opt/arbiter/wheels with the firmware's
+   wheel and a wheel of every dependency for the target (the [pi] extra included) with an
+   offline installer, the systemd units enabled, the watchdog drop-in and the udev rule; then
+   made into an ext4 file with `mkfs.ext4 -d`;
 4. both partition files written into the image at their offsets.
 
 The base is either --base-dir DIR (folders boot/ and root/, as the tests make on the spot)
@@ -17,6 +17,15 @@ copied out with mcopy and its root with `debugfs -R "rdump / DIR"` (run as root 
 ownership), and the base's disk id is kept (Pi OS names its root PARTUUID=<disk id>-02).
 The tests exercise that path with an earlier arbiter image standing in for Pi OS; a real Pi
 OS image is not available on the build machines.
+
+The target (--arch, default aarch64; --python, the base's CPython, default 3.11 as in Debian 12
+and Raspberry Pi OS Bookworm, glibc 2.36) decides the wheels: the set is resolved with
+`pip download --only-binary=:all: --platform manylinux..._<arch> --python-version ...`, from
+PyPI or, with --wheelhouse, from that folder only. A package without a wheel for the target
+fails the build, naming the package; then the set is checked by resolving the first boot's
+own `pip install --no-index` for the target (a dry run), so the appliance installs without a
+network. A base that carries a Python says its version and architecture, and a target that
+disagrees with them fails the build.
 
 The image carries the firmware as wheels: arbiter-install.service builds the venv at first
 boot, systemd-sysusers creates the ``arbiter`` user, arbiter-firstboot.service installs the
@@ -27,11 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,18 +102,88 @@ def base_from_image(base: Path, into: Path) -> None:
     rootfs.unlink()
 
 
-def stage_root(base_root: Path, stage: Path, wheelhouse: Path | None) -> Path:
+ELF_MACHINES = {0xB7: "aarch64", 0x3E: "x86_64"}  # e_machine of the base's python3
+EXTRAS = "pi"  # the board's GPIO libraries: lgpio, rpi-lgpio
+
+
+@dataclass(frozen=True)
+class Target:
+    """The appliance's CPU and CPython, which every shipped wheel must fit."""
+
+    arch: str = "aarch64"
+    python: str = "3.11"
+    glibc_minor: int = 36  # Debian 12 / Raspberry Pi OS Bookworm: glibc 2.36
+
+    def __str__(self) -> str:
+        return f"{self.arch}, CPython {self.python}, glibc 2.{self.glibc_minor}"
+
+    def pip_args(self) -> list[str]:
+        """pip's options that select wheels for this target instead of the build machine."""
+        platforms = [f"manylinux_2_{m}_{self.arch}" for m in range(self.glibc_minor, 16, -1)]
+        abi = "cp" + self.python.replace(".", "")
+        return ["--only-binary=:all:", "--implementation", "cp", "--python-version", self.python, "--abi", abi,
+                *(arg for p in [*platforms, f"manylinux2014_{self.arch}"] for arg in ("--platform", p))]
+
+
+def check_base(root: Path, target: Target) -> None:
+    """A base with a python3 tells its CPython version and CPU; the target must match them."""
+    versions = sorted(p.name.removeprefix("python") for p in (root / "usr/lib").glob("python3.*")
+                      if (p / "os.py").exists())
+    if versions and target.python not in versions:
+        raise ImageError(f"--python {target.python}: the base's CPython is {', '.join(versions)}")
+    binary = root / "usr/bin" / f"python{target.python}"
+    if binary.is_file():
+        head = binary.read_bytes()[:20]
+        machine = ELF_MACHINES.get(int.from_bytes(head[18:20], "little"), "unknown") if head[:4] == b"\x7fELF" else None
+        if machine is not None and machine != target.arch:
+            raise ImageError(f"--arch {target.arch}: the base's {binary.relative_to(root)} is built for {machine}")
+
+
+def _pip(args: list[str], isolated: bool) -> subprocess.CompletedProcess[str]:
+    """pip for the target; ``isolated``: nothing from this machine's pip config or PIP_* settings
+    (an extra find-links there would hide a wheel missing from the image)."""
+    env = {k: v for k, v in os.environ.items() if not (isolated and k.startswith("PIP_"))}
+    if isolated:
+        env["PIP_CONFIG_FILE"] = os.devnull
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env)
+
+
+def resolve_wheels(project_wheel: Path, wheels: Path, target: Target, wheelhouse: Path | None) -> list[str]:
+    """Every dependency's wheel for the target into ``wheels``, from the index or only from
+    ``wheelhouse``; the build fails naming a package that has none. Returns what installs."""
+    source = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else []
+    done = _pip(["download", "-q", "-d", str(wheels), *source, *target.pip_args(), f"{project_wheel}[{EXTRAS}]"],
+                isolated=wheelhouse is not None)
+    if done.returncode != 0:
+        missing = re.findall(r"No matching distribution found for (\S+)", done.stderr)
+        if missing:
+            raise ImageError(f"no wheel of {missing[0]} for the target ({target}) "
+                             f"{'in ' + str(wheelhouse) if wheelhouse else 'on the package index'}; "
+                             "the appliance installs offline, so every package needs a wheel for it")
+        raise ImageError(f"resolving the wheels for {target}: {done.stderr.strip()[-600:]}")
+    # the first boot's own install, resolved for the target with nothing but these wheels
+    offline = _pip(["install", "--dry-run", "--ignore-installed", "--no-index", "--find-links", str(wheels),
+                    *target.pip_args(), "--report", "-", "-q", f"billmaster-arbiter[{EXTRAS}]"], isolated=True)
+    if offline.returncode != 0:
+        raise ImageError(f"the image's wheels do not install offline on {target}: {offline.stderr.strip()[-600:]}")
+    return sorted(item["metadata"]["name"] for item in json.loads(offline.stdout)["install"])
+
+
+def stage_root(base_root: Path, stage: Path, wheelhouse: Path | None, target: Target) -> tuple[Path, list[str]]:
+    check_base(base_root, target)
     shutil.copytree(base_root, stage, symlinks=True)
     wheels = stage / "opt/arbiter/wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)], "build the wheel")
-    if wheelhouse:
-        for w in wheelhouse.glob("*.whl"):
-            shutil.copy2(w, wheels)
+    project_wheel = next(wheels.glob("billmaster_arbiter-*.whl"))
+    installs = resolve_wheels(project_wheel, wheels, target, wheelhouse)
     (stage / "opt/arbiter/install.sh").write_text(
-        "#!/bin/sh\n# First boot: the firmware's venv from the wheels shipped in this image.\nset -e\n"
-        "python3 -m venv /opt/arbiter/venv\n"
-        "/opt/arbiter/venv/bin/pip install --no-index --find-links /opt/arbiter/wheels 'billmaster-arbiter[pi]'\n")
+        "#!/bin/sh\n# First boot: the firmware's venv from the wheels shipped in this image, offline.\nset -e\n"
+        'here=$(dirname "$(readlink -f "$0")")\n'
+        "# the base's pip.conf may name an index (Raspberry Pi OS names piwheels): none is used\n"
+        "export PIP_CONFIG_FILE=/dev/null\n"
+        'python3 -m venv "$here"/venv\n'
+        f'"$here"/venv/bin/pip install --no-index --find-links "$here"/wheels \'billmaster-arbiter[{EXTRAS}]\'\n')
     os.chmod(stage / "opt/arbiter/install.sh", 0o755)
     units = stage / "etc/systemd/system"
     wants = units / "multi-user.target.wants"
@@ -121,11 +202,11 @@ def stage_root(base_root: Path, stage: Path, wheelhouse: Path | None) -> Path:
     rules = stage / "etc/udev/rules.d"
     rules.mkdir(parents=True, exist_ok=True)
     shutil.copy2(BOARD / "udev/99-arbiter.rules", rules)
-    return next(wheels.glob("billmaster_arbiter-*.whl"))
+    return project_wheel, installs
 
 
 def build(output: Path, size_mib: int, boot_mib: int, base_dir: Path | None, base_image: Path | None,
-          wheelhouse: Path | None = None) -> dict[str, object]:
+          wheelhouse: Path | None = None, target: Target = Target()) -> dict[str, object]:
     if size_mib < boot_mib + 32:
         raise ImageError(f"--size {size_mib}: must be at least --boot-mib ({boot_mib}) + 32 MiB for the root")
     t0 = time.monotonic()
@@ -158,8 +239,9 @@ def build(output: Path, size_mib: int, boot_mib: int, base_dir: Path | None, bas
             run(["mcopy", "-s", "-i", str(boot), *files, "::/"], "copy boot files")
         if not (base_dir / "boot" / "arbiter").is_dir():  # an earlier arbiter image as the base has it
             run(["mmd", "-i", str(boot), "::/arbiter"], "boot/arbiter")
-        step("root partition: base tree, firmware wheel, units enabled, watchdog, udev")
-        wheel = stage_root(base_dir / "root", tmp / "root", wheelhouse)
+        step(f"root partition: base tree, wheels for {target}, units enabled, watchdog, udev")
+        wheel, installs = stage_root(base_dir / "root", tmp / "root", wheelhouse, target)
+        wheel_count = len(list((tmp / "root/opt/arbiter/wheels").glob("*.whl")))
         rootfs = tmp / "root.ext4"
         run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(tmp / "root"), str(rootfs),
              f"{root_sectors * SECTOR // 1024}k"], "mkfs.ext4")
@@ -169,7 +251,8 @@ def build(output: Path, size_mib: int, boot_mib: int, base_dir: Path | None, bas
     took = round(time.monotonic() - t0, 2)
     step(f"done: {output} in {took} s")
     return {"image": str(output), "size_mib": size_mib, "boot_offset": boot_start * SECTOR,
-            "root_offset": root_start * SECTOR, "wheel": wheel.name, "seconds": took}
+            "root_offset": root_start * SECTOR, "wheel": wheel.name, "arch": target.arch, "python": target.python,
+            "wheels": wheel_count, "installs": installs, "seconds": took}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,15 +264,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--size", type=int, default=2048, help="image size in MiB (default %(default)s)")
     parser.add_argument("--boot-mib", type=int, default=256, help="boot partition in MiB (default %(default)s)")
-    parser.add_argument("--wheelhouse", type=Path, help="dependency wheels for the appliance's architecture")
+    parser.add_argument("--arch", choices=sorted(set(ELF_MACHINES.values())), default=Target.arch,
+                        help="the appliance's CPU, which every wheel must fit (default %(default)s: Pi 3, 4, 5, CM4)")
+    parser.add_argument("--python", default=Target.python,
+                        help="the base's CPython version (default %(default)s: Debian 12, Pi OS Bookworm)")
+    parser.add_argument("--wheelhouse", type=Path,
+                        help="resolve the wheels from this folder only, without the package index (offline build)")
     parser.add_argument("--json", action="store_true", help="print a summary as JSON")
     args = parser.parse_args(argv)
     try:
-        result = build(args.output, args.size, args.boot_mib, args.base_dir, args.base, args.wheelhouse)
+        result = build(args.output, args.size, args.boot_mib, args.base_dir, args.base, args.wheelhouse,
+                       Target(args.arch, args.python))
     except (ImageError, subprocess.CalledProcessError) as exc:
-        print(f"arbiter-image: {exc}", file=sys.stderr)
+        args.output.unlink(missing_ok=True)  # half an image must not be flashed by mistake
+        print(f"arbiter-image: {exc}; no image written", file=sys.stderr)
         return 1
-    print(json.dumps(result) if args.json else f"{result['image']}: built in {result['seconds']} s")
+    print(json.dumps(result) if args.json else
+          f"{result['image']}: built for {args.arch} in {result['seconds']} s, {result['wheels']} wheels")
     return 0
 
 

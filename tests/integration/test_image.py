@@ -1,14 +1,18 @@
 """The image recipe, built from a small base made on the spot and read back with the real
-tools (sfdisk, mtools, debugfs); then provisioning into it."""
+tools (sfdisk, mtools, debugfs); its wheels installed offline into a fresh venv; the aarch64
+set resolved from the package index; then provisioning into it."""
 from __future__ import annotations
 
+import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from host_tools.image import SECTOR, build, partition_table, partitions
+from host_tools.image import SECTOR, ImageError, Target, build, check_base, partition_table, partitions, resolve_wheels
 from host_tools.provision import main as provision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +25,8 @@ def image(tmp_path_factory):
     (tmp / "base/root/etc").mkdir(parents=True)
     (tmp / "base/boot/config.txt").write_text("arm_64bit=1\n")
     (tmp / "base/root/etc/hostname").write_text("arbiter\n")
-    result = build(tmp / "arbiter.img", 96, 40, tmp / "base", None)
+    # built for this machine's CPU, so that its wheels can be installed and run here
+    result = build(tmp / "arbiter.img", 96, 40, tmp / "base", None, target=Target(platform.machine()))
     return tmp / "arbiter.img", result
 
 
@@ -58,6 +63,80 @@ def test_root_has_firmware_units_enabled_watchdog_and_udev(image, tmp_path):
     assert "RuntimeWatchdogSec=15" in debugfs(img, "cat /etc/systemd/system.conf.d/10-arbiter-watchdog.conf", tmp_path)
     assert "arbiter-com" in debugfs(img, "cat /etc/udev/rules.d/99-arbiter.rules", tmp_path)
     assert "arbiter" in debugfs(img, "cat /etc/hostname", tmp_path)
+
+
+def test_the_image_installs_offline_from_its_own_wheels(image, tmp_path):
+    # the first boot's installer, run from the image's own /opt/arbiter with no index and no
+    # pip config of this machine: the [pi] extra's GPIO libraries come with the firmware
+    img, result = image
+    root = partitions(img)[1]
+    part = tmp_path / "root.ext4"
+    with open(img, "rb") as src, open(part, "wb") as dst:
+        src.seek(root["start"] * SECTOR)
+        dst.write(src.read(root["size"] * SECTOR))
+    subprocess.run(["debugfs", "-R", f"rdump /opt/arbiter {tmp_path}", str(part)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    done = subprocess.run([str(tmp_path / "arbiter/install.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    venv = tmp_path / "arbiter/venv/bin"
+    # RPi.GPIO (rpi-lgpio) refuses to import off a Pi: found, not imported
+    probe = subprocess.run([str(venv / "python"), "-c", "import importlib.util, lgpio, gpiozero.pins.lgpio, "
+                            "firmware.daemon; assert importlib.util.find_spec('RPi.GPIO')"], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    conf, key_file, _ = site_files(tmp_path)
+    conf.write_text(conf.read_text().replace("/etc/arbiter/site.key", str(key_file)))
+    check = subprocess.run([str(venv / "arbiterd"), "check-config", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert result["wheels"] == len(list((tmp_path / "arbiter/wheels").glob("*.whl"))) == len(result["installs"])
+    assert {"lgpio", "rpi-lgpio", "cryptography"} <= set(result["installs"])
+
+
+@pytest.fixture(scope="module")
+def aarch64_wheels(tmp_path_factory):
+    """The appliance's set for a Pi, resolved from the package index with binaries only."""
+    tmp = tmp_path_factory.mktemp("aarch64")
+    wheels = tmp / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+                   check=True, capture_output=True)
+    project = next(wheels.glob("billmaster_arbiter-*.whl"))
+    return project, wheels, resolve_wheels(project, wheels, Target("aarch64"), None)
+
+
+def test_the_pi_set_is_all_aarch64_or_pure_python_wheels(aarch64_wheels):
+    _, wheels, installs = aarch64_wheels
+    names = sorted(w.name for w in wheels.iterdir())
+    assert all(n.endswith(".whl") for n in names), names  # --only-binary: no sdist slipped in
+    platforms = {n: n[:-4].split("-")[-1] for n in names}
+    assert all(p == "any" or p.endswith("_aarch64") for p in platforms.values()), platforms
+    assert any(n.startswith("lgpio-") and p.endswith("_aarch64") for n, p in platforms.items())
+    assert {"lgpio", "rpi-lgpio", "gpiozero", "cryptography"} <= set(installs)
+
+
+def test_a_wheel_missing_from_the_wheelhouse_fails_the_build_naming_it(aarch64_wheels, tmp_path):
+    project, wheels, _ = aarch64_wheels
+    house = tmp_path / "house"
+    shutil.copytree(wheels, house)
+    offline = tmp_path / "offline"
+    assert "lgpio" in resolve_wheels(project, offline, Target("aarch64"), house)  # complete: builds offline
+    next(house.glob("pysnmp-*.whl")).unlink()
+    with pytest.raises(ImageError, match=r"no wheel of pysnmp\S* for the target \(aarch64, CPython 3.11"):
+        resolve_wheels(project, tmp_path / "again", Target("aarch64"), house)
+
+
+def test_a_base_that_disagrees_with_the_target_is_refused(tmp_path):
+    (tmp_path / "usr/lib/python3.13").mkdir(parents=True)
+    (tmp_path / "usr/lib/python3.13/os.py").write_text("")
+    with pytest.raises(ImageError, match="--python 3.11: the base's CPython is 3.13"):
+        check_base(tmp_path, Target("aarch64", "3.11"))
+    (tmp_path / "usr/lib/python3.11").mkdir()
+    (tmp_path / "usr/lib/python3.11/os.py").write_text("")
+    (tmp_path / "usr/bin").mkdir()
+    shutil.copy(Path(sys.executable).resolve(), tmp_path / "usr/bin/python3.11")  # this machine's CPU
+    other = "aarch64" if platform.machine() == "x86_64" else "x86_64"
+    with pytest.raises(ImageError, match=f"--arch {other}: the base's usr/bin/python3.11 is built for "
+                                         f"{platform.machine()}"):
+        check_base(tmp_path, Target(other))
+    check_base(tmp_path, Target(platform.machine()))
 
 
 def site_files(tmp: Path, bad: bool = False) -> tuple[Path, Path, bytes]:

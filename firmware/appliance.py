@@ -28,7 +28,7 @@ from firmware.notify import make_notifier
 from firmware.protocol import Codec
 from firmware.site_state import State
 from firmware.state import StateStore, kernel_boot_id
-from firmware.ups import UpsWatch
+from firmware.ups import UpsWatch, cut_outlet
 
 log = logging.getLogger("arbiter")
 
@@ -50,7 +50,7 @@ class Appliance:
         self.board.on_ack(self._button_ack)
         self.executor = Executor(self._handlers(cfg), wake=wake, clock=clock)
         specs = {s.name: s.ups for s in cfg.servers if s.ups}
-        self.ups_watch = UpsWatch(specs, cfg.ups.username, _secret(cfg.ups.password_file), cfg.ups.timeout) \
+        self.ups_watch = UpsWatch(specs, cfg.ups.username, _secret(cfg.ups.password_file, "ups.password_file"), cfg.ups.timeout) \
             if specs else None
         self._ups: dict[str, UpsObs] = {}
         self._ups_lock = threading.Lock()
@@ -73,7 +73,9 @@ class Appliance:
         self.executor.replace_handlers(self._handlers(cfg))
 
     def _handlers(self, cfg: Config) -> dict:
-        return make_handlers(cfg, self.board, self.poller, self.notifier, arpcheck.probe)
+        user, password = cfg.fence.ups_username, _secret(cfg.fence.ups_password_file, "fence.ups_password_file")
+        return make_handlers(cfg, self.board, self.poller, self.notifier, arpcheck.probe,
+                             lambda spec, cmd, timeout, off: cut_outlet(spec, cmd, user, password, timeout, off))
 
     def load_state(self, now: float) -> State:
         data = self.store.load()
@@ -172,10 +174,10 @@ class Appliance:
         self.notifier.close()
 
 
-def _secret(path: str) -> str:
+def _secret(path: str, key: str) -> str:
     if not path:
         return ""
     try:
         return Path(path).read_text().strip()
     except OSError as exc:
-        raise ConfigError([f"ups.password_file = {path!r}: cannot read ({exc.strerror})"]) from exc
+        raise ConfigError([f"{key} = {path!r}: cannot read ({exc.strerror})"]) from exc

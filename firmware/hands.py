@@ -22,6 +22,7 @@ class Relay(Protocol):
     def cut(self) -> None: ...
     def restore(self) -> None: ...
     def cut_and_confirm(self, timeout: float) -> bool: ...
+    def power_on(self) -> bool | None: ...
 
 
 class BoardPort(Protocol):
@@ -39,10 +40,12 @@ class NotifyPort(Protocol):
 
 
 ArpProbe = Callable[[str, str], frozenset[str]]
+# fence level 2: (ups spec, instcmd, timeout, power-sense reads off) -> what confirmed it, or ActionError
+OutletCut = Callable[[str, str, float, Callable[[], bool]], str]
 
 
 def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: NotifyPort,
-                  arp_probe: ArpProbe) -> dict[type, Handler]:
+                  arp_probe: ArpProbe, cut_outlet: OutletCut | None = None) -> dict[type, Handler]:
     t = cfg.timing
 
     def command(server: str, op: str, args: dict[str, Any] | None = None) -> str:
@@ -54,16 +57,28 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
         return detail or f"{op} done"
 
     def fence(a: Fence) -> str:
+        """Level 1, the relay; level 2, the UPS outlet, only when level 1 is not confirmed
+        (Pacemaker's fencing topology). The detail names the level that worked: fence-done's text."""
         relay = board.relay(a.server)
-        if not relay.cut_and_confirm(t.fence_timeout):
-            raise ActionError(f"{a.server}: power still reads on {t.fence_timeout:g} s after the relay"
-                              " opened (timing.fence_timeout; check the relay and its power_sense input)")
-        if cfg.fence.mode is FenceMode.CYCLE:
-            timer = threading.Timer(cfg.fence.cycle_off_s, relay.restore)
-            timer.daemon = True  # a stopping appliance must not wait for it; the relay fails safe (closed)
-            timer.start()
-            return f"{a.server}: power off confirmed; back on in {cfg.fence.cycle_off_s:g} s (fence.mode = cycle)"
-        return f"{a.server}: power off confirmed"
+        if relay.cut_and_confirm(t.fence_timeout):
+            if cfg.fence.mode is FenceMode.CYCLE:
+                timer = threading.Timer(cfg.fence.cycle_off_s, relay.restore)
+                timer.daemon = True  # a stopping appliance must not wait for it; the relay fails safe (closed)
+                timer.start()
+                return (f"{a.server}: power off confirmed (level 1: relay); back on in {cfg.fence.cycle_off_s:g} s"
+                        " (fence.mode = cycle)")
+            return f"{a.server}: power off confirmed (level 1: relay)"
+        level1 = (f"{a.server}: power still reads on {t.fence_timeout:g} s after the relay opened"
+                  " (timing.fence_timeout; check the relay and its power_sense input)")
+        srv = cfg.server(a.server)
+        if not srv.fence_ups_command or cut_outlet is None:
+            raise ActionError(level1)
+        notifier.notify("fence-escalated", a.server, text=f"{level1}; level 2: {srv.fence_ups_command} on {srv.ups}")
+        try:
+            how = cut_outlet(srv.ups, srv.fence_ups_command, t.fence_timeout, lambda: relay.power_on() is False)
+        except ActionError as exc:
+            raise ActionError(f"{level1}; {exc}") from exc
+        return f"{a.server}: power off confirmed (level 2: UPS outlet, {how})"
 
     def hold(a: HoldFence) -> str:
         if cfg.fence.mode is FenceMode.CYCLE:  # they were powered on again on purpose, and are kept out of service

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from PyNUTClient.PyNUT import PyNUTClient, PyNUTError
 
-from firmware.errors import ConfigError
+from firmware.errors import ActionError, ConfigError
 from firmware.model import UpsObs
 
 _SPEC = re.compile(r"^(?P<ups>[\w.-]+)@(?P<host>[\w.-]+|\[[0-9a-fA-F:]+\])(?::(?P<port>\d{1,5}))?$")
@@ -46,10 +47,7 @@ class _Closing:
 def read_ups(spec: str, username: str = "", password: str = "", timeout: float = 2.0) -> UpsObs:
     ups, host, port = parse_spec(spec)
     try:
-        client = PyNUTClient(host=host, port=port, login=username or None, password=password or None,
-                             timeout=timeout)
-        client._PyNUTClient__srv_handler = _Closing(client._PyNUTClient__srv_handler)  # see _Closing
-        raw = client.GetUPSVars(ups)
+        raw = _client(host, port, username, password, timeout).GetUPSVars(ups)
     except PyNUTError as exc:
         return UpsObs(spec, reachable=False, error=_short(str(exc)))
     except (OSError, ConnectionError, socket.timeout) as exc:
@@ -57,6 +55,54 @@ def read_ups(spec: str, username: str = "", password: str = "", timeout: float =
     except (ValueError, IndexError, AttributeError, EOFError) as exc:  # PyNUT chokes on a garbled answer
         return UpsObs(spec, reachable=False, error=f"bad answer from upsd {host}:{port}: {exc.__class__.__name__}")
     return _parse_vars(spec, raw)
+
+
+def _client(host: str, port: int, username: str, password: str, timeout: float) -> PyNUTClient:
+    client = PyNUTClient(host=host, port=port, login=username or None, password=password or None, timeout=timeout)
+    client._PyNUTClient__srv_handler = _Closing(client._PyNUTClient__srv_handler)  # see _Closing
+    return client
+
+
+def cut_outlet(spec: str, command: str, username: str, password: str, timeout: float,
+               sensed_off: Callable[[], bool] = lambda: False) -> str:
+    """Fence level 2 (Pacemaker's fencing topology: the next device when one is not confirmed):
+    ``command`` (load.off or outlet.N.load.off) on the server's UPS through upsd, then wait for
+    the power to read off: the UPS's own readback (``ups.status`` OFF, or ``outlet.N.status``
+    off) or ``sensed_off`` (the power-sense input). upsd answers OK once the command is handed
+    to the driver, not once it is done, so only the readback confirms; ActionError otherwise."""
+    ups, host, port = parse_spec(spec)
+    deadline = time.monotonic() + timeout
+    try:
+        _client(host, port, username, password, timeout).RunUPSCommand(ups, command)
+    except PyNUTError as exc:
+        hint = " (fence.ups_username needs this instcmd in upsd.users)" if "ACCESS" in str(exc) else ""
+        raise ActionError(f"level 2: {command} on {spec} refused: {_short(str(exc))}{hint}") from exc
+    except (OSError, ConnectionError, ValueError, EOFError) as exc:
+        raise ActionError(f"level 2: {command} on {spec}: upsd {host}:{port}: {exc.__class__.__name__}: {exc}") from exc
+    outlet = command.rsplit(".load.off", 1)[0] if command.startswith("outlet.") else ""
+    while time.monotonic() < deadline:
+        if sensed_off():
+            return f"{command} on {spec}; power-sense input reads off"
+        readback = _readback(ups, host, port, username, password, max(0.1, deadline - time.monotonic()), outlet)
+        if readback:
+            return f"{command} on {spec}; {readback}"
+        time.sleep(0.05)
+    raise ActionError(f"level 2: {command} on {spec} accepted, but the power does not read off within"
+                      f" timing.fence_timeout = {timeout:g} s")
+
+
+def _readback(ups: str, host: str, port: int, username: str, password: str, timeout: float, outlet: str) -> str:
+    """What the UPS says about the fenced load: empty while it still feeds it or cannot say."""
+    try:
+        values = {k.decode(): v.decode() for k, v in _client(host, port, username, password, timeout)
+                  .GetUPSVars(ups).items()}
+    except (PyNUTError, OSError, ConnectionError, ValueError, EOFError, UnicodeDecodeError):
+        return ""
+    if outlet and values.get(f"{outlet}.status", "").lower() == "off":
+        return f"{outlet}.status reads off"
+    if "OFF" in values.get("ups.status", "").split():
+        return "ups.status reads OFF"
+    return ""
 
 
 def _short(text: str) -> str:

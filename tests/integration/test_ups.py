@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from firmware.ups import UpsWatch, read_ups, ups_events
+from firmware.errors import ActionError
+from firmware.ups import UpsWatch, cut_outlet, read_ups, ups_events
 from hil.nut import NutSite
 
 
@@ -114,3 +115,44 @@ def test_a_garbled_upsd_answer_is_monitoring_lost_not_a_crash(answer):
         t.join(2)
         server.close()
     assert obs.reachable is False and obs.error
+
+
+def _play_the_outlet(nut: NutSite, stop: threading.Event, seen: list) -> None:
+    """What the rig does: an instcmd upsd accepted cuts the load; the readback says so."""
+    while not stop.wait(0.02):
+        for user, command, ups in nut.new_instcmds():
+            seen.append((user, command, ups))
+            nut.set(ups, "OFF", extra={"outlet.1.status": "off"})
+
+
+def test_level2_fence_through_upsd_is_confirmed_by_the_ups_readback(nut):
+    stop, seen = threading.Event(), []
+    player = threading.Thread(target=_play_the_outlet, args=(nut, stop, seen), daemon=True)
+    player.start()
+    try:
+        password = nut.fence_password_file.read_text().strip()
+        spec = f"alpha@127.0.0.1:{nut.port}"
+        with pytest.raises(ActionError, match="refused: access denied"):
+            cut_outlet(spec, "load.off", "fencer", "wrong", 5.0)
+        with pytest.raises(ActionError, match="refused: access denied"):
+            cut_outlet(spec, "load.off", "monitor", "rig-monitor", 5.0)  # a user without the instcmd
+        assert seen == []
+        t0 = time.monotonic()
+        assert cut_outlet(spec, "load.off", "fencer", password, 5.0) == f"load.off on {spec}; ups.status reads OFF"
+        assert time.monotonic() - t0 < 3.0
+        assert seen == [("fencer", "load.off", "alpha")]
+        # dummy-ups declares no outlets: upsd itself refuses outlet.N commands for it
+        with pytest.raises(ActionError, match="outlet.1.load.off on .* refused: ERR CMD-NOT-SUPPORTED"):
+            cut_outlet(spec, "outlet.1.load.off", "fencer", password, 5.0)
+    finally:
+        stop.set()
+        player.join()
+
+
+def test_level2_fence_that_the_ups_never_confirms_fails_naming_the_bound(nut):
+    spec = f"beta@127.0.0.1:{nut.port}"
+    password = nut.fence_password_file.read_text().strip()
+    with pytest.raises(ActionError, match="accepted, but the power does not read off within timing.fence_timeout = 1 s"):
+        cut_outlet(spec, "load.off", "fencer", password, 1.0)
+    assert cut_outlet(spec, "load.off", "fencer", password, 1.0, sensed_off=lambda: True) == (
+        f"load.off on {spec}; power-sense input reads off")

@@ -1,9 +1,11 @@
 """The executor and the action handlers against recording fakes: order, timeouts, failures."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
+from firmware.errors import ActionError
 from firmware.executor import Executor
 from firmware.hands import make_handlers
 from firmware.model import Fence, HoldFence, Notify, Promote, TakeIp, VerifyIp
@@ -31,6 +33,9 @@ class FakeRelay:
 
     def restore(self) -> None:
         self.line.add(f"restore {self.name}")
+
+    def power_on(self) -> bool | None:
+        return not self.confirms
 
     def cut_and_confirm(self, timeout: float) -> bool:
         self.cut()
@@ -73,9 +78,9 @@ class FakeNotifier:
         self.line.add(f"notify {event}")
 
 
-def executor(line, confirms=True, answer=True, macs=frozenset({MACS["standby"]}), cfg=CFG):
+def executor(line, confirms=True, answer=True, macs=frozenset({MACS["standby"]}), cfg=CFG, cut_outlet=None):
     handlers = make_handlers(cfg, FakeBoard(line, confirms), FakeAgents(line, answer), FakeNotifier(line),
-                             lambda ip, iface: macs)
+                             lambda ip, iface: macs, cut_outlet)
     return Executor(handlers)
 
 
@@ -173,3 +178,39 @@ def test_a_reload_gives_new_actions_the_new_settings():
                                       lambda ip, iface: frozenset()))
     ex.submit([Promote("standby", ref=2)])
     assert "within 0.5 s" in drain(ex, 1)[0].detail
+
+
+LEVEL2 = site_config(timing={"fence_timeout": 0.2, "action_timeout": 0.3},
+                     fence={"ups_username": "fencer", "ups_password_file": "/etc/arbiter/fence.pw"})
+LEVEL2 = dataclasses.replace(LEVEL2, servers=tuple(
+    dataclasses.replace(s, ups=f"{s.name}-ups@127.0.0.1", fence_ups_command="outlet.1.load.off") for s in LEVEL2.servers))
+
+
+def test_an_unconfirmed_relay_escalates_to_the_ups_outlet_and_names_the_level():
+    line = Timeline()
+
+    def cut(spec, command, timeout, sensed_off):
+        line.add(f"{command} {spec} sensed_off={sensed_off()}")
+        return "outlet.1.status reads off"
+    ex = executor(line, confirms=False, cfg=LEVEL2, cut_outlet=cut)
+    ex.submit([Fence("master", ref=1), Promote("standby", ref=2)])
+    fenced, promoted = drain(ex, 2)
+    assert fenced.ok and promoted.ok
+    assert fenced.detail == "master: power off confirmed (level 2: UPS outlet, outlet.1.status reads off)"
+    assert line.events == ["cut master", "notify fence-escalated",
+                           "outlet.1.load.off master-ups@127.0.0.1 sensed_off=False", "promote standby"]
+
+
+def test_a_confirmed_relay_never_touches_the_ups_and_a_failed_level_2_stops_the_promote():
+    line = Timeline()
+    ex = executor(line, cfg=LEVEL2, cut_outlet=lambda *a: line.add("ups") or "")
+    ex.submit([Fence("master", ref=1)])
+    assert drain(ex, 1)[0].detail == "master: power off confirmed (level 1: relay)" and "ups" not in line.events
+
+    def refused(*args):
+        raise ActionError("level 2: outlet.1.load.off on master-ups@127.0.0.1 refused: access denied")
+    ex = executor(Timeline(), confirms=False, cfg=LEVEL2, cut_outlet=refused)
+    ex.submit([Fence("master", ref=1), Promote("standby", ref=2)])
+    fenced, promoted = drain(ex, 2)
+    assert not fenced.ok and not promoted.ok
+    assert "power still reads on 0.2 s after the relay opened" in fenced.detail and "access denied" in fenced.detail

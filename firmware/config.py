@@ -45,6 +45,11 @@ class Fencing(Choice):
     NONE = "none"  # no relay: the standby must confirm it lost the primary
 
 
+class SyncLoss(Choice):
+    BLOCK = "block"  # commits wait for the lost synchronous standby (Patroni's synchronous_mode_strict)
+    DEGRADE = "degrade"  # after policy.sync_loss_grace the primary stops waiting (synchronous_mode)
+
+
 class OldPrimary(Choice):
     STAY_FENCED = "stay-fenced"
     REJOIN_AS_STANDBY = "rejoin-as-standby"
@@ -160,7 +165,7 @@ class Policy:
                                             "eligible standby does, this long without a break, is failed over "
                                             "(fenced first); nobody reaching them is a network failure: an "
                                             "alert, no failover")
-    sync_loss: str = setting("block", choices=("block", "degrade"), safety=True,
+    sync_loss: SyncLoss = setting(SyncLoss.BLOCK, choices=SyncLoss, safety=True,
                              doc="the synchronous standby is lost: block keeps commits waiting for it (no"
                                  " acknowledged commit on one machine only) and raises commits-blocked; degrade"
                                  " has the primary stop waiting after policy.sync_loss_grace (durability-reduced),"
@@ -518,14 +523,14 @@ def _fence_level2_checks(cfg: Config) -> list[str]:
         if not s.ups:
             p.append(f"servers[{i}].fence_ups_command = {s.fence_ups_command!r}: needs servers[{i}].ups"
                      " (the UPS that feeds this server)")
-        if cfg.policy.fencing == "none":
+        if cfg.policy.fencing is Fencing.NONE:
             p.append(f"servers[{i}].fence_ups_command = {s.fence_ups_command!r}: not used while"
                      " policy.fencing = 'none' (level 2 follows the relay)")
         if not (cfg.fence.ups_username and cfg.fence.ups_password_file):
             p.append(f"servers[{i}].fence_ups_command = {s.fence_ups_command!r}: needs fence.ups_username and"
                      " fence.ups_password_file (a NUT user allowed the instcmd)")
     t = cfg.timing
-    if cfg.policy.fencing == "none" and t.self_fence_wait <= t.dead_time:
+    if cfg.policy.fencing is Fencing.NONE and t.self_fence_wait <= t.dead_time:
         p.append(f"timing.self_fence_wait = {t.self_fence_wait}: must exceed timing.dead_time = {t.dead_time}"
                  " (policy.fencing = 'none': an isolated primary must have fenced itself first)")
     return p

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from firmware import logs
-from firmware.config import read_key
+from firmware.config import Fencing, read_key
+from firmware.config import load as load_site
 from firmware.errors import ActionError, ArbiterError, ConfigError
 from firmware.links import SerialPort
 from firmware.protocol import COMMAND_OPS, MAX_FRAME, Codec, Frame, Kind
-from firmware.config import load as load_site
 from firmware.reach import reaches_any
 from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
 from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 problems = site_problems(cfg.agent, site, str(args.site))
                 if problems:
                     raise ConfigError(problems)
-                if site.policy.fencing == "none":
+                if site.policy.fencing is Fencing.NONE:
                     print(f"{args.file}: self-fencing done {self_fence_margin(cfg.agent, site):.2f} s"
                           " before the appliance may promote")
             print(f"{args.file}: ok")

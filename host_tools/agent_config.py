@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware.config import Config, Ping, build_section, ping_target_problems, setting
+from firmware.config import Config, Fencing, Ping, build_section, ping_target_problems, setting
 from firmware.errors import ConfigError
 
 
@@ -124,7 +124,7 @@ def self_fence_margin(agent: AgentSection, site: Config) -> float:
 def site_problems(agent: AgentSection, site: Config, site_path: str) -> list[str]:
     """Cross-checks against the appliance's config: self-fencing is required without a fence
     relay, and must be complete before the appliance can promote."""
-    if site.policy.fencing != "none":
+    if site.policy.fencing is not Fencing.NONE:
         return []
     if agent.isolation_timeout == 0:
         return [f"agent.isolation_timeout = 0: required while policy.fencing = 'none' in {site_path} (an isolated"

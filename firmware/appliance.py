@@ -25,12 +25,14 @@ from firmware.journal import Journal
 from firmware.links import Poller
 from firmware.model import UpsObs, VipAudit
 from firmware.notify import make_notifier
-from firmware.protocol import Codec
+from firmware.protocol import Codec, derive_key
 from firmware.site_state import State
 from firmware.state import StateStore, kernel_boot_id
 from firmware.ups import UpsWatch, cut_outlet
 
 log = logging.getLogger("arbiter")
+
+SOURCE_RATE_PER_POLL = 10  # UDP frames one server may send per poll interval before the rest is dropped
 
 
 class Appliance:
@@ -43,9 +45,10 @@ class Appliance:
         self.run_id = self._next_run(state_dir / "runs")
         self.journal = Journal(state_dir / "journal.jsonl")
         self.board = Board(cfg, make_factory(cfg.board), clock=clock)
-        codec = Codec(cfg.site.node_id, read_key(cfg.site.key_file), self.run_id)
+        master = read_key(cfg.site.key_file)
+        codec = Codec(cfg.site.node_id, {s.name: derive_key(master, s.name) for s in cfg.servers}, self.run_id)
         self.poller = Poller(codec, [(s.name, s.serial, s.baudrate, s.address, s.port) for s in cfg.servers],
-                             clock=clock)
+                             clock=clock, source_rate=SOURCE_RATE_PER_POLL / cfg.timing.interval)
         self.notifier = make_notifier(cfg, state_dir, self.journal, self.board.set_alarm)
         self.board.on_ack(self._button_ack)
         self.executor = Executor(self._handlers(cfg), wake=wake, clock=clock)

@@ -105,7 +105,8 @@ PRIV_PROTOCOLS = ("aes", "aes192", "aes256")
 class Site:
     name: str = setting(pattern=_NAME, doc="site name, used in alerts")
     node_id: str = setting("arbiter", pattern=_NAME, doc="the appliance's sender id in frames")
-    key_file: str = setting(doc="file holding the per-site HMAC key (at least 16 bytes)")
+    key_file: str = setting(doc="file holding the site master key (at least 16 bytes); only the appliance"
+                                " holds it: each server gets its own key from `arbiterd derive-key SERVER`")
     state_dir: str = setting("/var/lib/arbiter", doc="persisted state, journal and alert outbox")
     socket: str = setting("/run/arbiter/control.sock", doc="operator CLI socket (root only)")
     mode: SiteMode = setting(SiteMode.ACTIVE, choices=SiteMode, safety=True,
@@ -548,12 +549,13 @@ def load(path: str | Path) -> Config:
     return parse(data)
 
 
-def read_key(path: str | Path) -> bytes:
-    """The site key: raw bytes of the file, stripped of a trailing newline."""
+def read_key(path: str | Path, setting_name: str = "site.key_file") -> bytes:
+    """A key file: its raw bytes, stripped of a trailing newline. ``setting_name`` is the
+    config key that names the file, for the error message."""
     try:
         key = Path(path).read_bytes().rstrip(b"\n")
     except OSError as exc:
-        raise ConfigError([f"site.key_file = {str(path)!r}: cannot read ({exc.strerror})"]) from exc
+        raise ConfigError([f"{setting_name} = {str(path)!r}: cannot read ({exc.strerror})"]) from exc
     if len(key) < 16:
-        raise ConfigError([f"site.key_file = {str(path)!r}: key is {len(key)} bytes, minimum 16"])
+        raise ConfigError([f"{setting_name} = {str(path)!r}: key is {len(key)} bytes, minimum 16"])
     return key

@@ -36,6 +36,7 @@ from firmware.status import StatusView, status_report
 from firmware.snmp import engine_id
 from firmware.snmp_agent import SnmpResponder
 from firmware.web import StatusWeb
+from firmware.protocol import derive_key
 
 log = logging.getLogger("arbiter")
 
@@ -343,6 +344,44 @@ def check_config(path: Path, as_json: bool) -> int:
     return 1 if problems else 0
 
 
+def derive_key_command(config_path: Path, server: str, peer: str | None) -> int:
+    """Print an agent's key, derived from the site master key that stays on the appliance."""
+    try:
+        cfg = config_mod.load(config_path)
+        master = config_mod.read_key(cfg.site.key_file)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"arbiterd: config error: {p}", file=sys.stderr)
+        return 2
+    names = [s.name for s in cfg.servers]
+    for name in (server, peer):
+        if name is not None and name not in names:
+            print(f"arbiterd: derive-key: {name!r} is not a server in {config_path} (servers: {', '.join(names)})",
+                  file=sys.stderr)
+            return 2
+    if peer == server:
+        print("arbiterd: derive-key: a pair key needs two different servers", file=sys.stderr)
+        return 2
+    print(derive_key(master, server, peer).decode())
+    return 0
+
+
+DERIVE_KEY_HELP = """\
+Print the key a server's agent needs, derived from the site master key (site.key_file),
+which never leaves the appliance. Each server signs with its own key, so one server can
+speak neither for another nor for the appliance.
+
+  arbiterd derive-key SERVER > SERVER.key
+      the server's own key: its agent.key_file
+  arbiterd derive-key SERVER PEER > SERVER-PEER.key
+      the key SERVER and PEER share for the standby's view of the primary: the
+      [[peers]] key_file on both of them
+
+Copy each file to its server as root, mode 0600. A new master key means new keys for
+every agent. --config (before derive-key) names the site config, default
+/etc/arbiter/arbiter.toml."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="arbiterd",
@@ -354,9 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config and exit non-zero naming every bad key")
     check.add_argument("file", type=Path)
     check.add_argument("--json", action="store_true", help="machine-readable result")
+    derive = sub.add_parser("derive-key", help="print the key of a server's agent (or of two servers' pair)",
+                            description=DERIVE_KEY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    derive.add_argument("server", help="the server's name, as in [[servers]]")
+    derive.add_argument("peer", nargs="?", help="a second server: print the key the two share")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file, args.json)
+    if args.command == "derive-key":
+        return derive_key_command(args.config, args.server, args.peer)
     logs.setup()
     try:
         daemon = Daemon(args.config)

@@ -2,19 +2,22 @@
 for the LAN. The Poller sends a poll on every link of every server each interval and keeps,
 per link, when the last valid reply came, its round trip and the report it carried.
 
-A reply is believed only if it answers a poll sent on that same link recently, so replies
-captured earlier cannot be played back. Commands are resent on every poll until the agent
-acknowledges them as done; the agent runs each command id once.
+A reply is believed only if it echoes the random nonce of a poll sent on that same link
+recently, so replies captured earlier (in this run or an earlier one) cannot be played back.
+Commands are resent on every poll, each time as a new frame, until the agent acknowledges
+them as done; the agent runs each command id once. An acknowledgement counts only for the
+command sent to the server that acknowledges. On UDP each source is rate-limited before
+any MAC is computed, so a flood costs little and never reaches the serial links' readers.
 """
 from __future__ import annotations
 
 import logging
-import math
+import secrets
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,7 @@ import serial
 
 from firmware.errors import ProtocolError
 from firmware.model import AgentReport, Channel, Replication, Role
-from firmware.protocol import MAX_FRAME, Codec, Deframer, Frame, Kind, frame_serial
+from firmware.protocol import MAX_FRAME, Ack, Codec, Command, Deframer, Frame, Kind, Reply, frame_serial
 
 log = logging.getLogger("arbiter.links")
 
@@ -30,6 +33,8 @@ POLL_MEMORY = 64  # outstanding polls remembered per link
 POLL_MAX_AGE_S = 5.0
 REOPEN_EVERY_S = 0.5
 KEEP_COMMANDS = 256  # finished commands whose results stay readable; older ones are dropped
+VERSION_WARN_EVERY_S = 60.0
+RATE_SOURCES = 1024  # sources a RateLimit remembers; beyond that it starts afresh
 
 
 @dataclass(frozen=True)
@@ -39,46 +44,35 @@ class LinkRecord:
     report: AgentReport | None = None
 
 
-def parse_report(payload: dict[str, Any]) -> AgentReport:
-    """A reply payload as a report, every field of the type the protocol gives it (no
-    conversions: "false" is not false); raises ProtocolError('bad-reply') otherwise."""
-    try:
-        repl = _field(payload, "repl", (dict, type(None))) or {}
-        lag_bytes = _field(repl, "lag_bytes", (int, type(None)))
-        if lag_bytes is not None and lag_bytes < 0:
-            raise ValueError(f"lag_bytes = {lag_bytes}: negative")
-        lag_s = _field(repl, "lag_s", (int, float, type(None)))
-        if lag_s is not None:
-            try:
-                lag_s = float(lag_s)  # an int too big for a float raises OverflowError
-            except OverflowError:
-                lag_s = math.inf
-            if not math.isfinite(lag_s):
-                raise ValueError("lag_s: not a finite number")
-        return AgentReport(
-            role=Role(_field(payload, "role", (str,), "unknown")),
-            healthy=_field(payload, "healthy", (bool,), required=True),
-            vip=_field(payload, "vip", (bool,), False),
-            repl=Replication(_field(repl, "in_sync", (bool, type(None))), lag_bytes,
-                             lag_s, _field(repl, "peer_alive", (bool, type(None)))),
-            hears_primary=_field(payload, "hears_primary", (bool, type(None))),
-            detail=_field(payload, "detail", (str,), "")[:200],
-            reach=_field(payload, "reach", (bool, type(None))),
-        )
-    except ValueError as exc:
-        raise ProtocolError("bad-reply", str(exc)) from exc
+def report_of(reply: Reply) -> AgentReport:
+    """A reply as the detector's report."""
+    return AgentReport(role=Role(reply.role), healthy=reply.healthy, vip=reply.vip,
+                       repl=Replication(reply.in_sync, reply.lag_bytes, reply.lag_s, reply.peer_alive),
+                       hears_primary=reply.hears_primary, detail=reply.detail, reach=reply.reach)
 
 
-def _field(obj: dict[str, Any], key: str, types: tuple[type, ...], default: Any = None, required: bool = False) -> Any:
-    """obj[key] if it has one of ``types`` (a bool is not an int here), else ValueError."""
-    if key not in obj:
-        if required:
-            raise ValueError(f"{key}: missing")
-        return default
-    value = obj[key]
-    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        raise ValueError(f"{key} = {value!r}: wrong type")
-    return value
+class RateLimit:
+    """A token bucket per source (``rate`` frames a second, bursts of ``burst``), checked
+    before any MAC: a flood of frames that would each cost an HMAC costs a dict lookup.
+    Its clock is always the real monotonic one: a rate is about real time."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
+        self.refused = 0
+
+    def allow(self, source: Hashable) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self._buckets) >= RATE_SOURCES and source not in self._buckets:
+            self._buckets.clear()
+        if tokens < 1.0:
+            self._buckets[source] = (tokens, now)
+            self.refused += 1
+            return False
+        self._buckets[source] = (tokens - 1.0, now)
+        return True
 
 
 class SerialPort:
@@ -163,22 +157,26 @@ class SerialPort:
 @dataclass
 class _Link:
     channel: Channel
-    polls: OrderedDict[int, float]
+    polls: OrderedDict[int, float]  # nonce -> when sent
     record: LinkRecord = LinkRecord()
 
 
 @dataclass
 class _Command:
     server: str
-    frame: bytes
+    command: Command
     result: tuple[bool, str] | None = None
 
 
 class Poller:
-    """servers: (name, serial url or "", baudrate, LAN address or "", UDP port)."""
+    """servers: (name, serial url or "", baudrate, LAN address or "", UDP port).
+
+    ``source_rate``: frames a second one UDP source may send before the rest is dropped
+    unread (a server sends one reply per poll and a few acks: far below it)."""
 
     def __init__(self, codec: Codec, servers: list[tuple[str, str, int, str, int]],
-                 clock: Callable[[], float] = time.monotonic, bind: tuple[str, int] = ("0.0.0.0", 0)) -> None:
+                 clock: Callable[[], float] = time.monotonic, bind: tuple[str, int] = ("0.0.0.0", 0),
+                 source_rate: float = 250.0) -> None:
         self._codec = codec
         self._codec_lock = threading.Lock()  # readers on several threads share its replay state
         self._clock = clock
@@ -189,7 +187,9 @@ class Poller:
         self._by_addr: dict[tuple[str, int], str] = {}
         self._commands: dict[str, _Command] = {}
         self._malformed: dict[str, int] = {}
+        self._version_warned: dict[tuple[str, Channel], float] = {}
         self._cmd_seq = 0
+        self.limit = RateLimit(source_rate, burst=max(8.0, source_rate / 4))
         for name, url, baud, address, port in servers:
             if url:
                 self._links[(name, Channel.SERIAL)] = _Link(Channel.SERIAL, OrderedDict())
@@ -211,17 +211,18 @@ class Poller:
     def poll_all(self) -> None:
         now = self._clock()
         for (name, channel), link in self._links.items():
+            nonce = secrets.randbits(64)
             with self._codec_lock:
-                seq, raw = self._codec.make(Kind.POLL)
+                _, raw = self._codec.make(Kind.POLL, name, {"n": nonce})
             with self._lock:
-                link.polls[seq] = now
+                link.polls[nonce] = now
                 while len(link.polls) > POLL_MEMORY:
                     link.polls.popitem(last=False)
             self._send(name, channel, raw)
         with self._lock:
             pending = [c for c in self._commands.values() if c.result is None]
         for cmd in pending:
-            self._send_everywhere(cmd.server, cmd.frame)
+            self._send_everywhere(cmd)
 
     def _send(self, name: str, channel: Channel, raw: bytes) -> None:
         if channel is Channel.SERIAL:
@@ -232,23 +233,25 @@ class Poller:
             except OSError:
                 pass  # no route while a cable is out; the lease runs out on its own
 
-    def _send_everywhere(self, name: str, raw: bytes) -> None:
+    def _send_everywhere(self, cmd: _Command) -> None:
+        """The command on every link of its server, each copy a frame of its own (a new seq),
+        so a resend is never a replay."""
         for (srv, channel) in self._links:
-            if srv == name:
-                self._send(name, channel, raw)
+            if srv == cmd.server:
+                with self._codec_lock:
+                    _, raw = self._codec.make(Kind.COMMAND, srv, cmd.command.payload())
+                self._send(srv, channel, raw)
 
     def send_command(self, server: str, op: str, args: dict[str, Any]) -> str:
         with self._lock:
             self._cmd_seq += 1
             cmd_id = f"{self._codec.sender}-{self._codec.boot_id}-{self._cmd_seq}"
-        with self._codec_lock:
-            _, raw = self._codec.make(Kind.COMMAND, {"id": cmd_id, "op": op, "args": args})
-        with self._lock:
-            self._commands[cmd_id] = _Command(server, raw)
+            cmd = _Command(server, Command(cmd_id, op, args))
+            self._commands[cmd_id] = cmd
             finished = [k for k, c in self._commands.items() if c.result is not None]
             for old in finished[:max(0, len(self._commands) - KEEP_COMMANDS)]:  # oldest first
                 del self._commands[old]
-        self._send_everywhere(server, raw)
+        self._send_everywhere(cmd)
         return cmd_id
 
     def command_result(self, cmd_id: str) -> tuple[bool, str] | None:
@@ -271,51 +274,58 @@ class Poller:
             name = self._by_addr.get((addr[0], addr[1]))
             if name is None:
                 self._count("unknown-peer")
-                continue
-            self._receive(name, Channel.LAN, raw)
+            elif self.limit.allow(name):
+                self._receive(name, Channel.LAN, raw)
 
     def _receive(self, name: str, channel: Channel, raw: bytes) -> None:
         with self._codec_lock:
-            frame = self._codec.read(raw)
+            frame = self._codec.read(raw, expect=name)
+            error = self._codec.last_error if frame is None else None
         if frame is None:
-            return
-        if frame.sender != name:
-            self._count("wrong-sender")
+            if error is not None and error.reason == "bad-version":
+                self._warn_version(name, channel, error)
         elif frame.kind is Kind.REPLY:
             self._on_reply(name, channel, frame)
         elif frame.kind is Kind.ACK:
-            self._on_ack(frame)
+            self._on_ack(name, frame)
         else:
             self._count("unexpected-kind")
+
+    def _warn_version(self, name: str, channel: Channel, error: ProtocolError) -> None:
+        now = self._clock()
+        with self._lock:
+            if now - self._version_warned.get((name, channel), -VERSION_WARN_EVERY_S) < VERSION_WARN_EVERY_S:
+                return
+            self._version_warned[(name, channel)] = now
+        log.warning("%s/%s: %s", name, channel.value, error.detail)
 
     def _on_reply(self, name: str, channel: Channel, frame: Frame) -> None:
         now = self._clock()
         try:
-            report = parse_report(frame.payload)
-            answered = _field(frame.payload, "re", (int,), required=True)
-        except (ProtocolError, ValueError):
+            reply = Reply.parse(frame.payload)
+        except ProtocolError:
             self._count("bad-reply")
             return
         with self._lock:
             link = self._links[(name, channel)]
-            sent = link.polls.pop(answered, None)
+            sent = link.polls.pop(reply.re, None)
             if sent is None or now - sent > POLL_MAX_AGE_S:
                 self._malformed["stale-reply"] = self._malformed.get("stale-reply", 0) + 1
                 return
-            link.record = LinkRecord(now, now - sent, report)
+            link.record = LinkRecord(now, now - sent, report_of(reply))
 
-    def _on_ack(self, frame: Frame) -> None:
-        p = frame.payload
+    def _on_ack(self, name: str, frame: Frame) -> None:
         try:
-            cmd_id, done = _field(p, "id", (str,), required=True), _field(p, "done", (bool,), required=True)
-            ok, detail = _field(p, "ok", (bool,), required=True), _field(p, "detail", (str,), "")
-        except ValueError:
+            ack = Ack.parse(frame.payload)
+        except ProtocolError:
             self._count("bad-ack")
             return
         with self._lock:
-            cmd = self._commands.get(cmd_id)
-            if cmd is not None and done and cmd.result is None:
-                cmd.result = (ok, detail[:300])
+            cmd = self._commands.get(ack.id)
+            if cmd is None or cmd.server != name:
+                self._malformed["ack-unmatched"] = self._malformed.get("ack-unmatched", 0) + 1
+            elif ack.done and cmd.result is None:
+                cmd.result = (ack.ok, ack.detail)
 
     def _count(self, reason: str) -> None:
         with self._lock:
@@ -337,6 +347,8 @@ class Poller:
             codec_drops = dict(self._codec.dropped)
         for reason, n in codec_drops.items():
             counts[reason] = counts.get(reason, 0) + n
+        if self.limit.refused:
+            counts["rate-limited"] = counts.get("rate-limited", 0) + self.limit.refused
         return counts
 
     def close(self) -> None:

@@ -1,38 +1,60 @@
-"""The heartbeat protocol between the appliance and the server agents, version 1.
+"""The heartbeat protocol between the appliance and the server agents, version 2.
 
 This module is the one place the wire format is defined.
 
 Frame layout (all integers big-endian)::
 
-    offset size  field
-    0      2     magic b"BA"
-    2      1     version (1)
-    3      1     kind: 1 poll, 2 reply, 3 command, 4 ack
-    4      1     sender id length n (1..32)
-    5      n     sender id, ASCII (server or appliance name)
-    5+n    8     boot id: grows with every restart of the sender
-    13+n   8     sequence number: grows with every frame the sender sends in this boot
-    21+n   2     payload length m (0..MAX_PAYLOAD)
-    23+n   m     payload: compact UTF-8 JSON object (fields per kind below)
-    23+n+m 32    HMAC-SHA256 over every byte before it, keyed with the per-site key
+    offset      size  field
+    0           2     magic b"BA"
+    2           1     version (2; a version 1 frame is refused naming both versions)
+    3           1     kind: 1 poll, 2 reply, 3 command, 4 ack
+    4           1     sender id length n (1..32)
+    5           n     sender id, ASCII (server or appliance name)
+    5+n         1     receiver id length r (1..32)
+    6+n         r     receiver id, ASCII: the one node this frame is meant for
+    6+n+r       8     boot id: grows with every restart of the sender (the appliance: its run id)
+    14+n+r      8     sequence number: grows with every frame the sender sends in this boot
+    22+n+r      2     payload length m (0..MAX_PAYLOAD)
+    24+n+r      m     payload: compact UTF-8 JSON object (fields per kind below)
+    24+n+r+m    32    HMAC-SHA256 over every byte before it, keyed with the link's key
+
+Keys: only the appliance holds the site master key. Frames between the appliance and
+server S are signed with S's key, ``derive_key(master, S)``; frames between two servers'
+agents (the standby's own view of the primary) with their pair key, ``derive_key(master,
+A, B)``. A server therefore cannot sign a frame as another server, nor as the appliance
+towards another server. ``arbiterd derive-key`` prints these keys for the technician.
 
 Payloads:
 
-* poll    ``{}`` (the frame's own seq is the poll's nonce)
-* reply   ``{"re": poll seq, "role": str, "healthy": bool, "vip": bool,
+* poll    ``{"n": nonce}``: a random 64-bit integer, fresh for every poll
+* reply   ``{"re": the poll's nonce, "role": str, "healthy": bool, "vip": bool,
             "repl": {"in_sync": bool|null, "lag_bytes": int|null, "lag_s": float|null,
                      "peer_alive": bool|null}, "hears_primary": bool|null, "detail": str,
             "reach": bool|null}`` (reach: a ping target answered; absent or null: not probed)
-* command ``{"id": str, "op": str, "args": {...}}`` with ``op`` one of COMMAND_OPS
-* ack     ``{"id": str, "ok": bool, "done": bool, "detail": str}``
+  (``Reply``)
+* command ``{"id": str, "op": str, "args": {...}}`` with ``op`` one of COMMAND_OPS; the
+  frame's receiver is the target server and its boot id the appliance's run (``Command``)
+* ack     ``{"id": str, "ok": bool, "done": bool, "detail": str}`` (``Ack``)
 
 On a serial line every frame is COBS-encoded and followed by one zero byte, so a reader
 resynchronises at the next zero after noise. On UDP one datagram carries one raw frame.
 
-Replay: a receiver keeps, per sender, the highest boot id seen and a 64-frame window of
-sequence numbers in that boot (as IPsec does); an older boot, a repeated or a too-old
-sequence number is rejected. A reply is only believed when it answers a poll the appliance
-sent recently (``re``), so a captured reply cannot be played back later.
+Checks, in this order, so that nothing unauthenticated changes any state: size, magic,
+version; the sender against the link it came in on (a serial port or a UDP source address
+belongs to one server) and the key that sender has; the MAC; the receiver is this node;
+then replay. Replay: a receiver keeps, per sender, the highest boot id seen and a 64-frame
+window of sequence numbers in that boot (as IPsec does). An older boot, a repeated or a
+too-old sequence number is rejected; so is a boot id above MAX_BOOT_ID or more than
+MAX_BOOT_JUMP past the known one, so no frame can lock a sender out for ever. On a sender's
+first frame of a boot, every older sequence number counts as seen.
+
+Freshness: a reply is believed only when it echoes the nonce of a poll sent recently on that
+link, so a reply captured in this or an earlier appliance run cannot be played back. An
+agent obeys a command only from the appliance run it saw in a poll within
+COMMAND_POLL_FRESH_S, and after a restart only once such a poll came in; the poll starts
+its replay window, so a command captured before it is too old. A resend is a new frame
+(new sequence number) with the same command id; an agent answers an id it has finished
+with the stored result again and never runs it twice.
 """
 from __future__ import annotations
 
@@ -40,7 +62,9 @@ import enum
 import hashlib
 import hmac
 import json
+import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,16 +73,25 @@ from cobs import cobs
 from firmware.errors import ProtocolError
 
 MAGIC = b"BA"
-VERSION = 1
+VERSION = 2
 MAC_LEN = 32
-MAX_SENDER = 32
+MAX_ID = 32
+MAX_SENDER = MAX_ID
 MAX_PAYLOAD = 1024
-MAX_FRAME = 2 + 1 + 1 + 1 + MAX_SENDER + 8 + 8 + 2 + MAX_PAYLOAD + MAC_LEN
+_COUNTERS = struct.Struct(">QQH")
+MAX_FRAME = 2 + 1 + 1 + 1 + MAX_ID + 1 + MAX_ID + _COUNTERS.size + MAX_PAYLOAD + MAC_LEN
+MIN_FRAME = 2 + 1 + 1 + 1 + 1 + 1 + 1 + _COUNTERS.size + MAC_LEN
 REPLAY_WINDOW = 64
+MAX_BOOT_ID = 2**56  # microseconds since 1970 reach it in the year 4253
+MAX_BOOT_JUMP = 2**48  # ~8.9 years of a microsecond clock between two starts
+COMMAND_POLL_FRESH_S = 3.0
+MIN_KEY = 16
 _U64 = 2**64 - 1
+_KEY_LABEL = b"billmaster-arbiter/v2/"
 
 COMMAND_OPS = ("promote", "demote", "take_ip", "release_ip", "backup", "shutdown", "rejoin",
                "sync_degrade", "sync_restore", "rebuild")
+ROLES = ("primary", "standby", "unknown")
 
 
 class Kind(enum.IntEnum):
@@ -72,50 +105,82 @@ class Kind(enum.IntEnum):
 class Frame:
     kind: Kind
     sender: str
+    receiver: str
     boot_id: int
     seq: int
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+def derive_key(master: bytes, node: str, peer: str | None = None) -> bytes:
+    """The key of the link between the appliance and ``node`` or, with ``peer``, between two
+    servers' agents: hex of HMAC-SHA256(master, label). Hex, so the key file a technician
+    copies is plain text; the 64 ASCII bytes are the key."""
+    label = f"server/{node}" if peer is None else "pair/" + "/".join(sorted((node, peer)))
+    return hmac.new(master, _KEY_LABEL + label.encode(), hashlib.sha256).hexdigest().encode()
+
+
+def _id_bytes(value: str, what: str) -> bytes:
+    raw = value.encode("ascii") if value.isascii() else b""
+    if not 1 <= len(raw) <= MAX_ID:
+        raise ProtocolError(f"bad-{what}", f"{what} id must be 1..{MAX_ID} ASCII chars")
+    return raw
+
+
 def encode(frame: Frame, key: bytes) -> bytes:
     """Serialise and sign a frame; raises ProtocolError for a frame that breaks the bounds."""
-    sender = frame.sender.encode("ascii", errors="strict") if frame.sender.isascii() else b""
-    if not 1 <= len(sender) <= MAX_SENDER:
-        raise ProtocolError("bad-sender", f"sender id must be 1..{MAX_SENDER} ASCII chars")
+    sender, receiver = _id_bytes(frame.sender, "sender"), _id_bytes(frame.receiver, "receiver")
     if not (0 <= frame.boot_id <= _U64 and 0 <= frame.seq <= _U64):
         raise ProtocolError("bad-counter", "boot id and seq must fit in 64 bits")
     body = json.dumps(frame.payload, separators=(",", ":"), sort_keys=True).encode()
     if len(body) > MAX_PAYLOAD:
         raise ProtocolError("oversized", f"payload {len(body)} bytes > {MAX_PAYLOAD}")
-    head = MAGIC + struct.pack(">BBB", VERSION, int(frame.kind), len(sender)) + sender
-    msg = head + struct.pack(">QQH", frame.boot_id, frame.seq, len(body)) + body
+    msg = b"".join((MAGIC, bytes((VERSION, int(frame.kind), len(sender))), sender, bytes((len(receiver),)),
+                    receiver, _COUNTERS.pack(frame.boot_id, frame.seq, len(body)), body))
     return msg + hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def peek_sender(data: bytes) -> str:
+    """The sender id of a raw frame, read before its MAC is checked, so the receiver can
+    hold it against the link and pick that sender's key; size, magic and version are checked
+    here too (a version 1 peer gets a message that names both versions)."""
+    if len(data) > MAX_FRAME:
+        raise ProtocolError("oversized", f"{len(data)} bytes > {MAX_FRAME}")
+    if len(data) < MIN_FRAME:
+        raise ProtocolError("truncated", f"{len(data)} bytes")
+    if data[:2] != MAGIC:
+        raise ProtocolError("bad-magic", data[:2].hex())
+    if data[2] != VERSION:
+        raise ProtocolError("bad-version", f"protocol version {data[2]} frame; this end speaks version "
+                                           f"{VERSION} only: upgrade the peer (arbiterd and arbiter-agent "
+                                           f"must both speak version {VERSION})")
+    n = data[4]
+    if not 1 <= n <= MAX_ID or len(data) < MIN_FRAME + n - 1:
+        raise ProtocolError("truncated", "sender field")
+    try:
+        return data[5:5 + n].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("bad-sender", "not ASCII") from exc
 
 
 def decode(data: bytes, key: bytes) -> Frame:
     """Check and parse one raw frame. Any defect raises ProtocolError with a short reason."""
-    if len(data) > MAX_FRAME:
-        raise ProtocolError("oversized", f"{len(data)} bytes > {MAX_FRAME}")
-    if len(data) < 5 + 1 + 18 + MAC_LEN:
-        raise ProtocolError("truncated", f"{len(data)} bytes")
-    if data[:2] != MAGIC:
-        raise ProtocolError("bad-magic", data[:2].hex())
+    sender = peek_sender(data)
     msg, mac = data[:-MAC_LEN], data[-MAC_LEN:]
     if not hmac.compare_digest(hmac.new(key, msg, hashlib.sha256).digest(), mac):
         raise ProtocolError("bad-mac", "authentication failed")
-    version, kind, n = msg[2], msg[3], msg[4]
-    if version != VERSION:
-        raise ProtocolError("bad-version", str(version))
+    kind, at = msg[3], 5 + len(sender)
     if kind not in Kind._value2member_map_:
         raise ProtocolError("bad-kind", str(kind))
-    if not 1 <= n <= MAX_SENDER or len(msg) < 5 + n + 18:
-        raise ProtocolError("truncated", "sender field")
+    r = msg[at]
+    if not 1 <= r <= MAX_ID or len(msg) < at + 1 + r + _COUNTERS.size:
+        raise ProtocolError("truncated", "receiver field")
     try:
-        sender = msg[5 : 5 + n].decode("ascii")
+        receiver = msg[at + 1:at + 1 + r].decode("ascii")
     except UnicodeDecodeError as exc:
-        raise ProtocolError("bad-sender", "not ASCII") from exc
-    boot_id, seq, m = struct.unpack_from(">QQH", msg, 5 + n)
-    body = msg[5 + n + 18 :]
+        raise ProtocolError("bad-receiver", "not ASCII") from exc
+    at += 1 + r
+    boot_id, seq, m = _COUNTERS.unpack_from(msg, at)
+    body = msg[at + _COUNTERS.size:]
     if len(body) != m:
         raise ProtocolError("truncated", f"payload {len(body)} of {m} bytes")
     try:
@@ -126,7 +191,139 @@ def decode(data: bytes, key: bytes) -> Frame:
         raise ProtocolError("bad-payload", "nested too deeply") from exc
     if not isinstance(payload, dict):
         raise ProtocolError("bad-payload", "not an object")
-    return Frame(Kind(kind), sender, boot_id, seq, payload)
+    return Frame(Kind(kind), sender, receiver, boot_id, seq, payload)
+
+
+# ---------------------------------------------------------------------- payloads
+
+
+def field_of(obj: dict[str, Any], key: str, types: tuple[type, ...], default: Any = None,
+             required: bool = False) -> Any:
+    """obj[key] if it has one of ``types`` (a bool is not an int here), else ValueError."""
+    if key not in obj:
+        if required:
+            raise ValueError(f"{key}: missing")
+        return default
+    value = obj[key]
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise ValueError(f"{key} = {value!r}: wrong type")
+    return value
+
+
+def _u64(obj: dict[str, Any], key: str) -> int:
+    value = field_of(obj, key, (int,), required=True)
+    if not 0 <= value <= _U64:
+        raise ValueError(f"{key} = {value}: not a 64-bit unsigned integer")
+    return value
+
+
+def poll_nonce(payload: dict[str, Any]) -> int:
+    """The nonce of a poll payload; ProtocolError('bad-poll') if it has none."""
+    try:
+        return _u64(payload, "n")
+    except ValueError as exc:
+        raise ProtocolError("bad-poll", str(exc)) from exc
+
+
+_NONE = type(None)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply's payload: built by the agent, parsed by the appliance, only here."""
+
+    re: int  # the nonce of the poll it answers
+    healthy: bool
+    role: str = "unknown"
+    vip: bool = False
+    in_sync: bool | None = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
+    peer_alive: bool | None = None
+    hears_primary: bool | None = None
+    detail: str = ""
+    reach: bool | None = None  # a ping target answered; None: none configured or not probed
+
+    def payload(self) -> dict[str, Any]:
+        return {"re": self.re, "role": self.role, "healthy": self.healthy, "vip": self.vip,
+                "repl": {"in_sync": self.in_sync, "lag_bytes": self.lag_bytes, "lag_s": self.lag_s,
+                         "peer_alive": self.peer_alive},
+                "hears_primary": self.hears_primary, "detail": self.detail[:200], "reach": self.reach}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> Reply:
+        """Every field of the type the protocol gives it (no conversions: "false" is not
+        false); raises ProtocolError('bad-reply') otherwise."""
+        try:
+            repl = field_of(payload, "repl", (dict, _NONE)) or {}
+            lag_bytes = field_of(repl, "lag_bytes", (int, _NONE))
+            if lag_bytes is not None and lag_bytes < 0:
+                raise ValueError(f"lag_bytes = {lag_bytes}: negative")
+            lag_s = field_of(repl, "lag_s", (int, float, _NONE))
+            if lag_s is not None:
+                try:
+                    lag_s = float(lag_s)  # an int too big for a float raises OverflowError
+                except OverflowError:
+                    lag_s = math.inf
+                if not math.isfinite(lag_s):
+                    raise ValueError("lag_s: not a finite number")
+            role = field_of(payload, "role", (str,), "unknown")
+            if role not in ROLES:
+                raise ValueError(f"role = {role!r}: not one of {', '.join(ROLES)}")
+            return cls(re=_u64(payload, "re"), healthy=field_of(payload, "healthy", (bool,), required=True),
+                       role=role, vip=field_of(payload, "vip", (bool,), False),
+                       in_sync=field_of(repl, "in_sync", (bool, _NONE)), lag_bytes=lag_bytes, lag_s=lag_s,
+                       peer_alive=field_of(repl, "peer_alive", (bool, _NONE)),
+                       hears_primary=field_of(payload, "hears_primary", (bool, _NONE)),
+                       detail=field_of(payload, "detail", (str,), "")[:200],
+                       reach=field_of(payload, "reach", (bool, _NONE)))
+        except ValueError as exc:
+            raise ProtocolError("bad-reply", str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Ack:
+    """An agent's answer to a command: ``done`` False while it runs, then its result."""
+
+    id: str
+    done: bool
+    ok: bool
+    detail: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {"id": self.id, "done": self.done, "ok": self.ok, "detail": self.detail[:300]}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> Ack:
+        try:
+            return cls(field_of(payload, "id", (str,), required=True), field_of(payload, "done", (bool,), required=True),
+                       field_of(payload, "ok", (bool,), required=True), field_of(payload, "detail", (str,), "")[:300])
+        except ValueError as exc:
+            raise ProtocolError("bad-ack", str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    op: str
+    args: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"id": self.id, "op": self.op, "args": self.args}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> Command:
+        try:
+            cmd = cls(field_of(payload, "id", (str,), required=True), field_of(payload, "op", (str,), required=True),
+                      field_of(payload, "args", (dict,), {}))
+        except ValueError as exc:
+            raise ProtocolError("bad-command", str(exc)) from exc
+        if not cmd.id:
+            raise ProtocolError("bad-command", "empty id")
+        return cmd
+
+
+# ---------------------------------------------------------------------- serial framing
 
 
 def frame_serial(raw: bytes) -> bytes:
@@ -183,24 +380,34 @@ def _split_keep(data: bytes) -> list[tuple[bool, bytes]]:
     return [(True, p) for p in parts[:-1]] + [(False, parts[-1])]
 
 
+# ---------------------------------------------------------------------- replay and endpoints
+
+
 class ReplayGuard:
     """Per-sender anti-replay state: highest boot id and a sliding window of seqs."""
 
     def __init__(self, window: int = REPLAY_WINDOW) -> None:
         self._window = window
+        self._full = (1 << window) - 1
         self._state: dict[str, tuple[int, int, int]] = {}  # sender -> (boot, top seq, bitmap)
 
     def accept(self, frame: Frame) -> None:
-        """Record the frame, or raise ProtocolError('replay') if it was seen or is stale."""
+        """Record the frame, or raise ProtocolError('replay'/'bad-boot') if it was seen, is
+        stale, or its boot id is out of bounds."""
+        if frame.boot_id > MAX_BOOT_ID:
+            raise ProtocolError("bad-boot", f"{frame.sender}: boot id {frame.boot_id} > {MAX_BOOT_ID}")
         boot, top, bitmap = self._state.get(frame.sender, (-1, -1, 0))
         if frame.boot_id < boot:
             raise ProtocolError("replay", f"{frame.sender}: old boot id {frame.boot_id}")
         if frame.boot_id > boot:
-            self._state[frame.sender] = (frame.boot_id, frame.seq, 1)
+            if boot >= 0 and frame.boot_id - boot > MAX_BOOT_JUMP:
+                raise ProtocolError("bad-boot", f"{frame.sender}: boot id jumps {frame.boot_id - boot}"
+                                                f" > {MAX_BOOT_JUMP}")
+            self._state[frame.sender] = (frame.boot_id, frame.seq, self._full)  # older seqs: seen
             return
         if frame.seq > top:
             shift = frame.seq - top
-            bitmap = ((bitmap << shift) | 1) & ((1 << self._window) - 1) if shift < self._window else 1
+            bitmap = ((bitmap << shift) | 1) & self._full if shift < self._window else 1
             self._state[frame.sender] = (boot, frame.seq, bitmap)
             return
         age = top - frame.seq
@@ -210,37 +417,54 @@ class ReplayGuard:
 
 
 class Codec:
-    """One endpoint's view: its own id, boot id and sequence counter, plus replay state.
+    """One endpoint's view: its own id, boot id and sequence counter, the key of every node
+    it talks to, and replay state.
 
-    Counters of dropped frames by reason are kept in ``dropped`` for status output.
+    Counters of dropped frames by reason are kept in ``dropped`` for status output; the
+    last rejection is in ``last_error`` (a caller logs a version mismatch from it).
     """
 
-    def __init__(self, sender: str, key: bytes, boot_id: int) -> None:
-        if len(key) < 16:
-            raise ProtocolError("bad-key", "the site key must be at least 16 bytes")
-        self.sender = sender
+    def __init__(self, me: str, keys: Mapping[str, bytes], boot_id: int) -> None:
+        for node, key in keys.items():
+            if len(key) < MIN_KEY:
+                raise ProtocolError("bad-key", f"the key for {node} must be at least {MIN_KEY} bytes")
+        self.sender = me
         self.boot_id = boot_id
-        self._key = key
+        self._keys = keys
         self._seq = 0
         self._guard = ReplayGuard()
         self.dropped: dict[str, int] = {}
+        self.last_error: ProtocolError | None = None
 
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    def make(self, kind: Kind, payload: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    def make(self, kind: Kind, to: str, payload: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """A signed frame for ``to`` (KeyError for a node this codec has no key for)."""
         seq = self.next_seq()
-        return seq, encode(Frame(kind, self.sender, self.boot_id, seq, payload or {}), self._key)
+        return seq, encode(Frame(kind, self.sender, to, self.boot_id, seq, payload or {}), self._keys[to])
 
-    def read(self, raw: bytes) -> Frame | None:
-        """Authenticate, parse and replay-check a raw frame; None (and counted) if bad."""
+    def read(self, raw: bytes, expect: str | None = None) -> Frame | None:
+        """Authenticate, parse and replay-check a raw frame; None (and counted) if bad.
+
+        ``expect``: the only sender the link it came in on belongs to; anyone else is
+        refused before the MAC, and the replay state changes only after it."""
         try:
-            frame = decode(raw, self._key)
-            if frame.sender == self.sender:
+            sender = peek_sender(raw)
+            if expect is not None and sender != expect:
+                raise ProtocolError("wrong-sender", f"{sender!r} on {expect}'s link")
+            if sender == self.sender:
                 raise ProtocolError("own-frame", "reflected frame")
+            key = self._keys.get(sender)
+            if key is None:
+                raise ProtocolError("unknown-sender", sender)
+            frame = decode(raw, key)
+            if frame.receiver != self.sender:
+                raise ProtocolError("not-for-me", f"{sender} -> {frame.receiver}")
             self._guard.accept(frame)
         except ProtocolError as exc:
+            self.last_error = exc
             self.count_drop(exc.reason)
             return None
         return frame

@@ -1,5 +1,7 @@
 """Heartbeat protocol figures: poll round trip over a socat pty pair and over UDP loopback
-against a real agent (median, p99), and frames per second one core authenticates.
+against a real agent (median, p99), frames per second one core authenticates (a full
+receive check included), and what one core rejects per second of a LAN flood: frames with
+a bad MAC, and frames over a source's rate limit (dropped before any MAC).
 
 A pty does not pace bytes at its baud rate, so the pty figure is the software path only;
 the wire time a real 115200-baud line adds is computed from the frame sizes and printed.
@@ -18,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from firmware.links import Poller
+from firmware.links import Poller, RateLimit
 from firmware.model import Channel
-from firmware.protocol import Codec, Frame, Kind, decode, encode, frame_serial
+from firmware.protocol import Codec, Frame, Kind, Reply, decode, derive_key, encode, frame_serial
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,15 +43,40 @@ def round_trips(poller: Poller, channel: Channel, polls: int) -> list[float]:
     return out
 
 
+REPLY = Reply(re=1, healthy=True, role="standby", vip=False, in_sync=True, lag_bytes=0, lag_s=0.0,
+              peer_alive=True, hears_primary=False).payload()
+
+
 def auth_rate(seconds: float = 2.0) -> float:
+    """Frames a second through encode, sign, verify and decode."""
     key = secrets.token_bytes(32)
-    reply = {"re": 1, "role": "standby", "healthy": True, "vip": False, "hears_primary": False, "detail": "",
-             "repl": {"in_sync": True, "lag_bytes": 0, "lag_s": 0.0, "peer_alive": True}}
     n, end = 0, time.perf_counter() + seconds
     while time.perf_counter() < end:
-        decode(encode(Frame(Kind.REPLY, "standby", 7, n + 1, reply), key), key)
+        decode(encode(Frame(Kind.REPLY, "standby", "arbiter", 7, n + 1, REPLY), key), key)
         n += 1
     return n / seconds
+
+
+def _rate(frames: list[bytes], check) -> float:
+    started = time.perf_counter()
+    for raw in frames:
+        check(raw)
+    return len(frames) / (time.perf_counter() - started)
+
+
+def receive_rates(n: int = 100_000) -> dict[str, float]:
+    """What the appliance's receive path does a second on one core: good replies read
+    (sender check, key, MAC, parse, replay), forged ones (bad MAC) rejected, and a flood
+    from one source dropped by its rate limit before any MAC."""
+    master = secrets.token_bytes(32)
+    agent = Codec("standby", {"arbiter": derive_key(master, "standby")}, 7)
+    appliance = Codec("arbiter", {"standby": derive_key(master, "standby")}, 1)
+    good = [agent.make(Kind.REPLY, "arbiter", REPLY)[1] for _ in range(n)]
+    forged = encode(Frame(Kind.REPLY, "standby", "arbiter", 7, 1, REPLY), b"x" * 32)
+    limit = RateLimit(250.0, 62.0)
+    return {"read": _rate(good, lambda raw: appliance.read(raw, "standby")),
+            "bad_mac": _rate([forged] * n, lambda raw: appliance.read(raw, "standby")),
+            "rate_limited": _rate([forged] * n, lambda raw: limit.allow("standby") and appliance.read(raw))}
 
 
 def wire_ms(size: int, baud: int = 115200) -> float:
@@ -68,8 +95,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        site_key = secrets.token_hex(32).encode()
         key = tmp / "key"
-        key.write_text(secrets.token_hex(32))
+        key.write_bytes(derive_key(site_key, "master"))
         a, b = tmp / "tty-a", tmp / "tty-b"
         socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
                                  stderr=subprocess.DEVNULL)
@@ -84,9 +112,8 @@ def main() -> None:
         agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            codec = Codec("arbiter", key.read_bytes(), 1)
-            serial = Poller(codec, [("master", str(a), 115200, "", 0)])
-            udp = Poller(Codec("arbiter", key.read_bytes(), 2), [("master", "", 0, "127.0.0.1", 25405)])
+            serial = Poller(Codec("arbiter", {"master": key.read_bytes()}, 1), [("master", str(a), 115200, "", 0)])
+            udp = Poller(Codec("arbiter", {"master": key.read_bytes()}, 2), [("master", "", 0, "127.0.0.1", 25405)])
             time.sleep(1.5)
             pty = stats(round_trips(serial, Channel.SERIAL, args.polls))
             lan = stats(round_trips(udp, Channel.LAN, args.polls))
@@ -95,19 +122,20 @@ def main() -> None:
         finally:
             agent.kill()
             socat.kill()
-    _, poll = Codec("arbiter", b"k" * 32, 1).make(Kind.POLL)
-    reply = encode(Frame(Kind.REPLY, "master", 1, 1, {"re": 1, "role": "standby", "healthy": True, "vip": False,
-                                                       "hears_primary": False, "detail": "",
-                                                       "repl": {"in_sync": True, "lag_bytes": 0, "lag_s": 0.0,
-                                                                "peer_alive": True}}), b"k" * 32)
+    _, poll = Codec("arbiter", {"master": b"k" * 32}, 1).make(Kind.POLL, "master", {"n": 2**64 - 1})
+    reply = encode(Frame(Kind.REPLY, "master", "arbiter", 1, 1, {**REPLY, "re": 2**64 - 1}), b"k" * 32)
     wire = wire_ms(len(frame_serial(poll))) + wire_ms(len(frame_serial(reply)))
     rate = auth_rate()
+    receive = receive_rates()
     print(f"poll round trip, socat pty (software path): median {pty['median_ms']} ms, p99 {pty['p99_ms']} ms "
           f"over {pty['n']} polls")
     print(f"  + wire time at 115200 baud 8N1: poll {len(frame_serial(poll))} B + reply {len(frame_serial(reply))} B"
           f" = {wire:.1f} ms; expected on a real line: ~{pty['median_ms'] + wire:.1f} ms median")
     print(f"poll round trip, UDP loopback: median {lan['median_ms']} ms, p99 {lan['p99_ms']} ms over {lan['n']} polls")
     print(f"authentication (encode+sign+verify+decode of a reply), one core: {rate:,.0f} frames/s")
+    print(f"receive path, one core: {receive['read']:,.0f} good replies read/s (sender, key, MAC, parse, replay); "
+          f"{receive['bad_mac']:,.0f} forged frames rejected/s (bad MAC); "
+          f"{receive['rate_limited']:,.0f} flood frames dropped/s by a source's rate limit (no MAC)")
 
 
 if __name__ == "__main__":

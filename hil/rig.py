@@ -23,6 +23,7 @@ from typing import Any
 from board.hil_bridge import HilGpio
 from firmware.control import request
 from firmware.errors import ArbiterError
+from firmware.protocol import derive_key
 from hil import toml_out
 from hil.lifecycle import Built
 from hil.site import Site
@@ -154,7 +155,8 @@ class Rig(Built):
             lag = 8 << 20 if name in self.opts.lagging else 0
             role_file.write_text(json.dumps({"role": role, "in_sync": not lag, "lag_bytes": lag,
                                              "lag_s": 3.0 if lag else 0.0}))
-        peers = [{"address": self.site.ip(p), "port": AGENT_PORT} for p in self.servers if p != name]
+        peers = [{"name": p, "key_file": self.agent_key(name, p), "address": self.site.ip(p), "port": AGENT_PORT}
+                 for p in self.servers if p != name]
         if self.opts.database:
             replication = {"adapter": "postgres", **self.pg.adapter_settings(name)}  # type: ignore[union-attr]
         else:
@@ -163,7 +165,7 @@ class Rig(Built):
                            "demote": f"{PY} -m hil.role {role_file} standby",
                            "rejoin": f"{PY} -m hil.role {role_file} standby"}
         return {
-            "agent": {"name": name, "key_file": str(self.key_file), "arbiter": "arbiter",
+            "agent": {"name": name, "key_file": self.agent_key(name), "arbiter": "arbiter",
                       "listen": "0.0.0.0", "port": AGENT_PORT,
                       "serial": str(self.site.serial_path(name, "server")),
                       "state_file": str(self.workdir / f"agent-{name}-state.json")},
@@ -176,6 +178,14 @@ class Rig(Built):
     def _ping_section(self) -> dict[str, Any]:
         """The gateway as the one ping target, probed at the shipped interval and timeout."""
         return {"ping": {"targets": [self.site.ip("gw")]}} if self.opts.ping else {}
+
+    def agent_key(self, name: str, peer: str | None = None) -> str:
+        """The file with a server's own key (or a pair's), as `arbiterd derive-key` prints it."""
+        path = self.workdir / "keys" / (f"{name}-{peer}.key" if peer else f"{name}.key")
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(derive_key(self.key_file.read_bytes().rstrip(b"\n"), name, peer) + b"\n")
+        os.chmod(path, 0o600)
+        return str(path)
 
     def arbiter_config(self) -> dict[str, Any]:
         servers = []

@@ -5,7 +5,12 @@ commands once per command id.
 
 Polls are answered from cached state only: replication state, health and reachability are
 read by background threads, and commands run on worker threads, so a slow promote never delays a
-heartbeat.
+heartbeat. A replication state that cannot be read, whatever the reason, or that is older than
+STALE_INTERVALS status intervals (and STALE_MIN_S), is reported as unknown, never as the
+last good one.
+
+Commands are obeyed only when addressed to this server, signed with its own key, and sent in
+the appliance run seen in a poll within COMMAND_POLL_FRESH_S (protocol.py says why).
 """
 from __future__ import annotations
 
@@ -13,31 +18,40 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import shlex
+import subprocess
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from firmware import logs
 from firmware.config import Fencing, read_key
 from firmware.config import load as load_site
-from firmware.errors import ActionError, ArbiterError, ConfigError
-from firmware.links import SerialPort
-from firmware.protocol import COMMAND_OPS, MAX_FRAME, Codec, Frame, Kind
+from firmware.errors import ActionError, ArbiterError, ConfigError, ProtocolError
+from firmware.links import RateLimit, SerialPort
+from firmware.protocol import (COMMAND_OPS, COMMAND_POLL_FRESH_S, MAX_FRAME, Ack, Codec, Command, Frame, Kind,
+                               Reply, poll_nonce)
 from firmware.reach import reaches_any
 from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
-from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter
+from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter, run_checked
 
 log = logging.getLogger("arbiter.agent")
 
 KEEP_COMMANDS = 256
 _ADAPTER_OPS = ("promote", "demote", "rejoin", "rebuild", "sync_degrade", "sync_restore")
+STALE_INTERVALS = 5  # a replication state older than this many agent.status_interval is unknown
+STALE_MIN_S = 1.0  # ... and older than this (a status command may take a while to start)
+SOURCE_RATE = 500.0  # UDP frames a second one source may send; the rest is dropped before any MAC
+WARN_EVERY_S = 60.0
+
+Send = Callable[[bytes], None]
 
 
 class Agent:
@@ -47,13 +61,21 @@ class Agent:
         saved = self._load_state()
         last = saved.get("boot")
         self.boot_id = max((last if isinstance(last, int) else 0) + 1, time.time_ns() // 1000)
-        self.codec = Codec(a.name, read_key(a.key_file), self.boot_id)
+        keys = {a.arbiter: read_key(a.key_file, "agent.key_file")}
+        keys.update((p.name, read_key(p.key_file, f"peers[{i}].key_file")) for i, p in enumerate(cfg.peers))
+        self.codec = Codec(a.name, keys, self.boot_id)
         self.codec_lock = threading.Lock()
         self.adapter = adapter if adapter is not None else (
             make_adapter(cfg.replication) if cfg.replication else None)
         self.status = ReplicationStatus("unknown", detail="not read yet")
         self.health = Health(False, "not checked yet")
         self.reach: bool | None = None  # None: no ping targets configured, or not probed yet
+        self.status_at: float | None = None  # monotonic time the status was read
+        self.stale_after = max(STALE_INTERVALS * a.status_interval, STALE_MIN_S)
+        self._appliance_poll: tuple[int, float] | None = None  # (its run, when) of its latest poll
+        self._peer_by_addr = {(p.address, p.port): p.name for p in cfg.peers}
+        self._limit = RateLimit(SOURCE_RATE, burst=SOURCE_RATE / 4)
+        self._warned: dict[str, float] = {}
         self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(
             (k, v) for k, v in saved.get("commands", {}).items() if isinstance(v, dict) and v.get("done"))
         self.lock = threading.Lock()
@@ -106,15 +128,19 @@ class Agent:
             if self.adapter is not None:
                 try:
                     status = self.adapter.status()
-                except ArbiterError as exc:
-                    status = ReplicationStatus("unknown", detail=str(exc)[:200])
+                except Exception as exc:  # whatever broke (a bug included), the truth is unknown now
+                    status = ReplicationStatus("unknown", detail=f"status failed: {exc!r}"[:200])
+                    self._warn("status", f"replication status failed, reported as unknown: {exc!r}"[:300])
                 with self.lock:
-                    self.status = status
+                    self.status, self.status_at = status, time.monotonic()
             self.stop.wait(self.cfg.agent.status_interval)
 
     def _health_loop(self) -> None:
         while not self.stop.wait(self.cfg.agent.health_interval):
-            health = self.check_health()
+            try:
+                health = self.check_health()
+            except Exception as exc:  # a check that broke, whatever raised, proves nothing: not healthy
+                health = Health(False, f"health check failed: {exc!r}"[:200])
             if health.ok != self.health.ok:
                 log.warning("service health check %s", "passes again" if health.ok else f"FAILS: {health.detail}")
             self.health = health
@@ -130,17 +156,11 @@ class Agent:
         return Health(not failed, "; ".join(failed)[:200])
 
     def _health_command(self, timeout: float) -> Health:
-        cmd = self.cfg.agent.health_command
         try:
-            done = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return Health(False, f"agent.health_command did not finish within agent.health_timeout = {timeout:g} s")
-        except OSError as exc:
-            return Health(False, f"agent.health_command: cannot run ({exc})")
-        if done.returncode != 0:
-            why = (done.stderr or done.stdout).strip().splitlines()
-            return Health(False, f"agent.health_command exit {done.returncode}" + (f": {why[0]}" if why else ""))
+            run_checked(shlex.split(self.cfg.agent.health_command), "agent.health_command", timeout,
+                        bound="agent.health_timeout")
+        except ActionError as exc:
+            return Health(False, str(exc)[:200])
         return Health(True)
 
     def _ping_loop(self) -> None:
@@ -158,15 +178,23 @@ class Agent:
             self.reach = reach
             self.stop.wait(max(0.0, p.interval - (time.monotonic() - started)))
 
+    def _warn(self, what: str, text: str) -> None:
+        """A warning at most once a minute per kind: a failing check must not fill the disk."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[what] = now
+            log.warning("%s", text)
+
     def _peer_loop(self) -> None:
         """Poll the other servers' agents: the standby's own view of the primary."""
         while not self.stop.is_set():
             now = time.monotonic()
             for peer in self.cfg.peers:
+                nonce = secrets.randbits(64)
                 with self.codec_lock:
-                    seq, raw = self.codec.make(Kind.POLL)
+                    _, raw = self.codec.make(Kind.POLL, peer.name, {"n": nonce})
                 with self._peer_lock:
-                    self._peer_polls[seq] = now
+                    self._peer_polls[nonce] = now
                 try:
                     self.sock.sendto(raw, (peer.address, peer.port))
                 except OSError:
@@ -220,7 +248,9 @@ class Agent:
                 continue
             except OSError:
                 return
-            self._handle(raw, lambda out, a=addr: self._send_udp(out, a))
+            if self._limit.allow(addr[0]):
+                expect = self._peer_by_addr.get((addr[0], addr[1]), self.cfg.agent.arbiter)
+                self._handle(raw, expect, lambda out, a=addr: self._send_udp(out, a))
 
     def _send_udp(self, raw: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -229,73 +259,99 @@ class Agent:
             pass
 
     def _from_serial(self, raw: bytes) -> None:
-        self._handle(raw, self._send_serial)
+        self._handle(raw, self.cfg.agent.arbiter, self._send_serial)
 
     def _send_serial(self, raw: bytes) -> None:
         if self.serial is not None:
             self.serial.write(raw)
 
-    def _handle(self, raw: bytes, reply: Any) -> None:
+    def _handle(self, raw: bytes, expect: str, reply: Send) -> None:
         try:
-            self._dispatch(raw, reply)
+            self._dispatch(raw, expect, reply)
         except Exception:  # an authenticated but malformed frame must not end a receiver thread
             log.exception("frame handling failed; frame dropped")
 
-    def _dispatch(self, raw: bytes, reply: Any) -> None:
+    def _dispatch(self, raw: bytes, expect: str, reply: Send) -> None:
+        """``expect``: the sender the link belongs to (the appliance on the COM port, a peer
+        from its own address); the codec refuses anyone else before the MAC."""
         with self.codec_lock:
-            frame = self.codec.read(raw)
+            frame = self.codec.read(raw, expect)
+            error = self.codec.last_error if frame is None else None
         if frame is None:
+            if error is not None and error.reason == "bad-version":
+                self._warn("version", f"{expect}: {error.detail}")
             return
         self._heard = time.monotonic()
-        if frame.kind is Kind.POLL:
-            reply(self._make(Kind.REPLY, self._report(frame.seq)))
-        elif frame.kind is Kind.REPLY:
-            self._peer_reply(frame)
-        elif frame.kind is Kind.COMMAND and frame.sender == self.cfg.agent.arbiter:
-            self._command(frame, reply)
+        try:
+            if frame.kind is Kind.POLL:
+                nonce = poll_nonce(frame.payload)
+                if frame.sender == self.cfg.agent.arbiter:
+                    self._appliance_poll = (frame.boot_id, time.monotonic())
+                reply(self._make(Kind.REPLY, frame.sender, self._report(nonce).payload()))
+            elif frame.kind is Kind.REPLY:
+                self._peer_reply(Reply.parse(frame.payload))
+            elif frame.kind is Kind.COMMAND and frame.sender == self.cfg.agent.arbiter:
+                self._command(frame, reply)
+            else:
+                self._drop("unexpected-kind")
+        except ProtocolError as exc:
+            self._drop(exc.reason)
 
-    def _make(self, kind: Kind, payload: dict[str, Any]) -> bytes:
+    def _drop(self, reason: str) -> None:
         with self.codec_lock:
-            return self.codec.make(kind, payload)[1]
+            self.codec.count_drop(reason)
 
-    def _report(self, poll_seq: int) -> dict[str, Any]:
+    def _make(self, kind: Kind, to: str, payload: dict[str, Any]) -> bytes:
+        with self.codec_lock:
+            return self.codec.make(kind, to, payload)[1]
+
+    def _report(self, nonce: int) -> Reply:
         with self.lock:
-            st = self.status
+            st, at = self.status, self.status_at
+        if self.adapter is not None and at is not None and time.monotonic() - at > self.stale_after:
+            st = ReplicationStatus("unknown", detail=f"replication status {time.monotonic() - at:.1f} s old"
+                                                     f" (read every agent.status_interval = "
+                                                     f"{self.cfg.agent.status_interval:g} s)")
         health = self.health
         detail = st.detail if health.ok else f"unhealthy: {health.detail}; {st.detail}"
-        return {"re": poll_seq, "role": st.role, "healthy": health.ok, "reach": self.reach,
-                "vip": bool(self.vip is not None and self.vip.held()),
-                "repl": {"in_sync": st.in_sync, "lag_bytes": st.lag_bytes, "lag_s": st.lag_s,
-                         "peer_alive": st.peer_alive},
-                "hears_primary": self.hears_primary(),
-                "detail": (f"self-fenced: {self.self_fenced}" if self.self_fenced else self.progress or detail)[:200]}
+        return Reply(re=nonce, role=st.role, healthy=health.ok, vip=bool(self.vip is not None and self.vip.held()),
+                     in_sync=st.in_sync, lag_bytes=st.lag_bytes, lag_s=st.lag_s, peer_alive=st.peer_alive,
+                     hears_primary=self.hears_primary(), reach=self.reach,
+                     detail=f"self-fenced: {self.self_fenced}" if self.self_fenced else self.progress or detail)
 
-    def _peer_reply(self, frame: Frame) -> None:
-        re = frame.payload.get("re")
+    def _peer_reply(self, reply: Reply) -> None:
         with self._peer_lock:
-            sent = self._peer_polls.pop(re, None) if isinstance(re, int) else None
-        if sent is not None and frame.payload.get("role") == "primary":
+            sent = self._peer_polls.pop(reply.re, None)
+        if sent is not None and reply.role == "primary":
             self._primary_heard = time.monotonic()
 
     # ------------------------------------------------------------------ commands
 
-    def _command(self, frame: Frame, reply: Any) -> None:
-        cmd_id, op = str(frame.payload.get("id", "")), frame.payload.get("op")
-        args = frame.payload.get("args") or {}
+    def _fresh_run(self, frame: Frame) -> bool:
+        """The command comes from the appliance run this agent saw poll it just now."""
+        seen = self._appliance_poll
+        return (seen is not None and seen[0] == frame.boot_id
+                and time.monotonic() - seen[1] <= COMMAND_POLL_FRESH_S)
+
+    def _command(self, frame: Frame, reply: Send) -> None:
+        if not self._fresh_run(frame):
+            self._drop("stale-run")
+            return
+        cmd = Command.parse(frame.payload)
         with self.lock:
-            self._last_link[cmd_id] = reply
-            entry = self.commands.get(cmd_id)
+            self._last_link[cmd.id] = reply
+            entry = self.commands.get(cmd.id)
             if entry is None:
-                if op not in COMMAND_OPS or not cmd_id:
-                    entry = {"done": True, "ok": False, "detail": f"unknown op {op!r}"}
+                if cmd.op not in COMMAND_OPS:
+                    entry = {"done": True, "ok": False, "detail": f"unknown op {cmd.op!r}"}
                 else:
                     entry = {"done": False, "ok": False, "detail": "running"}
-                    threading.Thread(target=self._execute, args=(cmd_id, op, args), daemon=True).start()
-                self.commands[cmd_id] = entry
+                    threading.Thread(target=self._execute, args=(cmd.id, cmd.op, cmd.args), daemon=True).start()
+                self.commands[cmd.id] = entry
                 while len(self.commands) > KEEP_COMMANDS:
                     self.commands.popitem(last=False)
-            payload = {"id": cmd_id, **entry}
-        reply(self._make(Kind.ACK, payload))
+            ack = Ack(cmd.id, entry["done"], entry["ok"], entry["detail"])
+        reply(self._make(Kind.ACK, frame.sender, ack.payload()))
 
     def _execute(self, cmd_id: str, op: str, args: dict[str, Any]) -> None:
         started = time.monotonic()
@@ -314,7 +370,7 @@ class Agent:
             reply = self._last_link.pop(cmd_id, None)
             self._save_state()
         if reply is not None:
-            reply(self._make(Kind.ACK, {"id": cmd_id, "done": True, "ok": ok, "detail": detail}))
+            reply(self._make(Kind.ACK, self.cfg.agent.arbiter, Ack(cmd_id, True, ok, detail).payload()))
 
     def carry_out(self, op: str, args: dict[str, Any], cmd_id: str) -> str:
         hook = getattr(self.cfg.hooks, op)
@@ -327,19 +383,9 @@ class Agent:
             return f"{detail or op + ' done'}; role now {self.status.role}"
         if not hook:
             raise ActionError(f"no way to {op}: set hooks.{op}" + (" or [replication]" if op in _ADAPTER_OPS else ""))
-        env = {**os.environ, "ARBITER_OP": op, "ARBITER_COMMAND_ID": cmd_id,
-               "ARBITER_ARGS": json.dumps(args)}
-        try:
-            done = subprocess.run(shlex.split(hook), env=env, capture_output=True, text=True,
-                                  timeout=self.cfg.agent.command_timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise ActionError(f"hooks.{op} did not finish within agent.command_timeout = "
-                              f"{self.cfg.agent.command_timeout:g} s") from exc
-        except OSError as exc:
-            raise ActionError(f"hooks.{op}: cannot run ({exc})") from exc
-        if done.returncode != 0:
-            raise ActionError(f"hooks.{op} exit {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}")
-        return done.stdout.strip()[:200]
+        env = {"ARBITER_OP": op, "ARBITER_COMMAND_ID": cmd_id, "ARBITER_ARGS": json.dumps(args)}
+        return run_checked(shlex.split(hook), f"hooks.{op}", self.cfg.agent.command_timeout, env,
+                           bound="agent.command_timeout").strip()[:200]
 
     def _adapter_op(self, op: str, args: dict[str, Any]) -> str | None:
         assert self.adapter is not None
@@ -420,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(args.file if args.command == "check-config" else args.config)
         if args.command == "check-config":
-            read_key(cfg.agent.key_file)
+            read_key(cfg.agent.key_file, "agent.key_file")
+            for i, peer in enumerate(cfg.peers):
+                read_key(peer.key_file, f"peers[{i}].key_file")
             if args.site is not None:
                 site = load_site(args.site)
                 problems = site_problems(cfg.agent, site, str(args.site))

@@ -14,7 +14,7 @@ from firmware.errors import ConfigError
 @dataclass(frozen=True, kw_only=True)
 class AgentSection:
     name: str = setting(pattern=r"^[a-z][a-z0-9-]{0,31}$", doc="this server's name, as the appliance knows it")
-    key_file: str = setting(doc="the per-site HMAC key")
+    key_file: str = setting(doc="this server's own key: `arbiterd derive-key NAME` on the appliance prints it")
     arbiter: str = setting("arbiter", doc="node id of the appliance whose commands are obeyed")
     listen: str = setting("0.0.0.0")
     port: int = setting(5405, lo=1, hi=65535)
@@ -44,6 +44,8 @@ class AgentSection:
 
 @dataclass(frozen=True, kw_only=True)
 class Peer:
+    name: str = setting(pattern=r"^[a-z][a-z0-9-]{0,31}$", doc="the peer server's name, as the appliance knows it")
+    key_file: str = setting(doc="the key this server shares with the peer: `arbiterd derive-key NAME PEER`")
     address: str = setting()
     port: int = setting(5405, lo=1, hi=65535)
 
@@ -97,6 +99,10 @@ def parse(data: dict[str, Any]) -> AgentConfig:
         peers_raw = []
     peers = tuple(p for i, raw in enumerate(peers_raw)
                   if (p := build_section(Peer, f"peers[{i}]", raw, problems)) is not None)
+    if agent is not None:
+        names = [agent.arbiter, agent.name, *(p.name for p in peers)]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"agent.name, agent.arbiter and peers[].name must differ: {dup!r} is used twice")
     replication = data.get("replication", {})
     if not isinstance(replication, dict):
         problems.append("replication: must be a table")

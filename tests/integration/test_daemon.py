@@ -19,6 +19,7 @@ import pytest
 
 from board.hil_bridge import HilGpio
 from firmware.control import request
+from firmware.protocol import derive_key
 from hil import toml_out
 from tests.integration.loopback import free_port
 
@@ -48,7 +49,7 @@ class Site:
         role_file.write_text(json.dumps({"role": role, "in_sync": True, "lag_bytes": 0}))
         conf = self.tmp / f"agent-{name}.toml"
         conf.write_text(toml_out.dumps({
-            "agent": {"name": name, "key_file": str(self.key), "listen": "127.0.0.1", "port": self.ports[name],
+            "agent": {"name": name, "key_file": str(self.agent_key(name)), "listen": "127.0.0.1", "port": self.ports[name],
                       "serial": str(self.tmp / f"tty-{name}-b"),
                       "state_file": str(self.tmp / f"agent-{name}-state.json")},
             "replication": {"adapter": "command", "status": f"cat {role_file}",
@@ -57,6 +58,11 @@ class Site:
         }))
         self.procs[f"agent-{name}"] = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)],
                                                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def agent_key(self, name: str) -> Path:
+        path = self.tmp / f"{name}.key"
+        path.write_bytes(derive_key(self.key.read_bytes(), name))
+        return path
 
     def arbiter(self) -> None:
         servers = [{"name": n, "address": "127.0.0.1", "port": self.ports[n], "serial": str(self.tmp / f"tty-{n}-a"),

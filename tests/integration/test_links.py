@@ -13,7 +13,7 @@ import pytest
 
 from firmware.links import Poller
 from firmware.model import Channel
-from firmware.protocol import Codec, Kind, decode
+from firmware.protocol import Codec, Kind, decode, derive_key
 from tests.integration.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,10 +38,16 @@ class Cable:
             self.proc.wait()
 
 
+def agent_key(tmp_path: Path) -> bytes:
+    """The master's own key, as `arbiterd derive-key master` prints it from the site key."""
+    return derive_key((tmp_path / "site.key").read_bytes(), "master")
+
+
 @pytest.fixture
 def site(tmp_path):
+    (tmp_path / "site.key").write_text(secrets.token_hex(32))
     key = tmp_path / "key"
-    key.write_text(secrets.token_hex(32))
+    key.write_bytes(agent_key(tmp_path) + b"\n")
     cable = Cable(tmp_path)
     cable.plug()
     port = free_port()
@@ -65,7 +71,7 @@ promote = "sh -c 'echo once >> {marker}'"
 ''')
     agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    codec = Codec("arbiter", key.read_bytes().rstrip(b"\n"), 1)
+    codec = Codec("arbiter", {"master": agent_key(tmp_path)}, 1)
     poller = Poller(codec, [("master", str(cable.a), 115200, "127.0.0.1", port)])
     try:
         yield poller, cable, agent, marker, port
@@ -118,11 +124,10 @@ def test_silencing_the_lan_leaves_the_serial_alive(site):
 def test_replayed_reply_is_rejected_and_counted(site, tmp_path):
     poller, _cable, _agent, _marker, port = site
     poll_for(poller, 1.0)  # the agent is up
-    key = (tmp_path / "key").read_bytes().rstrip(b"\n")
-    spy = Codec("spy", key, 1)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(1.0)
-    _, poll = spy.make(Kind.POLL)
+    with poller._codec_lock:  # a poll of this very run whose reply a spy takes off the wire
+        _, poll = poller._codec.make(Kind.POLL, "master", {"n": 12345})
     sock.sendto(poll, ("127.0.0.1", port))
     captured = sock.recv(4096)  # a genuine reply, captured on the wire
     before = sum(poller.dropped().values())
@@ -150,7 +155,7 @@ def _agent_udp(tmp_path: Path, port: int) -> tuple[socket.socket, bytes]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(2.0)
     sock.connect(("127.0.0.1", port))
-    return sock, (tmp_path / "key").read_bytes().rstrip(b"\n")
+    return sock, agent_key(tmp_path)
 
 
 def _ack(sock: socket.socket, key: bytes, cmd_id: str) -> dict:
@@ -162,12 +167,14 @@ def _ack(sock: socket.socket, key: bytes, cmd_id: str) -> dict:
     raise AssertionError(f"no final ack for {cmd_id}")
 
 
-def test_a_command_replayed_after_an_agent_restart_is_not_run_again(site, tmp_path):
+def test_a_command_resent_after_an_agent_restart_is_answered_not_run_again(site, tmp_path):
     _poller, _cable, agent, marker, port = site
     sock, key = _agent_udp(tmp_path, port)
-    _, captured = Codec("arbiter", key, 7).make(Kind.COMMAND, {"id": "arbiter-7-1", "op": "promote", "args": {}})
+    run7 = Codec("arbiter", {"master": key}, 7)
+    promote = {"id": "arbiter-7-1", "op": "promote", "args": {}}
     time.sleep(1.0)  # the agent is up
-    sock.send(captured)
+    sock.send(run7.make(Kind.POLL, "master", {"n": 1})[1])  # commands follow a poll of the same run
+    sock.send(run7.make(Kind.COMMAND, "master", promote)[1])
     assert _ack(sock, key, "arbiter-7-1")["ok"]
     agent.kill()
     agent.wait()
@@ -175,7 +182,8 @@ def test_a_command_replayed_after_an_agent_restart_is_not_run_again(site, tmp_pa
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.5)
-        sock.send(captured)  # its replay window is new, its memory of done commands is not
+        sock.send(run7.make(Kind.POLL, "master", {"n": 2})[1])
+        sock.send(run7.make(Kind.COMMAND, "master", promote)[1])  # a resend: a new frame, the same id
         assert _ack(sock, key, "arbiter-7-1")["ok"]
         assert marker.read_text().splitlines() == ["once"]
     finally:
@@ -184,8 +192,9 @@ def test_a_command_replayed_after_an_agent_restart_is_not_run_again(site, tmp_pa
 
 
 def test_the_boot_id_grows_across_restarts_even_with_the_clock_behind(tmp_path):
+    (tmp_path / "site.key").write_text(secrets.token_hex(32))
     key = tmp_path / "key"
-    key.write_text(secrets.token_hex(32))
+    key.write_bytes(agent_key(tmp_path))
     ahead = time.time_ns() // 1000 + 10**12  # as if the last start had a clock ten days ahead
     (tmp_path / "state.json").write_text(json.dumps({"boot": ahead, "commands": {}}))
     port = free_port()
@@ -197,7 +206,7 @@ def test_the_boot_id_grows_across_restarts_even_with_the_clock_behind(tmp_path):
     try:
         sock, k = _agent_udp(tmp_path, port)
         time.sleep(1.0)
-        sock.send(Codec("arbiter", k, 1).make(Kind.POLL)[1])
+        sock.send(Codec("arbiter", {"master": k}, 1).make(Kind.POLL, "master", {"n": 1})[1])
         assert decode(sock.recv(4096), k).boot_id == ahead + 1
         assert json.loads((tmp_path / "state.json").read_text())["boot"] == ahead + 1
     finally:
@@ -209,9 +218,12 @@ def test_a_malformed_but_signed_reply_does_not_stop_the_agent(site, tmp_path):
     poller, _cable, _agent, _marker, port = site
     poll_for(poller, 1.0)  # the agent is up
     sock, key = _agent_udp(tmp_path, port)
-    spy = Codec("spy", key, 1)
-    for bad in ({"re": "not a number"}, {"re": [1]}, {"re": None}):
-        sock.send(spy.make(Kind.REPLY, bad)[1])
+    with poller._codec_lock:  # signed by the appliance itself, so only the content is wrong
+        bad_frames = [poller._codec.make(Kind.REPLY, "master", bad)[1]
+                      for bad in ({"re": "not a number"}, {"re": [1]}, {"re": None})]
+        bad_frames += [poller._codec.make(Kind.POLL, "master", bad)[1] for bad in ({"n": "x"}, {}, {"n": -1})]
+    for raw in bad_frames:
+        sock.send(raw)
     time.sleep(0.2)
     poll_for(poller, 1.0)
     assert fresh(poller, Channel.LAN), "the agent must still answer on UDP"

@@ -48,12 +48,12 @@ def test_a_primary_that_hears_nobody_fences_itself_and_says_why(tmp_path):
 def test_a_primary_the_appliance_still_polls_keeps_running(tmp_path):
     port = free_port()
     agent, marker = _start(tmp_path, port)
-    codec = Codec("arbiter", (tmp_path / "key").read_bytes().rstrip(b"\n"), 1)
+    codec = Codec("arbiter", {"master": (tmp_path / "key").read_bytes().rstrip(b"\n")}, 1)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
-            sock.sendto(codec.make(Kind.POLL)[1], ("127.0.0.1", port))
+            sock.sendto(codec.make(Kind.POLL, "master", {"n": 1})[1], ("127.0.0.1", port))
             time.sleep(0.1)
         assert not marker.exists()
     finally:

@@ -6,6 +6,7 @@ import hmac
 import json
 import socket
 import struct
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import assume, example, given, settings
@@ -20,12 +21,13 @@ from firmware.protocol import (MAGIC, MAX_FRAME, MAX_PAYLOAD, MAX_SENDER, VERSIO
 KEY = b"k" * 32
 
 
-def frame(seq=1, boot=5, payload=None, kind=Kind.POLL, sender="arbiter"):
-    return Frame(kind, sender, boot, seq, payload or {})
+def frame(seq=1, boot=5, payload=None, kind=Kind.POLL, sender="arbiter", receiver="master"):
+    return Frame(kind, sender, receiver, boot, seq, payload or {})
 
 
 def test_round_trip_keeps_every_field():
-    f = frame(seq=7, boot=2**63, payload={"re": 6, "role": "primary"}, kind=Kind.REPLY, sender="master")
+    f = frame(seq=7, boot=2**63, payload={"re": 6, "role": "primary"}, kind=Kind.REPLY, sender="master",
+              receiver="arbiter")
     assert decode(encode(f, KEY), KEY) == f
 
 
@@ -35,6 +37,7 @@ def test_round_trip_keeps_every_field():
     (lambda raw: b"XX" + raw[2:], "bad-magic"),
     (lambda raw: raw + b"\x00" * 2000, "oversized"),
     (lambda raw: raw[:20] + bytes([raw[20] ^ 0xFF]) + raw[21:], "bad-mac"),
+    (lambda raw: raw[:2] + b"\x01" + raw[3:], "bad-version"),
 ])
 def test_damaged_frames_are_rejected_with_a_reason(mutate, reason):
     with pytest.raises(ProtocolError) as exc:
@@ -57,9 +60,12 @@ def test_replay_guard_window():
     g.accept(frame(seq=10))
     with pytest.raises(ProtocolError, match="replay"):
         g.accept(frame(seq=10))
-    g.accept(frame(seq=7))  # late but inside the window, first time
     with pytest.raises(ProtocolError, match="replay"):
-        g.accept(frame(seq=7))
+        g.accept(frame(seq=7))  # sent before the first frame of this boot seen here: counts as seen
+    g.accept(frame(seq=14))
+    g.accept(frame(seq=12))  # late but inside the window, first time
+    with pytest.raises(ProtocolError, match="replay"):
+        g.accept(frame(seq=12))
     with pytest.raises(ProtocolError, match="replay"):
         g.accept(frame(seq=2))  # older than the window
     g.accept(frame(seq=1, boot=6))  # a new boot starts over
@@ -68,8 +74,8 @@ def test_replay_guard_window():
 
 
 def test_codec_counts_drops_and_ignores_its_own_frames():
-    a, b = Codec("arbiter", KEY, 1), Codec("master", KEY, 1)
-    _, raw = a.make(Kind.POLL)
+    a, b = Codec("arbiter", {"master": KEY}, 1), Codec("master", {"arbiter": KEY}, 1)
+    _, raw = a.make(Kind.POLL, "master")
     assert b.read(raw).kind is Kind.POLL
     assert b.read(raw) is None and b.dropped == {"replay": 1}
     assert a.read(raw) is None and a.dropped == {"own-frame": 1}
@@ -78,7 +84,7 @@ def test_codec_counts_drops_and_ignores_its_own_frames():
 
 def test_short_key_is_refused():
     with pytest.raises(ProtocolError, match="bad-key"):
-        Codec("arbiter", b"short", 1)
+        Codec("arbiter", {"master": b"short"}, 1)
 
 
 @settings(max_examples=500, deadline=None)
@@ -187,25 +193,43 @@ def signed_frames(draw, max_depth: int = 1100):
     else:
         sender = draw(ASCII_IDS).encode()
     n = draw(st.integers(0, 255)) if broken() else len(sender)
+    receiver = draw(st.binary(max_size=40)) if broken() else draw(st.just("arbiter") | ASCII_IDS).encode()
+    r = draw(st.integers(0, 255)) if broken() else len(receiver)
     boot, seq = draw(U64), draw(U64)
     payload, body = draw(_BODIES[max_depth] if max_depth in _BODIES else bodies(max_depth))
     m = draw(st.integers(0, 0xFFFF)) if broken() else len(body)
-    raw = sign(MAGIC + bytes([version, kind, n]) + sender + struct.pack(">QQH", boot, seq, m) + body)
+    raw = sign(MAGIC + bytes([version, kind, n]) + sender + bytes([r]) + receiver
+               + struct.pack(">QQH", boot, seq, m) + body)
     valid = (version == VERSION and kind in Kind._value2member_map_ and 1 <= n <= MAX_SENDER
-             and n == len(sender) and sender.isascii() and m == len(body) and isinstance(payload, dict)
-             and len(raw) <= MAX_FRAME)
-    return raw, Frame(Kind(kind), sender.decode(), boot, seq, payload) if valid else None
+             and n == len(sender) and sender.isascii() and 1 <= r <= MAX_SENDER and r == len(receiver)
+             and receiver.isascii() and m == len(body) and isinstance(payload, dict) and len(raw) <= MAX_FRAME)
+    return raw, Frame(Kind(kind), sender.decode(), receiver.decode(), boot, seq, payload) if valid else None
 
 
-def deep_frame(depth: int = 1050) -> bytes:
+def deep_frame(depth: int = 1050, sender: bytes = b"m") -> bytes:
     """Signed, within MAX_FRAME, payload '[[[[...' nested past the interpreter's recursion limit."""
     body = b"[" * depth
-    return sign(MAGIC + bytes([VERSION, Kind.REPLY, 1]) + b"m" + struct.pack(">QQH", 1, 1, len(body)) + body)
+    return sign(MAGIC + bytes([VERSION, Kind.REPLY, len(sender)]) + sender + b"\x07arbiter"
+                + struct.pack(">QQH", 1, 1, len(body)) + body)
+
+
+class AnyKey(Mapping):
+    """Every node has the test key: the codec under test reads frames from any sender."""
+
+    def __getitem__(self, node: str) -> bytes:
+        return KEY
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 def assert_well_formed(got: Frame) -> None:
     assert isinstance(got, Frame) and isinstance(got.kind, Kind)
     assert isinstance(got.sender, str) and 1 <= len(got.sender) <= MAX_SENDER and got.sender.isascii()
+    assert isinstance(got.receiver, str) and 1 <= len(got.receiver) <= MAX_SENDER and got.receiver.isascii()
     assert 0 <= got.boot_id < 2**64 and 0 <= got.seq < 2**64
     assert isinstance(got.payload, dict)
 
@@ -264,8 +288,9 @@ def encoded_frames():
                 | reply_payloads(st.integers(0, 2**64)) | ack_payloads(st.text(max_size=20))
                 | st.fixed_dictionaries({"id": st.text(max_size=20), "op": st.sampled_from(["promote", "x"]),
                                          "args": st.dictionaries(st.text(max_size=8), json_values(), max_size=3)}))
-    frames = st.builds(Frame, st.sampled_from(Kind), st.sampled_from(["master", "slave", "arbiter"]) | ASCII_IDS,
-                       st.integers(0, 3) | U64, st.integers(0, 70) | U64, payloads)
+    names = st.sampled_from(["master", "slave", "arbiter"]) | ASCII_IDS
+    frames = st.builds(Frame, st.sampled_from(Kind), names, names, st.integers(0, 3) | U64,
+                       st.integers(0, 70) | U64, payloads)
 
     def try_encode(f: Frame) -> bytes:
         try:
@@ -281,14 +306,14 @@ def codec_inputs():
 
 
 def check_codec(raws) -> None:
-    codec = Codec("arbiter", KEY, 1)
+    codec = Codec("arbiter", AnyKey(), 1)
     accepted = 0
     for raw in raws:
         got = codec.read(raw)
         assert got is None or isinstance(got, Frame)
         if got is not None:
             assert_well_formed(got)
-            assert got.sender != "arbiter"
+            assert got.sender != "arbiter" and got.receiver == "arbiter"
             accepted += 1
     assert accepted + sum(codec.dropped.values()) == len(raws)  # every frame is either returned or counted
 
@@ -300,7 +325,7 @@ def test_codec_read_of_arbitrary_signed_frames_returns_a_frame_or_none(raws):
 
 
 def test_codec_read_of_a_deeply_nested_signed_frame_returns_none():
-    codec = Codec("arbiter", KEY, 1)
+    codec = Codec("arbiter", AnyKey(), 1)
     assert codec.read(deep_frame()) is None
     assert codec.dropped == {"bad-payload": 1}
 
@@ -308,7 +333,7 @@ def test_codec_read_of_a_deeply_nested_signed_frame_returns_none():
 # ---------------------------------------------------------------- Poller._receive
 
 class _PollSeq:
-    """Stands for the newest outstanding poll's seq, converted by ``conv``, filled in at run time."""
+    """Stands for the newest outstanding poll's nonce, converted by ``conv``, filled in at run time."""
 
     def __init__(self, conv) -> None:
         self.conv = conv
@@ -337,9 +362,9 @@ def _free_udp_port() -> int:
 @pytest.fixture(scope="module")
 def bench():
     """A Poller with one server reachable only by UDP on a free loopback port, plus agents' codecs."""
-    poller = Poller(Codec("arbiter", KEY, 1), [("master", "", 0, "127.0.0.1", _free_udp_port())],
+    poller = Poller(Codec("arbiter", {"master": KEY}, 1), [("master", "", 0, "127.0.0.1", _free_udp_port())],
                     clock=lambda: 100.0, bind=("127.0.0.1", 0))
-    agents = {name: Codec(name, KEY, 7) for name in ("master", "intruder")}
+    agents = {name: Codec(name, {"arbiter": KEY}, 7) for name in ("master", "intruder")}
     try:
         yield poller, agents
     finally:
@@ -367,12 +392,12 @@ def poller_step(bench, sender: str, kind: Kind, template: dict):
     """Send a poll and a command, feed the Poller one signed frame; check it was dropped or used."""
     poller, agents = bench
     poller.poll_all()
-    seq = max(poller._links[("master", Channel.LAN)].polls)
+    seq = next(reversed(poller._links[("master", Channel.LAN)].polls))  # the newest poll's nonce
     cmd_id = poller.send_command("master", "promote", {})
     payload = {k: v.conv(seq) if isinstance(v, _PollSeq) else cmd_id if v == CMD else v
                for k, v in template.items()}
     try:
-        _, raw = agents[sender].make(kind, payload)
+        _, raw = agents[sender].make(kind, "arbiter", payload)
     except ProtocolError:
         assume(False)  # too big to send
     drops_before = sum(poller.dropped().values())
@@ -383,6 +408,7 @@ def poller_step(bench, sender: str, kind: Kind, template: dict):
     assert_well_typed(after)
     stored = after is not before
     result = poller.command_result(cmd_id)
+    del poller._commands[cmd_id]  # unanswered commands would be resent by every later example's poll
     if kind is Kind.REPLY:
         assert stored + dropped == 1, "a reply must be either stored or counted as dropped"
         assert result is None
@@ -462,7 +488,7 @@ def test_poller_stores_only_replies_and_acks_that_follow_the_protocol(bench, cas
        cuts=st.lists(st.integers(1, 700), max_size=20))
 def test_deframer_after_arbitrary_noise_yields_the_valid_frames(noise, sender, text, cuts):
     try:
-        first = encode(Frame(Kind.REPLY, sender, 1, 1, {"p": text}), KEY)
+        first = encode(Frame(Kind.REPLY, sender, "arbiter", 1, 1, {"p": text}), KEY)
     except ProtocolError:
         assume(False)
     last = encode(frame(seq=2, payload={"n": 1}), KEY)

@@ -28,7 +28,9 @@ Contract:
   writes at once. Both optional; an action whose command is not configured fails, naming the
   key.
 
-Every command runs without a shell (split like a shell would), with ``timeout`` seconds.
+Every command runs without a shell (split like a shell would), with ``timeout`` seconds, in a
+process group of its own that is killed whole on timeout; at most 64 KiB of its output is read
+(more is a failure).
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ class CommandAdapter:
             return ReplicationStatus("unknown", detail=str(exc))
         except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400 digits: no float holds it
             return ReplicationStatus("unknown", detail=f"replication.status printed no valid JSON: {exc}")
+        except (RecursionError, MemoryError) as exc:  # JSON nested past the parser's depth, or too big
+            return ReplicationStatus("unknown", detail=f"replication.status printed unreadable JSON: {exc!r}"[:200])
 
     def health(self, timeout: float) -> Health | None:
         if not self.health_cmd:

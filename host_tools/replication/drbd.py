@@ -178,8 +178,8 @@ class DrbdAdapter:
             state = parse_json(out, self.resource) if out.lstrip().startswith("[") else parse_text(out, self.resource)
         except ActionError as exc:
             return ReplicationStatus("unknown", detail=str(exc)[:200])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return ReplicationStatus("unknown", detail=f"drbd status unreadable: {exc}"[:200])
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
+            return ReplicationStatus("unknown", detail=f"drbd status unreadable: {exc!r}"[:200])
         return state.to_status(self.peer_fencing)
 
     def health(self, timeout: float) -> Health | None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import Health, ReplicationStatus, make_adapter
+from host_tools.replication import Health, ReplicationStatus, make_adapter, run_checked
 from host_tools.replication.command import CommandAdapter
 
 
@@ -130,3 +131,43 @@ def test_health_command_contract(tmp_path: Path) -> None:
     assert make_adapter({"adapter": "command", "status": "true"}).health(1.0) is None
     with pytest.raises(ConfigError, match="replication.health = 3: must be a command"):
         make_adapter({"adapter": "command", "status": "true", "health": 3})
+
+
+# ---------------------------------------------------------------- issue 15, finding 9: bounded output, whole group killed
+
+
+def test_deeply_nested_status_json_is_unknown_not_a_crash(tmp_path: Path) -> None:
+    status = _status_of(tmp_path, "[" * 100_000 + "]" * 100_000)
+    assert status.role == "unknown" and "replication.status" in status.detail
+
+
+def test_status_output_over_64_kib_is_cut_off_and_unknown(tmp_path: Path) -> None:
+    """100 MB of output once cost ~287 MB of memory: now reading stops at 64 KiB."""
+    import resource
+    script = _script(tmp_path / "chatty", "head -c 100000000 /dev/zero | tr '\\0' 'x'\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    status = CommandAdapter(script, timeout=20).status()
+    assert status.role == "unknown" and "more than 64 KiB on stdout" in status.detail
+    assert time.monotonic() - started < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KiB: no 100 MB buffer
+
+
+def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    script = _script(tmp_path / "forks", f"sleep 60 &\necho $! > {pid_file}\nsleep 60\n")
+    with pytest.raises(ActionError, match="within replication.timeout = 0.5 s"):
+        run_checked([script], "replication.promote", 0.5)
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 2
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(grandchild), "the script's child outlived the timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
+    """The agent of a primary with a 0.5 s isolation timeout; its log in tmp_path/agent.log."""
     key = tmp_path / "key"
     key.write_text(secrets.token_hex(32))
     role = tmp_path / "role.json"
@@ -26,21 +27,24 @@ def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
                     f'state_file = "{tmp_path / "state.json"}"\nisolation_timeout = 0.5\n'
                     f'[replication]\nadapter = "command"\nstatus = "cat {role}"\n'
                     f'self_fence = "sh -c \'date +%s.%N > {marker}\'"\n')
-    agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp_path / "agent.log", "wb") as log:
+        agent = subprocess.Popen([sys.executable, "-m", "host_tools.agent", "--config", str(conf)], cwd=ROOT,
+                                 stdout=log, stderr=subprocess.STDOUT)
     return agent, marker
 
 
 def test_a_primary_that_hears_nobody_fences_itself_and_says_why(tmp_path):
     agent, marker = _start(tmp_path, free_port())
+    log = tmp_path / "agent.log"
     try:
         deadline = time.monotonic() + 10
-        while not marker.exists() and time.monotonic() < deadline:
+        while "self-fenced in" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert marker.exists()
     finally:
         agent.terminate()
-        out = agent.communicate(timeout=10)[0]
+        agent.wait(10)
+    out = log.read_text()
+    assert marker.exists()
     assert "SELF-FENCING: no frame from the appliance on any channel nor from any peer" in out
     assert "(agent.isolation_timeout = 0.5 s)" in out and "self-fenced in" in out
 
@@ -59,4 +63,4 @@ def test_a_primary_the_appliance_still_polls_keeps_running(tmp_path):
     finally:
         sock.close()
         agent.terminate()
-        agent.communicate(timeout=10)
+        agent.wait(10)

@@ -15,8 +15,8 @@ from tests.integration.loopback import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
-    """The agent of a primary with a 0.5 s isolation timeout; its log in tmp_path/agent.log."""
+def _start(tmp_path: Path, port: int, isolation: float) -> tuple[subprocess.Popen, Path]:
+    """The agent of a primary with that isolation timeout; its log in tmp_path/agent.log."""
     key = tmp_path / "key"
     key.write_text(secrets.token_hex(32))
     role = tmp_path / "role.json"
@@ -24,7 +24,7 @@ def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
     marker = tmp_path / "fenced"
     conf = tmp_path / "agent.toml"
     conf.write_text(f'[agent]\nname = "master"\nkey_file = "{key}"\nlisten = "127.0.0.1"\nport = {port}\n'
-                    f'state_file = "{tmp_path / "state.json"}"\nisolation_timeout = 0.5\n'
+                    f'state_file = "{tmp_path / "state.json"}"\nisolation_timeout = {isolation}\n'
                     f'[replication]\nadapter = "command"\nstatus = "cat {role}"\n'
                     f'self_fence = "sh -c \'date +%s.%N > {marker}\'"\n')
     with open(tmp_path / "agent.log", "wb") as log:
@@ -34,7 +34,7 @@ def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
 
 
 def test_a_primary_that_hears_nobody_fences_itself_and_says_why(tmp_path):
-    agent, marker = _start(tmp_path, free_port())
+    agent, marker = _start(tmp_path, free_port(), 0.5)
     log = tmp_path / "agent.log"
     try:
         deadline = time.monotonic() + 10
@@ -51,11 +51,11 @@ def test_a_primary_that_hears_nobody_fences_itself_and_says_why(tmp_path):
 
 def test_a_primary_the_appliance_still_polls_keeps_running(tmp_path):
     port = free_port()
-    agent, marker = _start(tmp_path, port)
+    agent, marker = _start(tmp_path, port, 2.0)  # a start-up slowed by a busy machine is no isolation
     codec = Codec("arbiter", {"master": (tmp_path / "key").read_bytes().rstrip(b"\n")}, 1)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + 6.0
         while time.monotonic() < deadline:
             sock.sendto(codec.make(Kind.POLL, "master", {"n": 1})[1], ("127.0.0.1", port))
             time.sleep(0.1)

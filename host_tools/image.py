@@ -185,6 +185,8 @@ def stage_root(base_root: Path, stage: Path, wheelhouse: Path | None, target: Ta
         'python3 -m venv "$here"/venv\n'
         f'"$here"/venv/bin/pip install --no-index --find-links "$here"/wheels \'billmaster-arbiter[{EXTRAS}]\'\n')
     os.chmod(stage / "opt/arbiter/install.sh", 0o755)
+    shutil.copy2(BOARD / "systemd/arbiter-firstboot.sh", stage / "opt/arbiter/firstboot.sh")
+    os.chmod(stage / "opt/arbiter/firstboot.sh", 0o755)
     units = stage / "etc/systemd/system"
     wants = units / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.image import SECTOR, ImageError, Target, build, check_base, partition_table, partitions, resolve_wheels
+from host_tools.provision import PI_FIRSTBOOT
 from host_tools.provision import main as provision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +25,7 @@ def image(tmp_path_factory):
     (tmp / "base/boot").mkdir(parents=True)
     (tmp / "base/root/etc").mkdir(parents=True)
     (tmp / "base/boot/config.txt").write_text("arm_64bit=1\n")
+    (tmp / "base/boot/cmdline.txt").write_text(f"console=serial0,115200 root=PARTUUID=1234abcd-02 {PI_FIRSTBOOT}\n")
     (tmp / "base/root/etc/hostname").write_text("arbiter\n")
     # built for this machine's CPU, so that its wheels can be installed and run here
     result = build(tmp / "arbiter.img", 96, 40, tmp / "base", None, target=Target(platform.machine()))
@@ -59,6 +61,7 @@ def test_root_has_firmware_units_enabled_watchdog_and_udev(image, tmp_path):
     assert all(u in wants for u in ("arbiterd.service", "arbiter-install.service", "arbiter-firstboot.service"))
     assert "u arbiter" in debugfs(img, "cat /usr/lib/sysusers.d/arbiter.conf", tmp_path)
     assert "pip install --no-index" in debugfs(img, "cat /opt/arbiter/install.sh", tmp_path)
+    assert "shred" in debugfs(img, "cat /opt/arbiter/firstboot.sh", tmp_path)
     assert result["wheel"] in debugfs(img, "ls /opt/arbiter/wheels", tmp_path)
     assert "RuntimeWatchdogSec=15" in debugfs(img, "cat /etc/systemd/system.conf.d/10-arbiter-watchdog.conf", tmp_path)
     assert "arbiter-com" in debugfs(img, "cat /etc/udev/rules.d/99-arbiter.rules", tmp_path)
@@ -164,6 +167,19 @@ def test_provision_writes_config_and_secrets_and_never_prints_them(image, tmp_pa
     assert b'name = "billing-a"' in read("::/arbiter/arbiter.toml")
     assert read("::/arbiter/site.key").strip() == key
     assert read("::/arbiter/snmp/manager1") == b"v3-auth-secret-value"
+
+
+def test_provisioning_makes_the_image_private_and_gives_the_operator_a_way_in(image, tmp_path):
+    img, result = image
+    img.chmod(0o644)
+    conf, key_file, _ = site_files(tmp_path)
+    (tmp_path / "id.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO2b7zY2CkXoUq1c3a0sF3n0hW9kq3b1g5n8 t@l\n")
+    assert provision(["--config", str(conf), "--key-file", str(key_file), "--hostname", "arb-rack2", "--ssh-key",
+                      str(tmp_path / "id.pub"), "--image", str(img)]) == 0
+    assert img.stat().st_mode & 0o777 == 0o600  # it holds the site key now
+    custom = subprocess.run(["mtype", "-i", f"{img}@@{result['boot_offset']}", "::/custom.toml"],
+                            capture_output=True, text=True).stdout
+    assert 'hostname = "arb-rack2"' in custom and "password_authentication = false" in custom
 
 
 def test_provision_to_a_boot_folder_makes_secrets_private(tmp_path):

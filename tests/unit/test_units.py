@@ -31,7 +31,8 @@ def test_systemd_analyze_verify_is_clean(path, tmp_path):
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
     text = path.read_text()
-    for program in ("/opt/arbiter/venv/bin/arbiterd", "/opt/arbiter/install.sh", "/opt/arbiter-agent/bin/arbiter-agent"):
+    for program in ("/opt/arbiter/venv/bin/arbiterd", "/opt/arbiter/install.sh", "/opt/arbiter/firstboot.sh",
+                    "/opt/arbiter-agent/bin/arbiter-agent"):
         text = text.replace(program, str(stub))
     (tmp_path / path.name).write_text(text)
     # --man=no: the man pages Documentation= names are installed on the appliance, not here
@@ -59,7 +60,8 @@ def test_systemd_owns_the_hardware_watchdog_within_the_bcm2835_limit():
 def test_first_boot_moves_secrets_off_the_fat_partition_with_private_modes():
     svc = unit("arbiter-firstboot.service")
     assert svc["Unit"]["ConditionPathExists"] == "/boot/firmware/arbiter/arbiter.toml"
-    start = svc["Service"]["ExecStart"]
+    assert svc["Service"]["ExecStart"] == "/opt/arbiter/firstboot.sh"
+    start = (UNITS / "arbiter-firstboot.sh").read_text().replace('"$fat"', "/boot/firmware/arbiter")
     assert "-m 0600" in start and "rm -rf /boot/firmware/arbiter" in start and "check-config" in start
 
 

@@ -23,7 +23,7 @@ from firmware.errors import ConfigError
 
 _REQUIRED = object()
 MAX_STANDBYS = 9
-SERIAL_BYTES_PER_POLL = 300  # a poll (66 B) and a full reply (217 B) on the wire, with COBS and delimiters
+SERIAL_BYTES_PER_POLL = 360  # protocol v2: a poll (99 B) and a reply (258 B; 476 B with a 200-char detail), COBS-framed
 SERIAL_MAX_SHARE = 0.8  # heartbeats may use at most this share of a serial line
 
 

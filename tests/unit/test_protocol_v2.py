@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from firmware.errors import ProtocolError
 from firmware.links import Poller
 from firmware.model import Channel
-from firmware.protocol import (MAX_BOOT_JUMP, Codec, Frame, Kind, Reply, decode, derive_key, encode)
+from firmware.protocol import (MAX_BOOT_ID, MAX_BOOT_JUMP, ROLES, Codec, Frame, Kind, ReplayGuard, Reply, decode,
+                               derive_key, encode)
 from host_tools.agent import Agent
 from host_tools.agent_config import parse
 from host_tools.replication import ReplicationStatus
@@ -366,3 +370,50 @@ def test_agent_state_file_written_by_v1_is_read(tmp_path):
         assert "a-1-1" in agent.commands and agent.boot_id > 5
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------- properties of the new fields
+
+U64 = st.integers(0, 2**64 - 1)
+OPT_BOOL = st.none() | st.booleans()
+IDS = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.builds(Reply, re=U64, healthy=st.booleans(), role=st.sampled_from(ROLES), vip=st.booleans(),
+                 in_sync=OPT_BOOL, lag_bytes=st.none() | st.integers(0, 2**63),
+                 lag_s=st.none() | st.floats(0, 1e9, allow_nan=False), peer_alive=OPT_BOOL,
+                 hears_primary=OPT_BOOL, detail=st.text(max_size=200), reach=OPT_BOOL))
+def test_a_reply_survives_the_wire_field_for_field(reply):
+    key = derive_key(MASTER_KEY, "standby")
+    raw = encode(Frame(Kind.REPLY, "standby", "arbiter", 1, 1, reply.payload()), key)
+    assert Reply.parse(decode(raw, key).payload) == reply
+
+
+@settings(max_examples=300, deadline=None)
+@given(sender=IDS, receiver=IDS, me=IDS, boot=U64, seq=U64)
+def test_a_frame_is_read_only_by_its_receiver_and_only_from_its_link(sender, receiver, me, boot, seq):
+    raw = encode(Frame(Kind.POLL, sender, receiver, boot, seq, {"n": 1}), b"k" * 32)
+    codec = Codec(me, {sender: b"k" * 32}, 1)
+    got = codec.read(raw, expect=sender)
+    accepted = me == receiver and me != sender and boot <= MAX_BOOT_ID
+    assert (got is not None) == accepted
+    assert Codec(me, {sender: b"k" * 32}, 1).read(raw, expect=sender + "x") is None  # another link: refused
+    if got is not None:
+        assert (got.sender, got.receiver, got.boot_id, got.seq) == (sender, receiver, boot, seq)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3) | st.integers(2**47, 2**49) | U64, st.integers(0, 200)), max_size=60))
+def test_the_replay_guard_never_accepts_a_frame_twice_nor_an_older_or_unbounded_boot(frames):
+    guard, seen, top_boot = ReplayGuard(window=16), set(), -1
+    for boot, seq in frames:
+        try:
+            guard.accept(Frame(Kind.REPLY, "s", "arbiter", boot, seq))
+        except ProtocolError as exc:
+            assert exc.reason in ("replay", "bad-boot")
+            continue
+        assert (boot, seq) not in seen and boot >= top_boot and boot <= MAX_BOOT_ID
+        assert top_boot < 0 or boot - top_boot <= MAX_BOOT_JUMP
+        seen.add((boot, seq))
+        top_boot = boot

@@ -417,3 +417,51 @@ def test_the_replay_guard_never_accepts_a_frame_twice_nor_an_older_or_unbounded_
         assert top_boot < 0 or boot - top_boot <= MAX_BOOT_JUMP
         seen.add((boot, seq))
         top_boot = boot
+
+
+# ---------------------------------------------------------------- keys in the configs
+
+
+def _site_file(tmp: Path, key: bytes = MASTER_KEY) -> Path:
+    (tmp / "site.key").write_bytes(key + b"\n")
+    conf = tmp / "arbiter.toml"
+    conf.write_text(f'[site]\nname = "s"\nkey_file = "{tmp / "site.key"}"\n[vip]\naddress = "192.0.2.100/24"\n'
+                    'verify = "none"\n[policy]\nfencing = "none"\n'
+                    '[[servers]]\nname = "master"\naddress = "192.0.2.1"\n'
+                    '[[servers]]\nname = "standby"\naddress = "192.0.2.2"\n')
+    return conf
+
+
+def test_derive_key_prints_a_servers_key_and_a_pairs_key(tmp_path, capsys):
+    from firmware.daemon import main
+    conf = _site_file(tmp_path)
+    assert main(["--config", str(conf), "derive-key", "master"]) == 0
+    assert capsys.readouterr().out.strip() == K["master"].decode()
+    assert main(["--config", str(conf), "derive-key", "standby", "master"]) == 0
+    assert capsys.readouterr().out.strip() == derive_key(MASTER_KEY, "master", "standby").decode()
+    assert main(["--config", str(conf), "derive-key", "nobody"]) == 2
+    assert "'nobody' is not a server" in capsys.readouterr().err
+    (tmp_path / "site.key").write_bytes(b"short\n")
+    assert main(["--config", str(conf), "derive-key", "master"]) == 2
+    err = capsys.readouterr().err
+    assert "site.key_file = " in err and "key is 5 bytes, minimum 16" in err
+
+
+def test_agent_check_config_names_the_key_that_is_missing(tmp_path, capsys):
+    from host_tools.agent import main
+    (tmp_path / "own.key").write_bytes(K["standby"])
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'[agent]\nname = "standby"\nkey_file = "{tmp_path / "own.key"}"\n'
+                    f'state_file = "{tmp_path / "state.json"}"\n'
+                    f'[[peers]]\nname = "master"\nkey_file = "{tmp_path / "pair.key"}"\naddress = "192.0.2.1"\n')
+    assert main(["check-config", str(conf)]) == 2
+    assert f"peers[0].key_file = '{tmp_path / 'pair.key'}': cannot read" in capsys.readouterr().err
+    (tmp_path / "pair.key").write_bytes(derive_key(MASTER_KEY, "master", "standby"))
+    assert main(["check-config", str(conf)]) == 0
+
+
+def test_agent_config_refuses_a_peer_named_like_itself_or_the_appliance():
+    from firmware.errors import ConfigError
+    with pytest.raises(ConfigError, match="'standby' is used twice"):
+        parse({"agent": {"name": "standby", "key_file": "/k", "state_file": "/s"},
+               "peers": [{"name": "standby", "key_file": "/p", "address": "192.0.2.1"}]})

@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ from firmware import config as config_mod
 from firmware import logs
 from firmware.appliance import Appliance
 from firmware.decide import decide
-from firmware.detector import observe_servers
+from firmware.detector import first_lease_end, observe_servers
 from firmware.errors import ArbiterError, ConfigError
 from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
 from firmware.control import Peer
@@ -123,7 +124,9 @@ class Daemon:
             if now > next_tick:  # this cycle ran past its slot: start the next one now
                 self._overrun(now - cycle_start - interval)
                 next_tick = now
-            self.wake.wait(max(0.0, next_tick - now))
+            # a lease that runs out before the next tick is judged when it does, not up to an interval later
+            lease_end = first_lease_end(self.last_obs.servers, self.cfg.timing) if self.last_obs else math.inf
+            self.wake.wait(max(0.0, min(next_tick, lease_end) - now))
             self.wake.clear()
         if self.web is not None:
             self.web.stop()

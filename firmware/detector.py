@@ -8,7 +8,8 @@ answered is DEAD. A server is dead only when every configured link is dead
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 
 from firmware.config import Config, Timing
 from firmware.model import AgentReport, Channel, LinkObs, LinkState, ServerObs, UpsObs
@@ -23,6 +24,17 @@ def link_state(last_seen: float | None, now: float, started_at: float, t: Timing
     if silent >= t.warn_time:
         return LinkState.LATE
     return LinkState.UP
+
+
+LEASE_MARGIN_S = 0.001  # a lease ends at last_seen + dead_time: look just after, not just before
+
+
+def first_lease_end(servers: Iterable[ServerObs], t: Timing) -> float:
+    """When the first link now up or late turns dead, if nothing arrives before (inf: none
+    will). The daemon wakes then, so a server's death is decided as its last lease ends;
+    while every server answers, each lease ends after the next poll and this changes nothing."""
+    return min((link.last_seen + t.dead_time + LEASE_MARGIN_S for srv in servers for link in srv.links
+                if link.last_seen is not None and link.state in (LinkState.UP, LinkState.LATE)), default=math.inf)
 
 
 def latest_report(records: Mapping[Channel, object]) -> AgentReport | None:

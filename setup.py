@@ -28,7 +28,7 @@ setup(
             "scapy>=2.5,<3",  # gratuitous ARP
         ],
         "postgres": ["psycopg2>=2.9,<3"],  # built against Debian's libpq (libpq-dev), not the -binary wheel
-        "rig": ["billmaster-arbiter[appliance,agent,postgres]"],
+        "rig": ["billmaster-arbiter[appliance,agent,postgres]", "matplotlib>=3.9,<4"],  # the bench's plot
         "test": ["billmaster-arbiter[rig]", "pytest>=8", "pytest-timeout", "hypothesis>=6",
                  "selenium>=4.20,<5"],  # the status page in Debian's chromium (chromium-driver),
     },

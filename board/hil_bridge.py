@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from board.gpio import Board
 
 SETTLE_NS = 50_000_000
+TID_FILE = "bridge.tid"  # the watcher thread's kernel thread id, to tell its CPU time from the daemon's
 
 
 class HilBridge:
@@ -28,6 +29,7 @@ class HilBridge:
 
     def __init__(self, board: Board, root: Path) -> None:
         self._board = board
+        self._root = root
         self._out = root / "out"
         self._in = root / "in"
         self._out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,8 @@ class HilBridge:
             pin.drive_high() if path.read_text().strip() == "1" else pin.drive_low()
 
     def _watch(self) -> None:
+        # the rig's own cost, not the appliance's: the bench subtracts this thread's CPU time
+        write_atomic(self._root / TID_FILE, str(threading.get_native_id()))
         while not self._stop.wait(0.002):
             try:
                 self._read_inputs()
@@ -102,3 +106,10 @@ class HilGpio:
 
     def set_input(self, pin: str, value: bool) -> None:
         write_atomic(self._in / pin, "1" if value else "0")
+
+    def bridge_thread(self) -> int | None:
+        """The daemon's bridge thread (a task of the daemon process), once it runs."""
+        try:
+            return int((self._out.parent / TID_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None

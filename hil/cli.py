@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hil import bench as bench_mod
 from hil.report import render
 from hil.scenarios import SCENARIOS, run_scenario
 from hil.site import cleanup_stale
@@ -44,9 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("scenario", choices=sorted(SCENARIOS))
     run.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     sub.add_parser("list", help="list the scenarios")
-    bench = sub.add_parser("bench", help="power-loss outage: the arbiter's defaults side by side with keepalived")
-    bench.add_argument("--runs", type=int, default=5, help="runs per contender (default %(default)s)")
-    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench = sub.add_parser("bench", help="the arbiter's defaults side by side with keepalived: outage, soak, "
+                                         "cost, a Pi-class CPU budget, endurance")
+    bench.add_argument("--runs", type=_count, default=10, help="power-loss runs per contender (default %(default)s)")
+    bench.add_argument("--soak-seconds", type=float, default=600.0,
+                       help="soak length, the arbiter and keepalived each (default %(default)g)")
+    bench.add_argument("--budget-soak-seconds", type=float, default=120.0,
+                       help="soak length on a quarter of one core (default %(default)g)")
+    bench.add_argument("--endurance", type=_count, default=0, metavar="N",
+                       help="N failovers in a row on one site (default %(default)s: not run)")
+    bench.add_argument("--cost-seconds", type=float, default=60.0,
+                       help="how long the daemon's CPU time is measured, per site size (default %(default)g)")
+    bench.add_argument("--parts", default="", help=f"comma-separated subset of {', '.join(bench_mod.PARTS)} (default: all; "
+                                                   "endurance only with --endurance N)")
+    bench.add_argument("--json", metavar="FILE", default="reports/bench.json",
+                       help="figures merged into this file, the plot beside it as .png (default %(default)s)")
     sub.add_parser("cleanup", help="remove namespaces and processes left by a crashed run")
     args = parser.parse_args(argv)
 
@@ -65,11 +78,29 @@ def main(argv: list[str] | None = None) -> int:
         return _run("power-loss", args)
     if args.command == "run":
         return _run(args.scenario, args)
-    from hil.bench import run_bench
-    figures = run_bench(args.runs, _workdir(args, "bench"))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return _bench(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    parts = [p for p in args.parts.split(",") if p] or [p for p in bench_mod.PARTS if p != "endurance" or args.endurance]
+    out = Path(args.json)
+    figures = bench_mod.run_bench(parts, _workdir(args, "bench"), runs=args.runs, soak_s=args.soak_seconds,
+                        budget_soak_s=args.budget_soak_seconds, endurance=args.endurance, cost_s=args.cost_seconds)
+    if out.exists():
+        figures = bench_mod.merge(json.loads(out.read_text()), figures)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    bench_mod.plot(figures, out.with_suffix(".png"))
+    print(bench_mod.render(figures))
+    print(f"[bench] figures: {out}, plot: {out.with_suffix('.png')}", file=sys.stderr)
     return 0
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: must be 0 or more")
+    return n
 
 
 if __name__ == "__main__":

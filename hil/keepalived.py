@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hil.rig import PROBE_PORT, PY
 from hil.site import Proc, Site
 
 ROUTER_ID = 51
@@ -97,3 +98,22 @@ class Keepalived:
         for proc in self.procs.values():
             proc.wait(5)
         self.procs = {}
+
+
+def on_pair(workdir: Path, advert_int: float) -> tuple[Site, Keepalived]:
+    """A master and a standby with the rig's echo server, keepalived on both, the master
+    holding the address, and a client host; the caller tears the site down."""
+    site = Site("bk", ["master", "standby", "client"], workdir)
+    site.build()
+    try:
+        for name in ("master", "standby"):
+            site.spawn(name, [PY, "-m", "hil.probe", "serve", "--port", str(PROBE_PORT), "--name", name],
+                       log_name=f"echo-{name}")
+        ka = Keepalived(site, ["master", "standby"], advert_int, workdir)
+        ka.start()
+        if not ka.wait_holder("master", 10 * advert_int + 5):
+            raise RuntimeError(f"keepalived: master did not take the address (holders {ka.holder()})")
+    except BaseException:
+        site.teardown()
+        raise
+    return site, ka

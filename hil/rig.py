@@ -71,6 +71,7 @@ class Rig(Built):
         self.nut = None
         self.traps = None
         self.pg = None
+        self._probe_out = workdir / "probe.json"
 
     # ------------------------------------------------------------------ building
 
@@ -89,14 +90,25 @@ class Rig(Built):
             self._start_database()
         for name in self.servers:
             self._start_server(name)
+        self._wait_agents_up()
         # the site is in service before the appliance arrives: the master holds the address
         self.site.add_address("master", self.site.vip)
         self._start_arbiter()
         threading.Thread(target=self._physics, name="rig-physics", daemon=True).start()
+        self.start_probe()
+
+    def start_probe(self, out: str = "probe.json") -> None:
+        """The client's probe of the virtual IP (every 10 ms, ARP who-has every 100 ms) until
+        stop_probe; a new one per failover gives each its own outage and split-brain figures."""
+        self._probe_out = self.workdir / out
         self._procs["probe"] = self.site.spawn(
             "client", [PY, "-m", "hil.probe", "client", "--target", self.vip_ip, "--port", str(PROBE_PORT),
-                       "--interval", "0.01", "--arp", "--out", str(self.workdir / "probe.json")],
+                       "--interval", "0.01", "--arp", "--out", str(self._probe_out)],
             log_name="probe")
+
+    @property
+    def arbiter_pid(self) -> int:
+        return self._procs["arbiter"].popen.pid
 
     @property
     def vip_ip(self) -> str:
@@ -147,6 +159,16 @@ class Rig(Built):
         self.site.spawn(name, [PY, "-m", "host_tools.agent", "--config", str(conf)], log_name=f"agent-{name}")
         self.site.spawn(name, [PY, "-m", "hil.probe", "serve", "--port", str(PROBE_PORT), "--name", name],
                         log_name=f"echo-{name}")
+
+    def _wait_agents_up(self, timeout: float = 60.0) -> None:
+        """Every agent answers before the appliance starts: ten agents starting at once keep two
+        cores busy for seconds, long enough for a started appliance to find the master silent."""
+        deadline = time.monotonic() + timeout
+        for name in self.servers:
+            while f"{name}: answering on" not in self.agent_log(name):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"agent of {name} not answering within {timeout:g} s (logs/agent-{name}.log)")
+                time.sleep(0.05)
 
     def agent_config(self, name: str) -> dict[str, Any]:
         role_file = self.workdir / f"role-{name}.json"
@@ -314,7 +336,7 @@ class Rig(Built):
         proc = self._procs.pop("probe")
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
-        return json.loads((self.workdir / "probe.json").read_text())
+        return json.loads(self._probe_out.read_text())
 
     def alerts(self) -> list[str]:
         if self.traps is None:

@@ -71,7 +71,7 @@ def _detection(rig: Rig, report: Report, t0: float, server: str = "master") -> N
 # ---------------------------------------------------------------------- the scenarios
 
 
-class _WritableWatch:
+class WritableWatch:
     """Looks every 5 ms, on the server's own socket, for the moment its database leaves
     recovery: from then on it accepts writes."""
 
@@ -112,7 +112,7 @@ def _failover_fault(inject: Callable[[Rig], None], after: Callable[[Rig, Report]
         if rig.opts.database:
             rig.start_billing()
         _settle(rig, 2.0 if rig.opts.database else 1.0)
-        writable = _WritableWatch(rig, "standby") if rig.opts.database else None
+        writable = WritableWatch(rig, "standby") if rig.opts.database else None
         t0 = time.monotonic()
         inject(rig)
         st = _wait_primary(rig, "standby")
@@ -127,6 +127,7 @@ def _failover_fault(inject: Callable[[Rig], None], after: Callable[[Rig, Report]
         if after is not None:
             after(rig, report)
         _settle(rig, 2.0 if rig.opts.database else 1.0)
+        report.details["last_failover"] = rig.status().get("last_failover")  # where the time went, step by step
         _finish_billing(rig, report)
         _finish_common(rig, report, t0, True)
         report.check("one failover", report.failovers == 1)
@@ -184,10 +185,10 @@ def _heal_partition(rig: Rig) -> None:
     rig.site.plug_serial("master")
 
 
-def _noise(rig: Rig, seconds: float = 8.0) -> None:
-    """Bursts of random bytes into both directions of the master's serial cable."""
+def noise(rig: Rig, seconds: float = 8.0, server: str = "master") -> None:
+    """Bursts of random bytes into both directions of a server's serial cable."""
     rnd = random.Random(7)
-    ends = [rig.site.serial_path("master", side) for side in ("arbiter", "server")]
+    ends = [rig.site.serial_path(server, side) for side in ("arbiter", "server")]
     fds = [os.open(str(p), os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK) for p in ends]
     try:
         deadline = time.monotonic() + seconds
@@ -207,7 +208,7 @@ def serial_noise(rig: Rig, report: Report) -> None:
     rig.wait_ready()
     _settle(rig)
     t0 = time.monotonic()
-    _noise(rig)
+    noise(rig)
     st = rig.status()
     report.details["frames_dropped"] = st.get("frames_dropped")
     report.check("noise counted and dropped", sum(st.get("frames_dropped", {}).values()) > 0)
@@ -440,13 +441,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
-def run_scenario(name: str, workdir: Path, options: RigOptions | None = None) -> Report:
+def run_scenario(name: str, workdir: Path, options: RigOptions | None = None,
+                 prepare: Callable[[Rig], None] | None = None) -> Report:
+    """``prepare`` runs on the built site before the scenario (the bench limits the appliance's CPU)."""
     scenario = SCENARIOS[name]
     report = Report(name)
     opts = options or scenario.options
     started = time.monotonic()
     try:
         with Rig(dataclasses.replace(opts), workdir) as rig:
+            if prepare is not None:
+                prepare(rig)
             scenario.run(rig, report)
     except (TimeoutError, RuntimeError, OSError, ArbiterError) as exc:
         report.check(f"ran to the end ({exc})"[:300], False)

@@ -25,10 +25,10 @@ setup(
         "pi": ["billmaster-arbiter[appliance]", "lgpio", "rpi-lgpio"],  # the appliance on a Raspberry Pi
         "agent": [
             "pyroute2>=0.7,<0.10",  # the virtual IP
-            "scapy>=2.5,<3",  # gratuitous ARP
         ],
         "postgres": ["psycopg2>=2.9,<3"],  # built against Debian's libpq (libpq-dev), not the -binary wheel
-        "rig": ["billmaster-arbiter[appliance,agent,postgres]", "matplotlib>=3.9,<4"],  # the bench's plot
+        "rig": ["billmaster-arbiter[appliance,agent,postgres]", "matplotlib>=3.9,<4",
+                "scapy>=2.5,<3"],  # the bench's plot; the client probe's ARP watch
         "test": ["billmaster-arbiter[rig]", "pytest>=8", "pytest-timeout", "hypothesis>=6",
                  "selenium>=4.20,<5"],  # the status page in Debian's chromium (chromium-driver),
     },

@@ -1,4 +1,5 @@
-"""The appliance's proof that the virtual IP moved: who answers ARP for it?
+"""ARP on a raw packet socket: the appliance's proof that the virtual IP moved (who answers
+ARP for it?), and the new holder's gratuitous announcement.
 
 Exactly the new primary's MAC: taken over. None: not taken over. Two: split brain suspected.
 
@@ -15,6 +16,7 @@ import ipaddress
 import select
 import socket
 import struct
+import threading
 import time
 
 ETH_P_ARP = 0x0806
@@ -25,10 +27,70 @@ _WHO_HAS, _IS_AT = 1, 2
 _ARP_AT = 14  # the ARP header follows the Ethernet header
 
 
-def request(src_mac: bytes, src_ip: bytes, target_ip: bytes) -> bytes:
-    """A broadcast who-has for ``target_ip`` (Ethernet frame, 42 bytes)."""
+def _frame(op: int, src_mac: bytes, src_ip: bytes, target_mac: bytes, target_ip: bytes) -> bytes:
+    """A broadcast Ethernet frame carrying one ARP packet (42 bytes)."""
     return (BROADCAST + src_mac + struct.pack("!H", ETH_P_ARP)
-            + _ARP_HEAD.pack(1, 0x0800, 6, 4, _WHO_HAS) + src_mac + src_ip + b"\x00" * 6 + target_ip)
+            + _ARP_HEAD.pack(1, 0x0800, 6, 4, op) + src_mac + src_ip + target_mac + target_ip)
+
+
+def request(src_mac: bytes, src_ip: bytes, target_ip: bytes) -> bytes:
+    """A broadcast who-has for ``target_ip``."""
+    return _frame(_WHO_HAS, src_mac, src_ip, b"\x00" * 6, target_ip)
+
+
+def gratuitous(src_mac: bytes, ip: bytes) -> bytes:
+    """A broadcast is-at for our own ``ip``: every host that caches the address takes the new MAC."""
+    return _frame(_IS_AT, src_mac, ip, BROADCAST, ip)
+
+
+def _socket(interface: str) -> socket.socket:
+    """ARP frames of one interface only (no protocol at creation: the kernel hooks the socket
+    once, at bind, instead of on every interface first)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((interface, ETH_P_ARP))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Announcer:
+    """Gratuitous ARPs for one address from one interface's MAC, on a socket kept open: sending
+    is a system call (scapy took ~30 ms to build and send one), but closing a packet socket
+    waits for the kernel (~10 ms), which a takeover must not pay before it reports done."""
+
+    def __init__(self, ip: str, interface: str) -> None:
+        self.ip, self.interface = ipaddress.IPv4Address(ip).packed, interface
+        self._sock: socket.socket | None = None
+        self._frame = b""
+        self._lock = threading.Lock()  # the takeover and the refresh thread both send
+
+    def send(self) -> None:
+        """One announcement; OSError if the interface cannot send (the socket is opened again
+        next time, so an interface that comes back works again)."""
+        with self._lock:
+            self._send()
+
+    def _send(self) -> None:
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # sends only: no receive hook
+                self._sock.bind((self.interface, 0))
+                self._frame = gratuitous(self._sock.getsockname()[4], self.ip)
+            self._sock.send(self._frame)
+        except OSError:
+            self._close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def answer_mac(frame: bytes, target_ip: bytes) -> str | None:
@@ -58,8 +120,7 @@ def probe(ip: str, interface: str, timeout: float = 0.3, count: int = 2) -> froz
     every answer (a second MAC is the point of the check)."""
     target = ipaddress.IPv4Address(ip).packed
     macs: set[str] = set()
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
-        sock.bind((interface, ETH_P_ARP))
+    with _socket(interface) as sock:
         frame = request(sock.getsockname()[4], _own_ipv4(interface), target)
         for _ in range(count):
             sock.send(frame)

@@ -410,12 +410,10 @@ class Agent:
         self.progress = line
 
     def _vip_manager(self):
-        """Built at start-up: scapy's first import costs a few hundred ms, not to be paid mid-takeover."""
+        """Built at start-up, with everything a takeover needs loaded."""
         from host_tools.vip import VipManager
         v = self.cfg.vip
-        manager = VipManager(v.address, v.interface, v.garp_count, v.garp_interval, v.refresh_s)
-        manager.warm_up()
-        return manager
+        return VipManager(v.address, v.interface, v.garp_count, v.garp_interval, v.refresh_s)
 
     def _vip(self, op: str) -> str:
         assert self.vip is not None

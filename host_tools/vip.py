@@ -1,7 +1,7 @@
 """Virtual IP takeover on a server: add the address (pyroute2, idempotent), announce it with
-gratuitous ARPs (scapy: only scapy.layers.l2 and scapy.sendrecv, scapy.all costs ~1 s and
-~90 MiB), keep refreshing ARP caches for a while (stale caches after a split are a known
-keepalived complaint), and release it on demote.
+gratuitous ARPs (a raw packet socket, firmware.arpcheck.Announcer), keep refreshing ARP caches
+for a while (stale caches after a split are a known keepalived complaint), and release it on
+demote.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from firmware.arpcheck import Announcer
 from firmware.errors import ActionError
 
 log = logging.getLogger("arbiter.vip")
@@ -28,10 +29,7 @@ class VipManager:
         self.garp_count, self.garp_interval, self.refresh_s = garp_count, garp_interval, refresh_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def warm_up(self) -> None:
-        import scapy.layers.l2  # noqa: F401  (loads scapy's ARP layer now, not during a takeover)
-        import scapy.sendrecv  # noqa: F401
+        self._announcer = Announcer(str(self.iface_addr.ip), interface)
 
     def _index(self, ipr: IPRoute) -> int:
         found = ipr.link_lookup(ifname=self.interface)
@@ -57,12 +55,8 @@ class VipManager:
         self._thread.start()
 
     def _garp(self) -> None:
-        from scapy.layers.l2 import ARP, Ether
-        from scapy.sendrecv import sendp
-        ip = str(self.iface_addr.ip)
-        frame = Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, psrc=ip, pdst=ip, hwdst="ff:ff:ff:ff:ff:ff")
         try:
-            sendp(frame, iface=self.interface, verbose=False)
+            self._announcer.send()
         except OSError as exc:
             log.warning("gratuitous ARP on %s failed: %s", self.interface, exc)
 
@@ -92,3 +86,4 @@ class VipManager:
 
     def close(self) -> None:
         self._stop.set()
+        self._announcer.close()

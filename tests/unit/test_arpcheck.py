@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from firmware.arpcheck import answer_mac, request
+from firmware.arpcheck import answer_mac, gratuitous, request
 
 MAC_A = bytes.fromhex("02ba00000011")
 MAC_B = bytes.fromhex("02ba00000012")
@@ -38,3 +38,10 @@ def test_requests_other_addresses_and_short_frames_are_not_answers():
     not_arp = bytearray(_is_at(MAC_B, VIP))
     not_arp[12:14] = b"\x08\x00"
     assert answer_mac(bytes(not_arp), VIP) is None
+
+
+def test_a_gratuitous_announcement_is_a_broadcast_is_at_for_our_own_address():
+    frame = gratuitous(MAC_B, VIP)
+    assert len(frame) == 42 and frame[:6] == b"\xff" * 6 and frame[6:12] == MAC_B
+    assert frame[20:22] == b"\x00\x02" and frame[28:32] == VIP and frame[32:38] == b"\xff" * 6 and frame[38:42] == VIP
+    assert answer_mac(frame, VIP) == "02:ba:00:00:00:12"  # what a prober hears from the new holder

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import threading
 import time
 
@@ -19,6 +20,7 @@ from firmware.errors import ActionError
 log = logging.getLogger("arbiter.vip")
 
 REFRESH_EVERY_S = 2.0
+HELD_FRESH_S = 0.2  # the audit compares the flag every vip.audit_interval (1 s by default)
 
 
 class VipManager:
@@ -30,6 +32,8 @@ class VipManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._announcer = Announcer(str(self.iface_addr.ip), interface)
+        self._held_lock = threading.Lock()
+        self._held, self._held_at, self._changes = False, -math.inf, 0
 
     def _index(self, ipr: IPRoute) -> int:
         found = ipr.link_lookup(ifname=self.interface)
@@ -38,6 +42,20 @@ class VipManager:
         return found[0]
 
     def held(self) -> bool:
+        """Whether the interface has the address, read at most every HELD_FRESH_S: every reply
+        to every poll carries it (50 a second on two links) and one read of the kernel's
+        addresses costs ~4 ms; taking or releasing the address here reads it afresh."""
+        with self._held_lock:
+            if time.monotonic() - self._held_at < HELD_FRESH_S:
+                return self._held
+            changes = self._changes
+        value = self._read_held()
+        with self._held_lock:
+            if changes == self._changes:  # no take or release began meanwhile: the value holds
+                self._held, self._held_at = value, time.monotonic()
+        return value
+
+    def _read_held(self) -> bool:
         with IPRoute() as ipr:
             idx = self._index(ipr)
             ip = str(self.iface_addr.ip)
@@ -76,13 +94,19 @@ class VipManager:
 
     def _address(self, op: str, done_code: int) -> None:
         """Add or delete the address; the error that means "already so" is success (idempotent)."""
-        with IPRoute() as ipr:
-            idx = self._index(ipr)
-            try:
-                ipr.addr(op, index=idx, address=str(self.iface_addr.ip), prefixlen=self.iface_addr.network.prefixlen)
-            except NetlinkError as exc:
-                if exc.code != done_code:
-                    raise ActionError(f"cannot {op} {self.iface_addr} on {self.interface}: {exc}") from exc
+        try:
+            with IPRoute() as ipr:
+                idx = self._index(ipr)
+                try:
+                    ipr.addr(op, index=idx, address=str(self.iface_addr.ip),
+                             prefixlen=self.iface_addr.network.prefixlen)
+                except NetlinkError as exc:
+                    if exc.code != done_code:
+                        raise ActionError(f"cannot {op} {self.iface_addr} on {self.interface}: {exc}") from exc
+        finally:
+            with self._held_lock:  # whatever happened, the next held() reads the kernel again
+                self._changes += 1
+                self._held_at = -math.inf
 
     def close(self) -> None:
         self._stop.set()

@@ -7,8 +7,8 @@ Recipe (each step prints a progress line):
    base's boot files, plus an empty arbiter/ folder that arbiter-provision fills;
 3. the root tree staged in a folder: the base's root, /opt/arbiter/wheels with the firmware's
    wheel and a wheel of every dependency for the target (the [pi] extra included) with an
-   offline installer, the systemd units enabled, the watchdog drop-in and the udev rule; then
-   made into an ext4 file with `mkfs.ext4 -d`;
+   offline installer, the systemd units enabled, the watchdog drop-in, the udev rule and the
+   man pages (docs/man); then made into an ext4 file with `mkfs.ext4 -d`;
 4. both partition files written into the image at their offsets.
 
 The base is either --base-dir DIR (folders boot/ and root/, as the tests make on the spot)
@@ -201,6 +201,10 @@ def stage_root(base_root: Path, stage: Path, wheelhouse: Path | None, target: Ta
     dropin = stage / "etc/systemd/system.conf.d"
     dropin.mkdir(parents=True, exist_ok=True)
     shutil.copy2(BOARD / "systemd/10-arbiter-watchdog.conf", dropin)
+    for page in sorted((ROOT / "docs/man").glob("*.[1-8]")):  # the units' Documentation= names them
+        section = stage / f"usr/share/man/man{page.suffix[1:]}"
+        section.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(page, section / page.name)
     rules = stage / "etc/udev/rules.d"
     rules.mkdir(parents=True, exist_ok=True)
     shutil.copy2(BOARD / "udev/99-arbiter.rules", rules)

@@ -62,6 +62,8 @@ def test_root_has_firmware_units_enabled_watchdog_and_udev(image, tmp_path):
     assert "u arbiter" in debugfs(img, "cat /usr/lib/sysusers.d/arbiter.conf", tmp_path)
     assert "pip install --no-index" in debugfs(img, "cat /opt/arbiter/install.sh", tmp_path)
     assert "shred" in debugfs(img, "cat /opt/arbiter/firstboot.sh", tmp_path)
+    for page in (ROOT / "docs/man").glob("*.[1-8]"):  # Documentation= in the units points at them
+        assert page.name in debugfs(img, f"ls /usr/share/man/man{page.suffix[1:]}", tmp_path)
     assert result["wheel"] in debugfs(img, "ls /opt/arbiter/wheels", tmp_path)
     assert "RuntimeWatchdogSec=15" in debugfs(img, "cat /etc/systemd/system.conf.d/10-arbiter-watchdog.conf", tmp_path)
     assert "arbiter-com" in debugfs(img, "cat /etc/udev/rules.d/99-arbiter.rules", tmp_path)

@@ -133,7 +133,8 @@ def check_base(root: Path, target: Target) -> None:
         raise ImageError(f"--python {target.python}: the base's CPython is {', '.join(versions)}")
     binary = root / "usr/bin" / f"python{target.python}"
     if binary.is_file():
-        head = binary.read_bytes()[:20]
+        with open(binary, "rb") as f:
+            head = f.read(20)
         machine = ELF_MACHINES.get(int.from_bytes(head[18:20], "little"), "unknown") if head[:4] == b"\x7fELF" else None
         if machine is not None and machine != target.arch:
             raise ImageError(f"--arch {target.arch}: the base's {binary.relative_to(root)} is built for {machine}")

@@ -44,3 +44,8 @@ class HardwareError(ArbiterError):
 
 class StateError(ArbiterError):
     """The persisted state cannot be read or written."""
+
+
+class TransitionError(Exception):
+    """decide tried a change of phase that the transition table does not have: a bug. Not an
+    ArbiterError on purpose: the daemon handles it as an internal error (alarm, safe halt)."""

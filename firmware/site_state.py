@@ -1,17 +1,22 @@
 """The appliance's persisted view of the site, and the phases it moves through.
 
-Transitions (``decide`` is the only code that makes them)::
+Transitions (``decide`` is the only code that makes them; ``TRANSITIONS`` below is this
+diagram as code, checked at every change of phase, and a test keeps the two the same)::
 
     STARTING --all servers known--> NORMAL
     NORMAL --primary dead, safe target--> FENCING --power off confirmed--> PROMOTING
     NORMAL --operator failover --force--> FENCING
+    NORMAL --the same with policy.fencing = none (no fence)--> PROMOTING
     NORMAL --operator/UPS switchover--> DEMOTING --old primary demoted, IP released--> SYNCING
     SYNCING --target has everything--> PROMOTING
     PROMOTING --target is primary--> TAKING_IP --address added--> VERIFYING
+    TAKING_IP --address added, vip.verify = none--> NORMAL
     VERIFYING --only the target's MAC answers ARP--> NORMAL (hold-down after a failover)
+    VERIFYING --ARP check failed, tries left--> VERIFYING
     VERIFYING --more than one MAC answers (split brain suspected)--> HALTED
     FENCING/PROMOTING/TAKING_IP/VERIFYING/DEMOTING/SYNCING --failure or timeout--> HALTED
-    HALTED --operator failover/switchover--> FENCING/DEMOTING
+    FENCING/PROMOTING/TAKING_IP/VERIFYING/DEMOTING --appliance restart: action again--> SAME
+    HALTED --operator failover/switchover--> FENCING/PROMOTING/DEMOTING
     HALTED --maintenance off--> NORMAL
 
 The state is saved (atomically) before the actions of a transition run, so a restarted
@@ -24,6 +29,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
+
+from firmware.errors import TransitionError
 
 
 class Phase(str, enum.Enum):
@@ -71,6 +78,26 @@ class Condition:
 
 BUSY = frozenset({Phase.FENCING, Phase.PROMOTING, Phase.TAKING_IP, Phase.VERIFYING,
                   Phase.DEMOTING, Phase.SYNCING})
+
+# Every allowed change of phase (the diagram above); a pair that is not here is a bug.
+TRANSITIONS: frozenset[tuple[Phase, Phase]] = frozenset({
+    (Phase.STARTING, Phase.NORMAL),
+    (Phase.NORMAL, Phase.FENCING), (Phase.NORMAL, Phase.PROMOTING), (Phase.NORMAL, Phase.DEMOTING),
+    (Phase.FENCING, Phase.PROMOTING),
+    (Phase.DEMOTING, Phase.SYNCING), (Phase.SYNCING, Phase.PROMOTING),
+    (Phase.PROMOTING, Phase.TAKING_IP), (Phase.TAKING_IP, Phase.VERIFYING), (Phase.TAKING_IP, Phase.NORMAL),
+    (Phase.VERIFYING, Phase.NORMAL), (Phase.VERIFYING, Phase.VERIFYING),
+    *((busy, Phase.HALTED) for busy in BUSY),
+    *((busy, busy) for busy in BUSY - {Phase.SYNCING}),  # resumed: SYNCING waits again, issues nothing
+    (Phase.HALTED, Phase.FENCING), (Phase.HALTED, Phase.PROMOTING), (Phase.HALTED, Phase.DEMOTING),
+    (Phase.HALTED, Phase.NORMAL),
+})
+
+
+def check_transition(old: Phase, new: Phase) -> None:
+    """Refuse a change of phase that is not in TRANSITIONS (a bug in decide, never data)."""
+    if (old, new) not in TRANSITIONS:
+        raise TransitionError(f"phase {old.value} -> {new.value} is not in site_state.TRANSITIONS")
 
 # One server's last UPS reading, kept to raise events on real changes only.
 UpsSeen = tuple[str, bool | None, tuple[str, ...], float | None, float | None]

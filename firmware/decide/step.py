@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from firmware.config import Config, SiteMode
 from firmware.model import Action, Notify, Observations, Verdict
-from firmware.site_state import Condition, Phase, State
+from firmware.site_state import Condition, Phase, State, check_transition
 
 T = TypeVar("T")
 
@@ -46,6 +46,10 @@ class Step:
         self.update(alerts=self.state.alerts + ((event, server, channel, text),))
 
     def update(self, **changes: object) -> None:
+        """Every change of the state goes through here; a change of phase is checked against
+        the transition table."""
+        if "phase" in changes:
+            check_transition(self.state.phase, changes["phase"])  # type: ignore[arg-type]
         self.state = dataclasses.replace(self.state, **changes)
 
     def enter(self, phase: Phase, *waits: Action) -> None:

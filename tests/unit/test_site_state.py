@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 
+import pytest
+
+from firmware import site_state
+from firmware.decide.step import Step
+from firmware.errors import TransitionError
 from firmware.site_state import CondKind, Condition, Phase, State
+from tests.unit.sitekit import obs, server, site_config
 
 
 def test_conditions_are_typed_and_round_trip_through_json():
@@ -29,3 +36,30 @@ def test_substance_leaves_out_the_reason_and_late_links_only():
     down = Condition(CondKind.LINK_DOWN, "master", "serial")
     assert State(reason="a", conditions=(late,)).substance() == State()
     assert State(conditions=(down, late)).substance() == State(conditions=(down,))
+
+
+def _diagram_edges() -> set[tuple[Phase, Phase]]:
+    """The edges drawn in site_state's docstring: ``A/B --why--> C --why--> D/E``, SAME for a
+    phase entered again."""
+    body = site_state.__doc__.split("::", 1)[1].split("\n\n")[1]
+    edges = set()
+    for line in body.strip().splitlines():
+        groups = [re.sub(r"\(.*\)", "", g).strip() for g in re.split(r"\s--.*?-->\s", line.strip())]
+        for src, dst in zip(groups, groups[1:]):
+            for a in src.split("/"):
+                for b in dst.split("/"):
+                    edges.add((Phase[a], Phase[a] if b == "SAME" else Phase[b]))
+    return edges
+
+
+def test_the_diagram_draws_exactly_the_transition_table():
+    assert _diagram_edges() == set(site_state.TRANSITIONS)
+
+
+def test_a_change_of_phase_outside_the_table_is_refused():
+    site_state.check_transition(Phase.FENCING, Phase.PROMOTING)
+    with pytest.raises(TransitionError, match="normal -> verifying"):
+        site_state.check_transition(Phase.NORMAL, Phase.VERIFYING)
+    step = Step(State(phase=Phase.STARTING), obs(server("master"), server("standby")), 1.0, site_config())
+    with pytest.raises(TransitionError, match="starting -> fencing"):
+        step.enter(Phase.FENCING)

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from board.gpio import Board, make_factory
 from board.sdnotify import notify as sd_notify
 from firmware import arpcheck
 from firmware.config import Config, read_key
 from firmware.reach import reaches_any
-from firmware.errors import ConfigError, StateError
+from firmware.errors import ConfigError, DamagedFile, StateError
 from firmware.control import ControlServer, Handler
 from firmware.executor import Executor
 from firmware.hands import make_handlers
@@ -27,10 +29,12 @@ from firmware.model import UpsObs, VipAudit
 from firmware.notify import make_notifier
 from firmware.protocol import Codec, derive_key
 from firmware.site_state import State
-from firmware.state import StateStore, kernel_boot_id
+from firmware.state import DAMAGE, StateStore, kernel_boot_id
 from firmware.ups import UpsWatch, cut_outlet
 
 log = logging.getLogger("arbiter")
+T = TypeVar("T")
+MAX_DAMAGED = 8  # files one part keeps; each damaged one is set aside once
 
 SOURCE_RATE_PER_POLL = 10  # UDP frames one server may send per poll interval before the rest is dropped
 
@@ -42,14 +46,16 @@ class Appliance:
         state_dir = Path(cfg.site.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = StateStore(state_dir / "state.json")
+        self.damaged: list[str] = []  # one line per damaged file: the daemon then halts safely
         self.run_id = self._next_run(state_dir / "runs")
-        self.journal = Journal(state_dir / "journal.jsonl")
+        self.journal = self._set_aside_if_damaged(lambda: Journal(state_dir / "journal.jsonl"))
         self.board = Board(cfg, make_factory(cfg.board), clock=clock)
         master = read_key(cfg.site.key_file)
         codec = Codec(cfg.site.node_id, {s.name: derive_key(master, s.name) for s in cfg.servers}, self.run_id)
         self.poller = Poller(codec, [(s.name, s.serial, s.baudrate, s.address, s.port) for s in cfg.servers],
                              clock=clock, source_rate=SOURCE_RATE_PER_POLL / cfg.timing.interval)
-        self.notifier = make_notifier(cfg, state_dir, self.journal, self.board.set_alarm)
+        self.notifier = self._set_aside_if_damaged(
+            lambda: make_notifier(cfg, state_dir, self.journal, self.board.set_alarm))
         self.board.on_ack(self._button_ack)
         self.executor = Executor(self._handlers(cfg), wake=wake, clock=clock)
         specs = {s.name: s.ups for s in cfg.servers if s.ups}
@@ -64,11 +70,35 @@ class Appliance:
         self.sd_notify = sd_notify
 
     def _next_run(self, path: Path) -> int:
-        """A counter that grows with every start: the frames' boot id and decide's run id."""
+        """A counter that grows with every start: the frames' boot id and decide's run id.
+
+        A damaged counter is left where it is (a restart halts again, until an operator has
+        looked): run 0 then, and the appliance acts on nothing."""
         store = StateStore(path)
-        run = int((store.load() or {}).get("run", 0)) + 1
-        store.save({"run": run})
-        return run
+        try:
+            run = (store.load() or {}).get("run", 0)
+            if not isinstance(run, int) or isinstance(run, bool) or run < 0:
+                raise DamagedFile(path, f"run = {run!r:.40}, not a count")
+        except DamagedFile as exc:
+            self.damaged.append(str(exc))
+            return 0
+        store.save({"run": run + 1})
+        return run + 1
+
+    def _set_aside_if_damaged(self, build: Callable[[], T]) -> T:
+        """Build a part whose files are records, not decisions (journal, alarm, alert outbox and
+        counters): a damaged one is renamed NAME.damaged, noted, and the part built afresh."""
+        for _ in range(MAX_DAMAGED):
+            try:
+                return build()
+            except DamagedFile as exc:
+                aside = Path(str(exc.path) + ".damaged")
+                try:
+                    os.replace(exc.path, aside)
+                except OSError as err:
+                    raise StateError(f"{exc}; cannot move it aside ({err.strerror})") from exc
+                self.damaged.append(f"{exc}; kept as {aside}")
+        return build()
 
     def reconfigure(self, cfg: Config) -> None:
         """A reloaded config: the action handlers (timeouts, fence mode, address) follow it."""
@@ -84,7 +114,10 @@ class Appliance:
         data = self.store.load()
         if data is None:
             return State(since=now)
-        state = State.from_dict(data.get("site", data))
+        try:
+            state = State.from_dict(data.get("site", data))
+        except DAMAGE as exc:
+            raise DamagedFile(self.store.path, f"{type(exc).__name__}: {exc}") from exc
         named = {state.primary, state.old, state.target, *state.fenced, *state.rejoining} - {None, ""}
         unknown = sorted(named - {s.name for s in self.cfg.servers})
         if unknown:

@@ -27,10 +27,11 @@ from firmware import logs
 from firmware.appliance import Appliance
 from firmware.decide import decide
 from firmware.detector import first_lease_end, observe_servers
-from firmware.errors import ArbiterError, ConfigError
+from firmware.errors import ArbiterError, ConfigError, DamagedFile
 from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
 from firmware.control import Peer
 from firmware.model import Observations, Verdict
+from firmware.site_state import Phase, State
 from firmware.history import History
 from firmware.metrics import Metrics
 from firmware.status import StatusView, status_report
@@ -42,6 +43,7 @@ from firmware.protocol import derive_key
 log = logging.getLogger("arbiter")
 
 OVERRUN_LOG_EVERY_S = 60.0
+BUGS_BEFORE_HALT = 2  # unexpected errors in a row before safe halted mode
 RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups", "http", "snmp")
 VERDICT_WAIT_S = 5.0  # an order's answer: decide runs every timing.interval, so this means stuck
 
@@ -53,7 +55,13 @@ class Daemon:
         self.clock = clock
         self.started_at = clock()
         self.app = Appliance(self.cfg, clock, wake=self._wake_event_set)
-        self.state = self.app.load_state(self.started_at)
+        self.halted = ""  # why the appliance is in safe halted mode; empty while it runs
+        self._bugs = 0  # unexpected errors in a row
+        try:
+            self.state = self.app.load_state(self.started_at)
+        except DamagedFile as exc:  # kept as it is: a restart halts again until an operator looks
+            self.app.damaged.append(str(exc))
+            self.state = State(phase=Phase.HALTED, since=self.started_at)
         self.orders = OrderDesk()
         self.history = History(self.app.journal)
         self.wake = threading.Event()
@@ -100,6 +108,8 @@ class Daemon:
         if self.web is not None:
             self.web.start()
         self.app.notifier.notify("arbiter-started", text=f"run {self.app.run_id}, phase {self.state.phase.value}")
+        if self.app.damaged:
+            self._halt("; ".join(self.app.damaged))
         next_tick = self.clock()
         ready = False
         pet_every = min(watchdog_interval() or 1.0, 1.0)
@@ -140,7 +150,12 @@ class Daemon:
         return f"phase {self.state.phase.value}, primary {self.state.primary or 'none'}"
 
     def _cycle(self) -> bool:
-        """One poll-observe-decide-act cycle. False if it failed (no watchdog pet)."""
+        """One poll-observe-decide-act cycle. False if it failed (no watchdog pet).
+
+        In safe halted mode nothing is polled, decided or done: the loop only keeps the
+        watchdog, the control socket and the alarm alive."""
+        if self.halted:
+            return True
         try:
             now = self.clock()
             self.app.poller.poll_all()
@@ -165,10 +180,40 @@ class Daemon:
             self._heartbeat(now)
             self.last_cycle = self.clock()
             self.metrics.cycle_seconds.observe(self.last_cycle - now)
+            self._bugs = 0
             return True
         except ArbiterError as exc:
             self._cycle_failed(str(exc))
             return False
+        except Exception as exc:  # a bug (decide's included): alarm, and never a crash loop
+            self._internal_error(exc)
+            return False
+
+    def _internal_error(self, exc: Exception) -> None:
+        """Traceback to the log, the alarm relay on and a trap; the caller skips the watchdog
+        pet. The saved state that made decide fail makes it fail again after a restart, so a
+        second failure in a row halts safely instead of restarting into it."""
+        self._bugs += 1
+        text = f"{type(exc).__name__}: {exc}"[:200]
+        log.error("internal error in the cycle (%d in a row): %s", self._bugs, text, exc_info=exc)
+        self.app.notifier.notify("internal-error", text=text)
+        if self._bugs >= BUGS_BEFORE_HALT:
+            self._halt(f"internal error {self._bugs} cycles in a row ({text})")
+
+    def _halt(self, why: str) -> None:
+        """Safe halted mode: decide no more and act on nothing, keep the alarm relay on (a
+        trap says why), keep answering status and keep petting the watchdog.
+
+        Chosen over exiting for systemd to retry: a restart meets the same damaged file or the
+        same state again, so retrying is a crash loop by another name; a process that exits
+        holds no alarm relay and answers no `arbiterctl status`; and a halted appliance that
+        polls nobody is seen by the agents as unobserved. An operator looks, mends or moves
+        the file named in the alarm, and restarts arbiterd."""
+        self.halted = why
+        self.state = dataclasses.replace(self.state, phase=Phase.HALTED, reason=(
+            f"safe halt: {why}; acting on nothing until arbiterd is restarted"))
+        log.critical("%s", self.state.reason)
+        self.app.notifier.notify("internal-error", text=f"safe halt: {why}"[:200])
 
     def _progress(self, now: float) -> None:
         """A line a second for every slow action, so an operator sees a promote still running."""
@@ -300,6 +345,8 @@ class Daemon:
     def _order(self, cmd: Command, operator: Operator) -> dict[str, Any]:
         kind = cmd.request_kind()
         assert kind is not None, cmd.name  # every other command is answered above
+        if self.halted:
+            return self._answered(cmd, operator, Verdict(False, f"refused: {self.state.reason}"))
         if cmd.server is not None and cmd.server not in [s.name for s in self.cfg.servers]:
             return self._answered(cmd, operator, Verdict(False, f"unknown server {cmd.server!r}"))
         rid = self.orders.submit(kind, cmd.server, cmd.force)

@@ -46,6 +46,15 @@ class StateError(ArbiterError):
     """The persisted state cannot be read or written."""
 
 
+class DamagedFile(StateError):
+    """A file the appliance keeps (state, run counter, journal, alarm, outbox) holds what it
+    never writes: the message names the file. The daemon starts in safe halted mode."""
+
+    def __init__(self, path: object, detail: str) -> None:
+        super().__init__(f"{path}: corrupt ({detail})")
+        self.path = path
+
+
 class TransitionError(Exception):
     """decide tried a change of phase that the transition table does not have: a bug. Not an
     ArbiterError on purpose: the daemon handles it as an internal error (alarm, safe halt)."""

@@ -97,6 +97,10 @@ _TABLE = (
     EventType(61, "agent-unobserved", Severity.MAJOR, "no valid poll from the appliance: nobody watches this "
               "server"),
     EventType(62, "agent-observed", Severity.CLEAR, "the appliance polls this server again", ("agent-unobserved",)),
+    # The appliance's own faults: an unexpected error in a cycle, a damaged file (safe halted mode).
+    EventType(70, "internal-error", Severity.CRITICAL,
+              "internal error or damaged file: the text names it; twice in a row, or a damaged file,"
+              " halts the appliance safely until it is restarted"),
 )
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}

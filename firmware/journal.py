@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from firmware.errors import DamagedFile
+
 FSYNC_EVERY_S = 5.0
 
 
@@ -33,15 +35,19 @@ class Journal:
 
     def _read(self) -> list[dict[str, Any]]:
         try:
-            text = self.path.read_text()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return []
         out = []
-        for line in text.splitlines():
+        for line in raw.splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line.decode())
+            except UnicodeDecodeError as exc:  # the journal writes JSON text only: not a torn line
+                raise DamagedFile(self.path, f"bytes that are not UTF-8 text: {exc}") from exc
+            except (json.JSONDecodeError, RecursionError):
                 continue  # a line torn by a power cut
+            if isinstance(record, dict):
+                out.append(record)
         return out
 
     def append(self, record: dict[str, Any]) -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from firmware.config import Config
-from firmware.errors import StateError
+from firmware.errors import DamagedFile, StateError
 from firmware.events import EVENTS, UNLIMITED, Severity, event_type
-from firmware.state import StateStore
+from firmware.state import DAMAGE, StateStore
 
 log = logging.getLogger("arbiter.alerts")
 
@@ -77,8 +77,10 @@ class SeqStore:
         self.path = path
         try:
             self.last = int(path.read_text()) if path.exists() else 0
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise StateError(f"{path}: cannot read the alert sequence ({exc})") from exc
+        except ValueError as exc:
+            raise DamagedFile(path, f"the alert sequence: {exc}") from exc
 
     def next(self) -> int:
         self.last += 1
@@ -286,9 +288,12 @@ class AlarmSink:
         self.set_alarm = set_alarm
         self.store = store
         saved = (store.load() if store is not None else None) or {}
-        self.active: dict[Key, Severity] = {
-            (e, s, c): Severity(v) for e, s, c, v in saved.get("active", ()) if e in EVENTS}
-        self.acked = bool(saved.get("acked", False))
+        try:
+            self.active: dict[Key, Severity] = {
+                (str(e), str(s), str(c)): Severity(v) for e, s, c, v in saved.get("active", ()) if e in EVENTS}
+        except DAMAGE as exc:
+            raise DamagedFile(store.path if store else "alarm", f"active: {type(exc).__name__}: {exc}") from exc
+        self.acked = saved.get("acked", False) is True
         self.relay: bool | None = None
         self.lock = threading.Lock()
         self._drive()

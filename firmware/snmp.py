@@ -33,10 +33,11 @@ from pysnmp.hlapi.v3arch.asyncio import (CommunityData, ContextData, UdpTranspor
 from pysnmp.proto.rfc1902 import Integer32, ObjectIdentifier, OctetString, TimeTicks, Unsigned32
 
 from firmware.config import Config, SnmpManager
-from firmware.errors import ConfigError, StateError
+from firmware.errors import ConfigError, DamagedFile, StateError
 from firmware.events import event_type
 from firmware.mib import notification_oid, object_oid
 from firmware.notify import Alert, Throttle, write_atomic
+from firmware.state import DAMAGE
 
 log = logging.getLogger("arbiter.snmp")
 
@@ -83,8 +84,10 @@ class Outbox:
     def _read_marker(self) -> int:
         try:
             return int(self.marker.read_text()) if self.marker.exists() else 0
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise StateError(f"{self.marker}: cannot read the outbox marker ({exc})") from exc
+        except ValueError as exc:
+            raise DamagedFile(self.marker, f"the outbox marker: {exc}") from exc
 
     def _read_log(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -96,7 +99,14 @@ class Outbox:
             with open(self.path, "r+b") as f:
                 f.truncate(len(whole))
                 os.fsync(f.fileno())
-        return [json.loads(line) for line in whole.splitlines() if line.strip()]
+        try:
+            alerts = [json.loads(line) for line in whole.splitlines() if line.strip()]
+            for a in alerts:
+                if not isinstance(a, dict) or not isinstance(a["seq"], int):
+                    raise TypeError(f"not an alert with a seq: {a!r:.60}")
+        except DAMAGE as exc:
+            raise DamagedFile(self.path, f"{type(exc).__name__}: {exc}") from exc
+        return alerts
 
     def append(self, alert: dict[str, Any]) -> None:
         line = (json.dumps(alert, sort_keys=True) + "\n").encode()
@@ -184,8 +194,10 @@ class SnmpSink:
     def _next_boots(path: Path) -> int:
         try:
             boots = int(path.read_text()) + 1 if path.exists() else 1
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise StateError(f"{path}: cannot read the SNMP engine boots ({exc})") from exc
+        except ValueError as exc:
+            raise DamagedFile(path, f"the SNMP engine boots: {exc}") from exc
         write_atomic(path, f"{boots}\n")
         return boots
 

@@ -7,7 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from firmware.errors import StateError
+from firmware.errors import DamagedFile, StateError
+
+# What parsing a damaged file raises (JSONDecodeError and UnicodeDecodeError are ValueErrors;
+# nesting past the recursion limit is a RecursionError).
+DAMAGE = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
 
 
 def kernel_boot_id() -> str:
@@ -25,17 +29,17 @@ class StateStore:
     def load(self) -> dict[str, Any] | None:
         """None if there is no state yet; a corrupt file is an error, never a fresh start."""
         try:
-            text = self.path.read_text()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StateError(f"{self.path}: cannot read ({exc.strerror})") from exc
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StateError(f"{self.path}: corrupt ({exc}); move it away to start from scratch") from exc
+            data = json.loads(raw.decode())
+        except DAMAGE as exc:
+            raise DamagedFile(self.path, f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(data, dict):
-            raise StateError(f"{self.path}: corrupt (not an object)")
+            raise DamagedFile(self.path, "not a JSON object")
         return data
 
     def save(self, data: dict[str, Any]) -> None:

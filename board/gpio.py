@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice, GPIOZeroError
 from gpiozero.pins import Factory
@@ -84,6 +83,7 @@ class Board:
         self._lock = threading.Lock()
         self._outputs: dict[str, DigitalOutputDevice] = {}
         self._relays: dict[str, PowerRelay] = {}
+        self._watchers: list[Callable[[], None]] = []
         try:
             self._set_up(cfg, factory)
         except GPIOZeroError as exc:  # a pin used twice, a board gpiozero does not know, ...
@@ -105,10 +105,6 @@ class Board:
         if cfg.board.ack_button:
             self._button = Button(self._pin(cfg.board.ack_button, "board.ack_button"), bounce_time=0.05,
                                   pin_factory=factory)
-        self.bridge = None
-        if cfg.board.kind == "hil" and cfg.board.hil_gpio_dir:
-            from board.hil_bridge import HilBridge
-            self.bridge = HilBridge(self, Path(cfg.board.hil_gpio_dir))
 
     def _pin(self, name: str, key: str) -> int:
         try:
@@ -129,8 +125,8 @@ class Board:
             if bool(dev.value) != on:
                 dev.value = on
                 self.history.append((self.clock(), name, on))
-        if self.bridge is not None:
-            self.bridge.publish()
+        for watcher in self._watchers:
+            watcher()
 
     def relay(self, server: str) -> PowerRelay:
         try:
@@ -154,6 +150,11 @@ class Board:
         if self._button is not None:
             self._button.when_pressed = lambda: callback()
 
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Called after every output change (the rig's bridge publishes them; the board knows
+        nothing of it)."""
+        self._watchers.append(callback)
+
     def outputs(self) -> dict[str, bool]:
         with self._lock:
             return {name: bool(dev.value) for name, dev in self._outputs.items()}
@@ -164,7 +165,3 @@ class Board:
     @property
     def factory(self) -> Factory:
         return self._factory
-
-    def close(self) -> None:
-        if self.bridge is not None:
-            self.bridge.close()

@@ -43,6 +43,7 @@ class HilBridge:
         self._read_inputs()
         self._thread = threading.Thread(target=self._watch, name="hil-bridge", daemon=True)
         self._thread.start()
+        board.watch(self.publish)
 
     def publish(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from board.gpio import Board, make_factory
+from board.hil_bridge import HilBridge
 from board.sdnotify import notify as sd_notify
 from firmware import arpcheck
 from firmware.config import Config, read_key
@@ -26,9 +28,10 @@ from firmware.hands import make_handlers
 from firmware.journal import Journal
 from firmware.links import Poller
 from firmware.model import UpsObs, VipAudit
-from firmware.notify import make_notifier
+from firmware.notify import AlarmSink, HookSink, JournalSink, LogSink, Notifier, Sink
 from firmware.protocol import Codec, derive_key
 from firmware.site_state import State
+from firmware.snmp import SnmpSink
 from firmware.state import DAMAGE, StateStore, kernel_boot_id
 from firmware.ups import UpsWatch, cut_outlet
 
@@ -50,6 +53,8 @@ class Appliance:
         self.run_id = self._next_run(state_dir / "runs")
         self.journal = self._set_aside_if_damaged(lambda: Journal(state_dir / "journal.jsonl"))
         self.board = Board(cfg, make_factory(cfg.board), clock=clock)
+        self.bridge = HilBridge(self.board, Path(cfg.board.hil_gpio_dir)) \
+            if cfg.board.kind == "hil" and cfg.board.hil_gpio_dir else None  # the rig sees the pins
         master = read_key(cfg.site.key_file)
         codec = Codec(cfg.site.node_id, {s.name: derive_key(master, s.name) for s in cfg.servers}, self.run_id)
         self.poller = Poller(codec, [(s.name, s.serial, s.baudrate, s.address, s.port) for s in cfg.servers],
@@ -208,6 +213,21 @@ class Appliance:
         self.executor.join(2.0)
         self.poller.close()
         self.notifier.close()
+        if self.bridge is not None:
+            self.bridge.close()
+
+
+def make_notifier(cfg: Config, state_dir: Path, journal: Journal | None,
+                  set_alarm: Callable[[bool], None]) -> Notifier:
+    """The appliance's notifier with every sink its config asks for."""
+    sinks: list[Sink] = [LogSink(), AlarmSink(set_alarm, StateStore(Path(state_dir) / "alarm.json"))]
+    if journal is not None:
+        sinks.append(JournalSink(journal))
+    if cfg.alerts.hook:
+        sinks.append(HookSink(shlex.split(cfg.alerts.hook)))
+    if cfg.alerts.managers:
+        sinks.append(SnmpSink(cfg, Path(state_dir)))
+    return Notifier(cfg, sinks, Path(state_dir))
 
 
 def _secret(path: str, key: str) -> str:

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import queue
-import shlex
 import subprocess
 import threading
 import time
@@ -400,18 +399,3 @@ class JournalSink:
 
     def send(self, alert: Alert) -> None:
         self.journal.append({"kind": "alert", **alert.to_dict(), "severity": alert.severity.name})
-
-
-def make_notifier(cfg: Config, state_dir: Path, journal: Journal | None,
-                  set_alarm: Callable[[bool], None]) -> Notifier:
-    """The appliance's notifier with every sink its config asks for."""
-    from firmware.snmp import SnmpSink  # here: firmware.snmp imports this module
-
-    sinks: list[Sink] = [LogSink(), AlarmSink(set_alarm, StateStore(Path(state_dir) / "alarm.json"))]
-    if journal is not None:
-        sinks.append(JournalSink(journal))
-    if cfg.alerts.hook:
-        sinks.append(HookSink(shlex.split(cfg.alerts.hook)))
-    if cfg.alerts.managers:
-        sinks.append(SnmpSink(cfg, Path(state_dir)))
-    return Notifier(cfg, sinks, Path(state_dir))

@@ -3,7 +3,7 @@ telnetlib, gone in Python 3.13).
 
 ``UpsWatch.poll`` never raises: an unreachable upsd, a stale or missing driver or a bad
 answer becomes ``UpsObs(reachable=False, error=...)``, its own alert and never a failover.
-``ups_events`` turns two readings into events on real changes only.
+(``firmware.ups_policy.ups_events`` turns two readings into events on real changes only.)
 """
 from __future__ import annotations
 
@@ -136,40 +136,3 @@ class UpsWatch:
         """One reading per server; blocking, bounded by ``timeout`` per UPS."""
         return {server: read_ups(spec, self.username, self.password, self.timeout)
                 for server, spec in self.specs.items()}
-
-
-def ups_events(prev: UpsObs | None, cur: UpsObs, low_runtime_s: float = 0.0) -> list[str]:
-    """Events for a real change between two readings.
-
-    Like NUT upsmon's flags that start unknown (-1) and fire only on a real 0 -> 1 change,
-    a first reading (prev None) raises nothing: the states already present at start-up were
-    present before the appliance looked, and alarming on them at every reboot would teach
-    the staff to ignore the alarm. Losing and regaining monitoring are changes of their own;
-    across a gap, ``prev`` keeps the flags of the last reading before it (decide keeps them),
-    so a UPS that went on battery while nobody could see it is still reported when it is seen.
-    """
-    if prev is None:
-        return []
-    if not cur.reachable:
-        return ["ups-monitoring-lost"] if prev.reachable else []
-    if not prev.reachable:
-        back = ["ups-monitoring-restored"] if prev.reachable is False else []
-        return back + (_power_changes(prev, cur, low_runtime_s) if prev.flags else [])
-    return _power_changes(prev, cur, low_runtime_s)
-
-
-def _power_changes(prev: UpsObs, cur: UpsObs, low_runtime_s: float) -> list[str]:
-    events = []
-    if "OB" in cur.flags and "OB" not in prev.flags:
-        events.append("ups-on-battery")
-    if _low(cur, low_runtime_s) and not _low(prev, low_runtime_s):
-        events.append("ups-low-battery")
-    if "OL" in cur.flags and "OB" in prev.flags and "OB" not in cur.flags:
-        events.append("ups-power-restored")
-    return events
-
-
-def _low(u: UpsObs, low_runtime_s: float) -> bool:
-    if "LB" in u.flags or "FSD" in u.flags:
-        return True
-    return "OB" in u.flags and u.runtime_s is not None and u.runtime_s < low_runtime_s

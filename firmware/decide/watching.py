@@ -8,7 +8,7 @@ from firmware.decide.eligibility import candidates, lag_ok
 from firmware.decide.step import Step, with_, without
 from firmware.model import LinkState, Rejoin, Role, UpsObs
 from firmware.site_state import CondKind, Condition, Phase
-from firmware.ups import ups_events
+from firmware.ups_policy import ups_events
 
 
 def watch(step: Step) -> None:

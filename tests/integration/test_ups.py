@@ -9,7 +9,8 @@ import time
 import pytest
 
 from firmware.errors import ActionError
-from firmware.ups import UpsWatch, cut_outlet, read_ups, ups_events
+from firmware.ups import UpsWatch, cut_outlet, read_ups
+from firmware.ups_policy import ups_events
 from hil.nut import NutSite
 
 

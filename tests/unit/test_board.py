@@ -10,7 +10,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from board.gpio import Board, make_factory
-from board.hil_bridge import HilGpio
+from board.hil_bridge import HilBridge, HilGpio
 from board.pins import PIN_MAPS
 from firmware.errors import HardwareError
 from tests.unit.sitekit import site_config
@@ -112,6 +112,7 @@ def test_a_pin_used_twice_is_a_start_up_error_naming_the_board():
 
 def test_rig_bridge_shows_outputs_and_drives_inputs(tmp_path):
     board, factory, pins = make_board(tmp_path)
+    bridge = HilBridge(board, tmp_path / "gpio")
     rig = HilGpio(tmp_path / "gpio")
     assert rig.output("relay1") is False
     board.relay("master").cut()
@@ -121,11 +122,12 @@ def test_rig_bridge_shows_outputs_and_drives_inputs(tmp_path):
     while board.relay("master").power_on() is not True and time.monotonic() < deadline:
         time.sleep(0.005)
     assert board.relay("master").power_on() is True
-    board.close()
+    bridge.close()
 
 
 def test_rig_bridge_sees_a_second_change_inside_the_same_clock_tick(tmp_path):
     board, _factory, _pins = make_board(tmp_path)
+    bridge = HilBridge(board, tmp_path / "gpio")
     rig = HilGpio(tmp_path / "gpio")
     inputs = tmp_path / "gpio" / "in"
     try:
@@ -139,4 +141,4 @@ def test_rig_bridge_sees_a_second_change_inside_the_same_clock_tick(tmp_path):
         time.sleep(0.1)
         assert board.relay("master").power_on() is False
     finally:
-        board.close()
+        bridge.close()

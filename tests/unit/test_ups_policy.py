@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from firmware.model import UpsObs
-from firmware.ups import parse_spec, ups_events
+from firmware.ups import parse_spec
+from firmware.ups_policy import ups_events
 from firmware.ups_policy import ups_intent
 
 import pytest

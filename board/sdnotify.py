@@ -24,13 +24,19 @@ def notify(state: str) -> bool:
         return False
 
 
-def watchdog_interval() -> float | None:
-    """Half of systemd's WatchdogSec, as sd_watchdog_enabled suggests; None if not asked for."""
+def watchdog_timeout() -> float | None:
+    """systemd's WatchdogSec for this process, in seconds; None if not asked for."""
     usec = os.environ.get("WATCHDOG_USEC")
     pid = os.environ.get("WATCHDOG_PID")
     if not usec or (pid and pid != str(os.getpid())):
         return None
     try:
-        return int(usec) / 2e6
+        return int(usec) / 1e6
     except ValueError:
         return None
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec, as sd_watchdog_enabled suggests; None if not asked for."""
+    timeout = watchdog_timeout()
+    return None if timeout is None else timeout / 2

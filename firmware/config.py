@@ -132,7 +132,9 @@ class Timing:
     action_timeout: float = setting(15.0, lo=0.1, hi=600.0, doc="promote, demote, IP moves")
     verify_timeout: float = setting(3.0, lo=0.1, hi=60.0, doc="ARP owner check after takeover")
     watchdog_timeout: float = setting(15.0, lo=1.0, hi=15.0, safety=True,
-                                      doc="hardware watchdog (bcm2835_wdt: 15 s at most)")
+                                      doc="the longest a hung decision loop may go unnoticed: arbiterd's "
+                                          "WatchdogSec must not exceed it (checked at start-up; the hardware "
+                                          "watchdog, bcm2835_wdt, allows 15 s at most)")
     self_fence_wait: float = setting(10.0, lo=0.5, hi=600.0, safety=True,
                                      doc="policy.fencing = none: a dead primary is replaced only once it has been"
                                          " silent this long, the time its agent has to fence itself; it must exceed"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from board.sdnotify import watchdog_interval
+from board.sdnotify import watchdog_interval, watchdog_timeout
 from firmware import config as config_mod
 from firmware import logs
 from firmware.appliance import Appliance
@@ -31,6 +31,7 @@ from firmware.errors import ArbiterError, ConfigError, DamagedFile
 from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
 from firmware.control import Peer
 from firmware.model import Observations, Verdict
+from firmware.notify import Throttle
 from firmware.site_state import Phase, State
 from firmware.history import History
 from firmware.metrics import Metrics
@@ -52,6 +53,7 @@ class Daemon:
     def __init__(self, config_path: Path, clock=time.monotonic) -> None:
         self.config_path = config_path
         self.cfg = config_mod.load(config_path)
+        check_watchdog(self.cfg, watchdog_timeout())
         self.clock = clock
         self.started_at = clock()
         self.app = Appliance(self.cfg, clock, wake=self._wake_event_set)
@@ -75,9 +77,9 @@ class Daemon:
         self.snmp = self._snmp()
         self.last_decision_at = self.started_at
         self._dropped_seen = 0
-        self._overrun_logged = -OVERRUN_LOG_EVERY_S
+        self._overruns = Throttle(OVERRUN_LOG_EVERY_S, self.clock)
         self._logged_reason = ""
-        self._errors: dict[str, tuple[float, int]] = {}
+        self._errors: dict[str, Throttle] = {}
         self._progress_logged: dict[str, float] = {}
 
     def _web(self) -> StatusWeb | None:
@@ -228,14 +230,10 @@ class Daemon:
     def _throttled(self, level: int, template: str, text: str) -> None:
         """One log line per distinct text per minute, with how many were held back: an SD card
         must survive a long fault (``template`` gets the text and the held-back count)."""
-        now = self.clock()
-        last, count = self._errors.get(text, (-OVERRUN_LOG_EVERY_S, 0))
-        if now - last >= OVERRUN_LOG_EVERY_S:
-            more = f" (and {count} more times since the last report)" if count else ""
+        held = self._errors.setdefault(text, Throttle(OVERRUN_LOG_EVERY_S, self.clock)).ready()
+        if held is not None:
+            more = f" (and {held} more times since the last report)" if held else ""
             log.log(level, template.format(text, more))
-            self._errors[text] = (now, 0)
-        else:
-            self._errors[text] = (last, count + 1)
 
     def _observe(self, now: float) -> Observations:
         records = self.app.poller.snapshot()
@@ -261,10 +259,10 @@ class Daemon:
         self._dropped_seen = total
 
     def _overrun(self, late: float) -> None:
-        now = self.clock()
-        if now - self._overrun_logged >= OVERRUN_LOG_EVERY_S:
-            log.warning("cycle overran timing.interval = %g s by %.3f s", self.cfg.timing.interval, late)
-            self._overrun_logged = now
+        held = self._overruns.ready()
+        if held is not None:
+            more = f" (and {held} more overruns since the last report)" if held else ""
+            log.warning("cycle overran timing.interval = %g s by %.3f s%s", self.cfg.timing.interval, late, more)
 
     # ------------------------------------------------------------------ signals, reload
 
@@ -373,6 +371,15 @@ class Daemon:
         return answer
 
 # ---------------------------------------------------------------------- command line
+
+
+def check_watchdog(cfg: config_mod.Config, unit_timeout: float | None) -> None:
+    """systemd's watchdog for arbiterd (WatchdogSec, seen as WATCHDOG_USEC) must be no longer
+    than timing.watchdog_timeout, the longest the site accepts a hung loop to go unnoticed."""
+    limit = cfg.timing.watchdog_timeout
+    if unit_timeout is not None and unit_timeout > limit:
+        raise ConfigError([f"timing.watchdog_timeout = {limit:g}: arbiterd runs with WatchdogSec = {unit_timeout:g} s,"
+                           " longer; lower WatchdogSec in arbiterd.service or raise the setting (15 at most)"])
 
 
 def check_config(path: Path, as_json: bool) -> int:

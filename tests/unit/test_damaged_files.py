@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from firmware.daemon import Daemon
+from firmware.errors import ConfigError
 from firmware.site_state import Phase
 from hil import toml_out
 
@@ -128,3 +129,10 @@ def test_one_unexpected_error_then_a_good_cycle_does_not_halt(tmp_path, monkeypa
         assert daemon._cycle() is True and not daemon.halted
     finally:
         daemon.app.close()
+
+
+def test_a_unit_watchdog_longer_than_the_setting_stops_start_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("WATCHDOG_USEC", "20000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    with pytest.raises(ConfigError, match="timing.watchdog_timeout = 15"):
+        make_daemon(tmp_path)

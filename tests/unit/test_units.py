@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from firmware.daemon import check_watchdog
+from firmware.errors import ConfigError
+from tests.unit.sitekit import site_config
+
 UNITS = Path(__file__).resolve().parents[2] / "board" / "systemd"
 UDEV = Path(__file__).resolve().parents[2] / "board" / "udev" / "99-arbiter.rules"
 
@@ -50,6 +54,16 @@ def test_daemon_unit_is_notify_with_a_watchdog_and_least_privilege():
     assert svc["CapabilityBoundingSet"] == svc["AmbientCapabilities"]
     assert svc["ProtectSystem"] == "strict" and svc["NoNewPrivileges"] == "yes"
     assert "check-config" in svc["ExecStartPre"]
+
+
+def test_the_daemon_units_watchdog_fits_the_default_watchdog_timeout():
+    """The start-up check (firmware.daemon.check_watchdog) passes with the shipped unit."""
+    shipped = float(unit("arbiterd.service")["Service"]["WatchdogSec"])
+    cfg = site_config()
+    assert shipped <= cfg.timing.watchdog_timeout
+    check_watchdog(cfg, shipped)
+    with pytest.raises(ConfigError, match=r"timing.watchdog_timeout = 15: arbiterd runs with WatchdogSec = 20 s"):
+        check_watchdog(cfg, 20.0)
 
 
 def test_systemd_owns_the_hardware_watchdog_within_the_bcm2835_limit():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from firmware.errors import HardwareError
+from firmware.state import write_atomic
 
 if TYPE_CHECKING:
     from board.gpio import Board
@@ -49,7 +50,7 @@ class HilBridge:
         with self._lock:
             for name, value in self._board.outputs().items():
                 if self._written.get(name) != value:
-                    write_atomic(self._out / name, "1" if value else "0")
+                    write_atomic(self._out / name, "1" if value else "0", durable=False)
                     self._written[name] = value
 
     def _read_inputs(self) -> None:
@@ -66,7 +67,7 @@ class HilBridge:
 
     def _watch(self) -> None:
         # the rig's own cost, not the appliance's: the bench subtracts this thread's CPU time
-        write_atomic(self._root / TID_FILE, str(threading.get_native_id()))
+        write_atomic(self._root / TID_FILE, str(threading.get_native_id()), durable=False)
         while not self._stop.wait(0.002):
             try:
                 self._read_inputs()
@@ -75,12 +76,6 @@ class HilBridge:
 
     def close(self) -> None:
         self._stop.set()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class HilGpio:
@@ -106,7 +101,7 @@ class HilGpio:
         return False
 
     def set_input(self, pin: str, value: bool) -> None:
-        write_atomic(self._in / pin, "1" if value else "0")
+        write_atomic(self._in / pin, "1" if value else "0", durable=False)
 
     def bridge_thread(self) -> int | None:
         """The daemon's bridge thread (a task of the daemon process), once it runs."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware.errors import DamagedFile
+from firmware.state import write_atomic
 
 FSYNC_EVERY_S = 5.0
 
@@ -65,13 +66,8 @@ class Journal:
 
     def _compact(self) -> None:
         keep = self._read()[-self.max_entries:]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in keep)
-            f.flush()
-            os.fsync(f.fileno())
         self._file.close()
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep))
         self._file = open(self.path, "a")
         self._lines = len(keep)
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from firmware.config import Config
 from firmware.errors import DamagedFile, StateError
 from firmware.events import EVENTS, UNLIMITED, Severity, event_type
-from firmware.state import DAMAGE, StateStore
+from firmware.state import DAMAGE, StateStore, write_atomic
 
 log = logging.getLogger("arbiter.alerts")
 
@@ -85,21 +85,6 @@ class SeqStore:
         self.last += 1
         write_atomic(self.path, f"{self.last}\n")
         return self.last
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write, fsync, rename: a power cut leaves the old or the new content, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Throttle:

@@ -36,8 +36,8 @@ from firmware.config import Config, SnmpManager
 from firmware.errors import ConfigError, DamagedFile, StateError
 from firmware.events import event_type
 from firmware.mib import notification_oid, object_oid
-from firmware.notify import Alert, Throttle, write_atomic
-from firmware.state import DAMAGE
+from firmware.notify import Alert, Throttle
+from firmware.state import DAMAGE, write_atomic
 
 log = logging.getLogger("arbiter.snmp")
 

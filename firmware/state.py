@@ -43,19 +43,29 @@ class StateStore:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        """Temp file in the same directory, fsync, rename over, fsync the directory."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(data, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(self.path, json.dumps(data, separators=(",", ":")))
         except OSError as exc:
             raise StateError(f"{self.path}: cannot write ({exc.strerror})") from exc
+
+
+def write_atomic(path: Path | str, text: str, durable: bool = True) -> None:
+    """The one way a file is replaced: a hidden temp file beside it, fsync, rename over it,
+    fsync the directory (without that last one a power cut can bring back the old file, or
+    none). A power cut at any instant leaves the old content or the new, never half.
+    ``durable=False`` skips both fsyncs, for the rig's files that need atomicity only."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

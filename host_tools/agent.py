@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import secrets
 import shlex
 import subprocess
@@ -39,6 +38,7 @@ from firmware.links import RateLimit, SerialPort
 from firmware.protocol import (COMMAND_OPS, COMMAND_POLL_FRESH_S, MAX_FRAME, Ack, Codec, Command, Frame, Kind,
                                Reply, poll_nonce)
 from firmware.reach import reaches_any
+from firmware.state import write_atomic
 from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
 from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter, run_checked
 
@@ -439,12 +439,7 @@ class Agent:
     def _save_state(self) -> None:
         path = self.cfg.agent.state_file
         done = {k: v for k, v in self.commands.items() if v.get("done")}
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"boot": self.boot_id, "commands": done}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"boot": self.boot_id, "commands": done}))  # with the directory fsync
 
 
 def main(argv: list[str] | None = None) -> int:

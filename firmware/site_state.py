@@ -30,6 +30,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from firmware.codec import decode, encode
 from firmware.errors import TransitionError
 
 
@@ -65,13 +66,6 @@ class Condition:
     server: str = ""
     channel: str = ""
 
-    @classmethod
-    def parse(cls, text: str) -> Condition:
-        """The "kind:server/channel" text state files held before conditions were typed."""
-        kind, _, where = text.partition(":")
-        server, _, channel = where.partition("/")
-        return cls(CondKind(kind), server, channel)
-
     def __str__(self) -> str:
         return f"{self.kind}:{self.server}{'/' + self.channel if self.channel else ''}"
 
@@ -99,8 +93,25 @@ def check_transition(old: Phase, new: Phase) -> None:
     if (old, new) not in TRANSITIONS:
         raise TransitionError(f"phase {old.value} -> {new.value} is not in site_state.TRANSITIONS")
 
-# One server's last UPS reading, kept to raise events on real changes only.
-UpsSeen = tuple[str, bool | None, tuple[str, ...], float | None, float | None]
+@dataclass(frozen=True)
+class UpsSeen:
+    """One server's last UPS reading, kept to raise UPS events on real changes only."""
+
+    server: str
+    reachable: bool | None
+    flags: tuple[str, ...]
+    charge: float | None
+    runtime_s: float | None
+
+
+@dataclass(frozen=True)
+class SavedAlert:
+    """An alert of the decision that made a state, saved with it (sent again after a restart)."""
+
+    event: str
+    server: str = ""
+    channel: str = ""
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,30 +139,20 @@ class State:
     led: str = ""
     # the alerts of the decision that made this state, saved with it: an appliance killed before
     # they reached the notifier sends them again when it restarts (a duplicate at worst)
-    alerts: tuple[tuple[str, str, str, str], ...] = ()  # (event, server, channel, text)
+    alerts: tuple[SavedAlert, ...] = ()
     failovers: int = 0
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["phase"] = self.phase.value
-        data["conditions"] = [[c.kind.value, c.server, c.channel] for c in self.conditions]
-        return data
+        return encode(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> State:
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["phase"] = Phase(kwargs.get("phase", Phase.STARTING.value))
-        for name in ("fenced", "rejoining", "returned", "awaiting"):
-            kwargs[name] = tuple(kwargs.get(name, ()))
-        kwargs["conditions"] = tuple(sorted(Condition.parse(c) if isinstance(c, str) else Condition(CondKind(c[0]), *c[1:])
-                                            for c in kwargs.get("conditions", ())))
-        kwargs["results"] = tuple((i, ok, d) for i, ok, d in kwargs.get("results", ()))
-        kwargs["alerts"] = tuple((e, s, c, t) for e, s, c, t in kwargs.get("alerts", ()))
-        kwargs["ups_seen"] = tuple(
-            (s, r, tuple(f), c, t) for s, r, f, c, t in kwargs.get("ups_seen", ()))
-        return cls(**kwargs)
+        """Reads what this version writes and what earlier versions wrote (conditions as
+        "kind:server/channel" text or [kind, server, channel], UPS readings and alerts as
+        lists). A value of the wrong type is a TypeError or ValueError naming the field."""
+        state = decode(cls, _upgraded(data))
+        return dataclasses.replace(state, conditions=tuple(sorted(state.conditions)))
 
     def substance(self) -> State:
         """The state without its reason text and late links: those alone are not worth an SD
@@ -166,3 +167,27 @@ class State:
         """
         hold = None if self.hold_down_until is None else now + hold_down
         return dataclasses.replace(self, since=now, hold_down_until=hold)
+
+
+def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
+    """State files of earlier versions in today's shape: the codec then reads them all."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{data!r:.60} is not an object")
+    out = dict(data)
+    lists = {"conditions": ("kind", "server", "channel"), "alerts": ("event", "server", "channel", "text"),
+             "ups_seen": ("server", "reachable", "flags", "charge", "runtime_s")}
+    for key, names in lists.items():
+        items = out.get(key, [])
+        if isinstance(items, list):
+            out[key] = [_as_object(item, names) for item in items]
+    return out
+
+
+def _as_object(item: Any, names: tuple[str, ...]) -> Any:
+    if isinstance(item, str) and names[0] == "kind":  # "kind:server/channel"
+        kind, _, where = item.partition(":")
+        server, _, channel = where.partition("/")
+        return {"kind": kind, "server": server, "channel": channel}
+    if isinstance(item, list) and len(item) == len(names):
+        return dict(zip(names, item))
+    return item  # an object already, or damaged: the codec says which field

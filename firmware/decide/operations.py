@@ -5,18 +5,18 @@ from __future__ import annotations
 from firmware.config import Config, Fencing, VipVerify
 from firmware.decide.step import Step, drop_condition, with_
 from firmware.model import Demote, Fence, HoldFence, Promote, ReleaseIp, SetStatus, TakeIp, VerifyIp
-from firmware.site_state import BUSY, CondKind, Condition, Phase
+from firmware.site_state import BUSY, CondKind, Condition, Phase, SavedAlert
 
 VERIFY_TRIES = 3
 
 
-def resume(step: Step, unsent: tuple[tuple[str, str, str, str], ...]) -> None:
+def resume(step: Step, unsent: tuple[SavedAlert, ...]) -> None:
     """After a restart: the last decision's alerts again, the status LED again, fenced
     servers held off again, and the phase's action re-issued."""
     if step.state.seen_run == step.obs.run:
         return
-    for event, server, channel, text in unsent:
-        step.notify(event, server, channel, f"{text} (again after an appliance restart)".lstrip())
+    for a in unsent:
+        step.notify(a.event, a.server, a.channel, f"{a.text} (again after an appliance restart)".lstrip())
     if step.state.led:
         step.act(SetStatus(step.state.led))  # the board starts with every LED off
     if step.state.fenced:

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from firmware.config import Config, SiteMode
 from firmware.model import Action, Notify, Observations, Verdict
-from firmware.site_state import Condition, Phase, State, check_transition
+from firmware.site_state import Condition, Phase, SavedAlert, State, check_transition
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ class Step:
 
     def notify(self, event: str, server: str = "", channel: str = "", text: str = "") -> None:
         self.act(Notify(event, server, channel, text))
-        self.update(alerts=self.state.alerts + ((event, server, channel, text),))
+        self.update(alerts=self.state.alerts + (SavedAlert(event, server, channel, text),))
 
     def update(self, **changes: object) -> None:
         """Every change of the state goes through here; a change of phase is checked against

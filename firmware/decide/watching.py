@@ -3,11 +3,13 @@
 Conditions persist in the state so each is raised once and cleared once."""
 from __future__ import annotations
 
+import dataclasses
+
 from firmware.config import OldPrimary
 from firmware.decide.eligibility import candidates, lag_ok
 from firmware.decide.step import Step, with_, without
 from firmware.model import LinkState, Rejoin, Role, UpsObs
-from firmware.site_state import CondKind, Condition, Phase
+from firmware.site_state import CondKind, Condition, Phase, UpsSeen
 from firmware.ups_policy import ups_events
 
 
@@ -86,21 +88,22 @@ def _clear(step: Step, c: Condition) -> None:
 
 def _ups(step: Step) -> None:
     """UPS events on real changes only (start-up is silent); the policy runs in _normal."""
-    seen = {s[0]: s for s in step.state.ups_seen}
+    seen = {s.server: s for s in step.state.ups_seen}
     now_seen = []
     for srv in step.obs.servers:
         if srv.ups is None:
             continue
         prev = seen.get(srv.name)
-        prev_obs = None if prev is None else UpsObs(srv.ups.name, prev[1], frozenset(prev[2]), prev[3], prev[4])
+        prev_obs = None if prev is None else UpsObs(srv.ups.name, prev.reachable, frozenset(prev.flags), prev.charge,
+                                                    prev.runtime_s)
         for event in ups_events(prev_obs, srv.ups, step.cfg.policy.ups_low_runtime_s):
             step.notify(event, srv.name, "ups", _ups_text(srv.ups))
             step.why(f"{srv.name}: {event}")
         u = srv.ups
         if not u.reachable and prev is not None:  # keep the last known power state across a gap
-            now_seen.append((srv.name, u.reachable, prev[2], prev[3], prev[4]))
+            now_seen.append(dataclasses.replace(prev, reachable=u.reachable))
         else:
-            now_seen.append((srv.name, u.reachable, tuple(sorted(u.flags)), u.charge, u.runtime_s))
+            now_seen.append(UpsSeen(srv.name, u.reachable, tuple(sorted(u.flags)), u.charge, u.runtime_s))
     step.update(ups_seen=tuple(now_seen))
 
 

@@ -8,7 +8,7 @@ import pytest
 from firmware.decide import decide
 from firmware.model import (ActionResult, Verdict, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
                             Rejoin, ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
-from firmware.site_state import CondKind, Condition, Phase, State
+from firmware.site_state import CondKind, Condition, Phase, SavedAlert, State, UpsSeen
 from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
 
 CFG = site_config()
@@ -382,7 +382,7 @@ def _ups(flags: str, runtime: float = 1800):
 
 
 def test_low_battery_on_the_primary_starts_a_planned_switchover():
-    st = dataclasses.replace(NORMAL, ups_seen=(("master", True, ("OB",), 50.0, 900.0),))
+    st = dataclasses.replace(NORMAL, ups_seen=(UpsSeen("master", True, ("OB",), 50.0, 900.0),))
     st2, actions, reason = step(st, obs(server("master", ups=_ups("OB LB", 100)), server("standby", ups=_ups("OL"))))
     assert st2.phase is Phase.DEMOTING and st2.target == "standby" and st2.operation == "switchover"
     assert "Notify:ups-low-battery" in kinds(actions) and "switching over to standby" in reason
@@ -616,7 +616,7 @@ def test_no_automatic_failback_when_the_old_primary_answers_after_a_failover():
 
 def test_alerts_saved_with_their_state_are_sent_again_after_a_restart_only():
     st, actions, _ = fail_over_to_fencing()  # failover-started is in the state saved before it is sent
-    assert ("failover-started", "master", "", "failover: master -> standby") in st.alerts
+    assert SavedAlert("failover-started", "master", "", "failover: master -> standby") in st.alerts
     same_run = decide(st, obs(dead("master"), server("standby")), 100.04, CFG)
     assert same_run.state.alerts == () and "Notify:failover-started" not in kinds(same_run.actions)
     restarted = decide(st, obs(dead("master"), server("standby"), run=2), 100.04, CFG)

@@ -63,3 +63,31 @@ def test_a_change_of_phase_outside_the_table_is_refused():
     step = Step(State(phase=Phase.STARTING), obs(server("master"), server("standby")), 1.0, site_config())
     with pytest.raises(TransitionError, match="starting -> fencing"):
         step.enter(Phase.FENCING)
+
+
+OLD_FILE = {  # written before conditions, alerts and UPS readings were typed (and with a key since dropped)
+    "phase": "fencing", "since": 12.5, "primary": "master", "old": "master", "target": "standby",
+    "operation": "failover", "fenced": [], "awaiting": ["Fence#7"], "results": [["Fence#6", False, "timeout"]],
+    "conditions": ["server-down:master", "link-down:standby/lan"],
+    "ups_seen": [["master", True, ["OB", "LB"], 40, 120.0]],
+    "alerts": [["failover-started", "master", "", "failover: master -> standby"]],
+    "led": "degraded", "failovers": 1, "retired_field": 3,
+}
+
+
+def test_an_old_state_file_loads_every_field_typed():
+    st = State.from_dict(OLD_FILE)
+    assert st.phase is Phase.FENCING and st.awaiting == ("Fence#7",) and st.results == (("Fence#6", False, "timeout"),)
+    assert st.conditions == (Condition(CondKind.LINK_DOWN, "standby", "lan"), Condition(CondKind.SERVER_DOWN, "master"))
+    assert st.ups_seen == (site_state.UpsSeen("master", True, ("OB", "LB"), 40.0, 120.0),)
+    assert st.alerts == (site_state.SavedAlert("failover-started", "master", "", "failover: master -> standby"),)
+    assert State.from_dict(json.loads(json.dumps(st.to_dict()))) == st  # and today's format reads back the same
+
+
+@pytest.mark.parametrize("field,value,named", [("primary", 5, "primary"), ("fenced", "master", "fenced"),
+                                               ("ups_seen", [["master", "yes", [], 1, 1]], "reachable"),
+                                               ("conditions", [["no-such-kind", "", ""]], "no-such-kind"),
+                                               ("hold_down_until", True, "hold_down_until")])
+def test_a_wrongly_typed_field_is_an_error_naming_it(field, value, named):
+    with pytest.raises((TypeError, ValueError), match=named):
+        State.from_dict({**OLD_FILE, field: value})

@@ -1,9 +1,16 @@
 """Billmaster Arbiter: firmware, board support, host tools and the HIL rig."""
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# the one place the version is written (every command's --version prints it)
+VERSION = re.search(r'^__version__ = "(.+)"$', (Path(__file__).parent / "firmware" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 setup(
     name="billmaster-arbiter",
-    version="0.1.0",
+    version=VERSION,
     description="Arbiter appliance that fences and fails over a billing hot-standby pair",
     python_requires=">=3.11",
     packages=find_packages(include=["firmware*", "board*", "host_tools*", "hil*"]),

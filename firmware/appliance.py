@@ -19,9 +19,9 @@ from board.gpio import Board, make_factory
 from board.hil_bridge import HilBridge
 from board.sdnotify import notify as sd_notify
 from firmware import arpcheck
-from firmware.config import Config, read_key
+from firmware.config import Config, read_key, read_secret
 from firmware.reach import reaches_any
-from firmware.errors import ConfigError, DamagedFile, StateError
+from firmware.errors import DamagedFile, StateError
 from firmware.control import ControlServer, Handler
 from firmware.executor import Executor
 from firmware.hands import make_handlers
@@ -64,8 +64,9 @@ class Appliance:
         self.board.on_ack(self._button_ack)
         self.executor = Executor(self._handlers(cfg), wake=wake, clock=clock)
         specs = {s.name: s.ups for s in cfg.servers if s.ups}
-        self.ups_watch = UpsWatch(specs, cfg.ups.username, _secret(cfg.ups.password_file, "ups.password_file"), cfg.ups.timeout) \
-            if specs else None
+        password = read_secret("ups.password_file", cfg.ups.password_file) if specs and cfg.ups.password_file \
+            else ""
+        self.ups_watch = UpsWatch(specs, cfg.ups.username, password, cfg.ups.timeout) if specs else None
         self._ups: dict[str, UpsObs] = {}
         self._ups_lock = threading.Lock()
         self.vip_audit: VipAudit | None = None  # written by one thread, read whole by the loop
@@ -111,7 +112,8 @@ class Appliance:
         self.executor.replace_handlers(self._handlers(cfg))
 
     def _handlers(self, cfg: Config) -> dict:
-        user, password = cfg.fence.ups_username, _secret(cfg.fence.ups_password_file, "fence.ups_password_file")
+        path = cfg.fence.ups_password_file
+        user, password = cfg.fence.ups_username, read_secret("fence.ups_password_file", path) if path else ""
         return make_handlers(cfg, self.board, self.poller, self.notifier, arpcheck.probe,
                              lambda spec, cmd, timeout, off: cut_outlet(spec, cmd, user, password, timeout, off))
 
@@ -229,11 +231,3 @@ def make_notifier(cfg: Config, state_dir: Path, journal: Journal | None,
         sinks.append(SnmpSink(cfg, Path(state_dir)))
     return Notifier(cfg, sinks, Path(state_dir))
 
-
-def _secret(path: str, key: str) -> str:
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError([f"{key} = {path!r}: cannot read ({exc.strerror})"]) from exc

@@ -16,6 +16,7 @@ from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
+from firmware import add_version
 from firmware import config as config_mod
 from firmware.commands import Command, Name, sudo_user
 from firmware.control import NotRunning, request
@@ -156,6 +157,7 @@ def _socket(args: argparse.Namespace) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arbiterctl", description="Operate the Billmaster Arbiter appliance (root).",
                                 epilog=EPILOG)
+    add_version(p)
     p.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}, or site.socket of --config)")
     p.add_argument("--config", help="read the socket path from this arbiterd config")
     sub = p.add_subparsers(dest="command", required=True)

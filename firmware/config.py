@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
+from board.pins import PIN_MAPS, STATUS_LEDS
 from firmware.errors import ConfigError
 
 _REQUIRED = object()
 MAX_STANDBYS = 9
 SERIAL_BYTES_PER_POLL = 360  # protocol v2: a poll (99 B) and a reply (258 B; 476 B with a 200-char detail), COBS-framed
 SERIAL_MAX_SHARE = 0.8  # heartbeats may use at most this share of a serial line
+SNMP_SECRET_MIN = 8  # net-snmp refuses shorter USM passphrases
 
 
 class Choice(enum.StrEnum):
@@ -82,13 +84,15 @@ class VipVerify(Choice):
 
 def setting(default: Any = _REQUIRED, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | type[Choice] | None = None, pattern: str | None = None,
-            safety: bool = False, doc: str = "") -> Any:
-    """A declared setting. ``choices`` given as a Choice enum: the loaded value is its member."""
+            safety: bool = False, unit: str = "", path: bool = False, doc: str = "") -> Any:
+    """A declared setting. ``choices`` given as a Choice enum: the loaded value is its member.
+    ``path`` marks a file name that ``load`` resolves against the config file's folder;
+    ``unit`` and ``doc`` feed the generated reference (docs/config.md, arbiter.toml(5))."""
     enum_type = choices if isinstance(choices, type) else None
     if enum_type is not None:
         choices = tuple(m.value for m in enum_type)
     meta = {"lo": lo, "hi": hi, "choices": choices, "enum": enum_type, "pattern": pattern, "safety": safety,
-            "doc": doc}
+            "unit": unit, "path": path, "doc": doc}
     if default is _REQUIRED:
         return field(metadata=meta)
     if isinstance(default, (list, dict)):
@@ -103,39 +107,44 @@ PRIV_PROTOCOLS = ("aes", "aes192", "aes256")
 
 @dataclass(frozen=True, kw_only=True)
 class Site:
-    name: str = setting(pattern=_NAME, doc="site name, used in alerts")
-    node_id: str = setting("arbiter", pattern=_NAME, doc="the appliance's sender id in frames")
-    key_file: str = setting(doc="file holding the site master key (at least 16 bytes); only the appliance"
+    name: str = setting(pattern=_NAME, doc="site name, used in alerts, the SNMP engine id and the status page")
+    node_id: str = setting("arbiter", pattern=_NAME,
+                           doc="the appliance's sender id in frames; agents obey commands from this id only")
+    key_file: str = setting(path=True,
+                            doc="file holding the site master key (at least 16 bytes); only the appliance"
                                 " holds it: each server gets its own key from `arbiterd derive-key SERVER`")
-    state_dir: str = setting("/var/lib/arbiter", doc="persisted state, journal and alert outbox")
-    socket: str = setting("/run/arbiter/control.sock", doc="operator CLI socket (root only)")
+    state_dir: str = setting("/var/lib/arbiter", path=True, doc="persisted state, journal and alert outbox")
+    socket: str = setting("/run/arbiter/control.sock", path=True, doc="operator CLI socket (root only)")
     mode: SiteMode = setting(SiteMode.ACTIVE, choices=SiteMode, safety=True,
                         doc="observe: decide and report, act on nothing")
-    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"),
+                             doc="lowest level written to the log (journald under systemd)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Timing:
-    interval: float = setting(0.04, lo=0.005, hi=10.0, safety=True,
-                              doc="keepalive: seconds between polls on every link")
-    warn_time: float = setting(0.12, lo=0.01, hi=60.0, doc="a reply later than this is a warning")
-    dead_time: float = setting(0.2, lo=0.02, hi=120.0, safety=True,
+    interval: float = setting(0.04, lo=0.005, hi=10.0, safety=True, unit="s",
+                              doc="keepalive: time between polls on every link")
+    warn_time: float = setting(0.12, lo=0.01, hi=60.0, unit="s", doc="a reply later than this is a warning")
+    dead_time: float = setting(0.2, lo=0.02, hi=120.0, safety=True, unit="s",
                                doc="a link silent this long is dead; all links dead: server dead")
-    min_misses: int = setting(3, lo=2, hi=100, safety=True,
-                              doc="dead_time must span at least this many polls")
-    init_dead: float = setting(3.0, lo=0.1, hi=600.0, safety=True,
+    min_misses: int = setting(3, lo=2, hi=100, safety=True, unit="polls",
+                              doc="dead_time must span more than this many polls")
+    init_dead: float = setting(3.0, lo=0.1, hi=600.0, safety=True, unit="s",
                                doc="grace after the appliance starts before anyone is declared dead")
-    hold_down: float = setting(300.0, lo=1.0, hi=86400.0, safety=True,
+    hold_down: float = setting(300.0, lo=1.0, hi=86400.0, safety=True, unit="s",
                                doc="no second automatic failover for this long after one")
-    fence_timeout: float = setting(2.0, lo=0.05, hi=120.0, safety=True,
-                                   doc="power-off must be confirmed within this")
-    action_timeout: float = setting(15.0, lo=0.1, hi=600.0, doc="promote, demote, IP moves")
-    verify_timeout: float = setting(3.0, lo=0.1, hi=60.0, doc="ARP owner check after takeover")
-    watchdog_timeout: float = setting(15.0, lo=1.0, hi=15.0, safety=True,
+    fence_timeout: float = setting(2.0, lo=0.05, hi=120.0, safety=True, unit="s",
+                                   doc="power-off must be confirmed by the readback within this")
+    action_timeout: float = setting(15.0, lo=0.1, hi=600.0, unit="s",
+                                    doc="longest wait for an agent's promote, demote or IP move")
+    verify_timeout: float = setting(3.0, lo=0.1, hi=60.0, unit="s",
+                                    doc="longest wait for the ARP owner check after a takeover")
+    watchdog_timeout: float = setting(15.0, lo=1.0, hi=15.0, safety=True, unit="s",
                                       doc="the longest a hung decision loop may go unnoticed: arbiterd's "
                                           "WatchdogSec must not exceed it (checked at start-up; the hardware "
                                           "watchdog, bcm2835_wdt, allows 15 s at most)")
-    self_fence_wait: float = setting(10.0, lo=0.5, hi=600.0, safety=True,
+    self_fence_wait: float = setting(10.0, lo=0.5, hi=600.0, safety=True, unit="s",
                                      doc="policy.fencing = none: a dead primary is replaced only once it has been"
                                          " silent this long, the time its agent has to fence itself; it must exceed"
                                          " agent.isolation_timeout + agent.self_fence_timeout + 2 x timing.interval"
@@ -146,24 +155,29 @@ class Timing:
 class Policy:
     fencing: Fencing = setting(Fencing.RELAY, choices=Fencing, safety=True,
                            doc="none: no relay; then the standby must also confirm it lost the primary")
-    lag_limit_bytes: int = setting(0, lo=0, hi=2**40, safety=True,
+    lag_limit_bytes: int = setting(0, lo=0, hi=2**40, safety=True, unit="B",
                                    doc="max replication lag for an automatic failover (0: in sync only)")
-    lag_limit_s: float = setting(0.0, lo=0.0, hi=3600.0, safety=True)
-    old_primary: OldPrimary = setting(OldPrimary.STAY_FENCED, choices=OldPrimary, safety=True)
-    auto_failover: bool = setting(True, safety=True)
-    ups_low_runtime_s: float = setting(300.0, lo=0.0, hi=86400.0,
-                                       doc="runtime under this counts as low battery")
+    lag_limit_s: float = setting(0.0, lo=0.0, hi=3600.0, safety=True, unit="s",
+                                 doc="with lag_limit_bytes set, a standby not in sync must also be at most this"
+                                     " far behind in time (0: no time limit)")
+    old_primary: OldPrimary = setting(OldPrimary.STAY_FENCED, choices=OldPrimary, safety=True,
+                                      doc="a fenced old primary that answers again: stays out, or is told to"
+                                          " rejoin as a standby of the new primary")
+    auto_failover: bool = setting(True, safety=True,
+                                  doc="false: a dead primary raises the alarm and waits for an operator")
+    ups_low_runtime_s: float = setting(300.0, lo=0.0, hi=86400.0, unit="s",
+                                       doc="UPS runtime under this counts as low battery")
     ups_switchover: bool = setting(True, doc="low battery on the primary: switch to a standby on line")
-    unhealthy_grace: float = setting(3.0, lo=0.5, hi=3600.0, safety=True,
+    unhealthy_grace: float = setting(3.0, lo=0.5, hi=3600.0, safety=True, unit="s",
                                      doc="a primary whose agent answers but whose service health check fails "
                                          "this long without a break is failed over like a dead one (fenced "
                                          "first); any healthy report restarts the count, so a flapping check "
                                          "never adds up to a failover")
-    health_restore: float = setting(1.0, lo=0.0, hi=3600.0,
+    health_restore: float = setting(1.0, lo=0.0, hi=3600.0, unit="s",
                                     doc="health must hold this long before service-restored is raised "
                                         "(hysteresis: a flapping check raises one degraded/restored pair, "
                                         "not one per flap)")
-    reachability_grace: float = setting(3.0, lo=0.5, hi=3600.0, safety=True,
+    reachability_grace: float = setting(3.0, lo=0.5, hi=3600.0, safety=True, unit="s",
                                         doc="a primary that reaches none of the ping targets while an "
                                             "eligible standby does, this long without a break, is failed over "
                                             "(fenced first); nobody reaching them is a network failure: an "
@@ -173,7 +187,7 @@ class Policy:
                                  " acknowledged commit on one machine only) and raises commits-blocked; degrade"
                                  " has the primary stop waiting after policy.sync_loss_grace (durability-reduced),"
                                  " with no automatic failover until that standby is in sync again")
-    sync_loss_grace: float = setting(2.0, lo=0.1, hi=3600.0, safety=True,
+    sync_loss_grace: float = setting(2.0, lo=0.1, hi=3600.0, safety=True, unit="s",
                                      doc="how long the primary may run without a synchronous standby before"
                                          " policy.sync_loss acts (commits wait meanwhile)")
     auto_rebuild: bool = setting(False, safety=True,
@@ -183,30 +197,34 @@ class Policy:
 
 @dataclass(frozen=True, kw_only=True)
 class Board:
-    kind: BoardKind = setting(BoardKind.GENERIC, choices=BoardKind, safety=True)
+    kind: BoardKind = setting(BoardKind.GENERIC, choices=BoardKind, safety=True,
+                              doc="the appliance's board; picks the pin map and the GPIO library")
     pin_factory: PinFactory = setting(PinFactory.AUTO, choices=PinFactory, safety=True,
                                doc="auto picks the board's own; mock only with kind hil")
-    alarm_relay: str = setting("", doc="pin name of the alarm relay in the board's pin map")
-    ack_button: str = setting("", doc="pin name of the acknowledge push button")
-    hil_gpio_dir: str = setting("", doc="kind hil only: the rig's GPIO bridge directory")
+    alarm_relay: str = setting("", doc="pin name of the alarm relay in the board's pin map; empty: none")
+    ack_button: str = setting("", doc="pin name of the acknowledge push button; empty: none")
+    hil_gpio_dir: str = setting("", path=True, doc="kind hil only: the rig's GPIO bridge directory")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Fence:
     mode: FenceMode = setting(FenceMode.OFF, choices=FenceMode, safety=True,
                         doc="off: stay off until an operator restores power; cycle: off, wait, on")
-    cycle_off_s: float = setting(10.0, lo=1.0, hi=600.0)
+    cycle_off_s: float = setting(10.0, lo=1.0, hi=600.0, unit="s",
+                                 doc="mode cycle: how long the power stays off before it is restored")
     ups_username: str = setting("", doc="level 2: the NUT user allowed the servers' fence_ups_command instcmds")
-    ups_password_file: str = setting("", doc="level 2: file holding that NUT user's password (root only)")
+    ups_password_file: str = setting("", path=True, doc="level 2: file holding that NUT user's password (root only)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Vip:
-    address: str = setting(doc="the service's virtual IP with prefix, e.g. 192.0.2.10/24")
-    verify: VipVerify = setting(VipVerify.ARP, choices=VipVerify, safety=True)
+    address: str = setting(doc="the service's virtual IPv4 address with prefix, e.g. 192.0.2.10/24")
+    verify: VipVerify = setting(VipVerify.ARP, choices=VipVerify, safety=True,
+                                doc="arp: after a takeover, check that the new primary's MAC alone answers for"
+                                    " the address; none: trust the agent")
     interface: str = setting("eth0", doc="the appliance's LAN interface for ARP probes")
-    audit_interval: float = setting(1.0, lo=0.0, hi=3600.0,
-                                    doc="seconds between two checks of who answers ARP for the virtual IP, "
+    audit_interval: float = setting(1.0, lo=0.0, hi=3600.0, unit="s",
+                                    doc="time between two checks of who answers ARP for the virtual IP, "
                                         "compared with the agents' vip flags (0, or vip.verify = 'none': no "
                                         "audit, only the check after a takeover)")
 
@@ -217,8 +235,8 @@ class Ping:
 
     targets: list = setting([], doc="client-side addresses (the gateway, a client host) whose ICMP echo "
                                     "replies show that the clients' network is reachable; empty: not probed")
-    interval: float = setting(0.5, lo=0.05, hi=60.0, doc="seconds between two probe rounds")
-    timeout: float = setting(0.5, lo=0.05, hi=10.0,
+    interval: float = setting(0.5, lo=0.05, hi=60.0, unit="s", doc="time between two probe rounds")
+    timeout: float = setting(0.5, lo=0.05, hi=10.0, unit="s",
                              doc="a round reaches the clients if any target answers within this")
 
 
@@ -235,22 +253,26 @@ def ping_target_problems(key: str, targets: list) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class Ups:
-    poll_interval: float = setting(2.0, lo=0.1, hi=60.0)
-    username: str = setting("")
-    password_file: str = setting("")
-    timeout: float = setting(2.0, lo=0.1, hi=30.0)
+    poll_interval: float = setting(2.0, lo=0.1, hi=60.0, unit="s", doc="time between reads of every UPS from NUT")
+    username: str = setting("", doc="NUT upsd user; empty: anonymous")
+    password_file: str = setting("", path=True,
+                                 doc="file holding that user's password; read at start when a server has a ups")
+    timeout: float = setting(2.0, lo=0.1, hi=30.0, unit="s", doc="longest wait for an upsd answer")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SnmpManager:
-    host: str = setting()
-    port: int = setting(162, lo=1, hi=65535)
-    version: str = setting("v2c", choices=("v2c", "v3"))
-    notify: str = setting("trap", choices=("trap", "inform"))
-    community: str = setting("public")
-    user: str = setting("")
-    auth_key_file: str = setting("")
-    priv_key_file: str = setting("")
+    host: str = setting(doc="the manager's IPv4 address or host name")
+    port: int = setting(162, lo=1, hi=65535, doc="the manager's UDP port")
+    version: str = setting("v2c", choices=("v2c", "v3"), doc="SNMP version; v3 is authPriv")
+    notify: str = setting("trap", choices=("trap", "inform"),
+                          doc="inform: acknowledged, queued on disk and resent until the manager confirms")
+    community: str = setting("public", doc="v2c community")
+    user: str = setting("", doc="v3 user name")
+    auth_key_file: str = setting("", path=True,
+                                 doc="v3: file holding the authentication passphrase (8 characters at least)")
+    priv_key_file: str = setting("", path=True,
+                                 doc="v3: file holding the privacy passphrase (8 characters at least)")
     auth_protocol: str = setting("sha", choices=AUTH_PROTOCOLS,
                                  doc="v3 authentication (HMAC): sha is SHA-1; sha256 and up need the manager to "
                                      "know them (net-snmp 5.8 and later)")
@@ -263,14 +285,17 @@ class SnmpManager:
 class Alerts:
     enterprise_oid: str = setting("1.3.6.1.4.1.64400", pattern=r"^1\.3\.6\.1\.4\.1\.\d+$",
                                   doc="the site's registered enterprise arc")
-    managers: list = setting([], doc="[[alerts.managers]] tables")
+    managers: list = setting([], doc="[[alerts.managers]] tables, keys below")
     hook: str = setting("", doc="command run with the event in its environment")
-    min_repeat_s: float = setting(60.0, lo=0.0, hi=86400.0, doc="same event, server and channel: once per this")
-    max_per_minute: int = setting(30, lo=1, hi=10000)
-    inform_retries: int = setting(3, lo=0, hi=100)
-    inform_timeout: float = setting(2.0, lo=0.1, hi=60.0)
-    heartbeat_interval: float = setting(60.0, lo=0.0, hi=86400.0,
-                                        doc="seconds between appliance-alive traps to every manager (0: none); "
+    min_repeat_s: float = setting(60.0, lo=0.0, hi=86400.0, unit="s",
+                                  doc="same event, server and channel: once per this")
+    max_per_minute: int = setting(30, lo=1, hi=10000, unit="alerts",
+                                  doc="rate limit over all events; what it holds back is summed up in one later"
+                                      " line (the alarm relay still sees every alert)")
+    inform_retries: int = setting(3, lo=0, hi=100, doc="informs: resends within one attempt")
+    inform_timeout: float = setting(2.0, lo=0.1, hi=60.0, unit="s", doc="informs: wait for the acknowledgement")
+    heartbeat_interval: float = setting(60.0, lo=0.0, hi=86400.0, unit="s",
+                                        doc="time between appliance-alive traps to every manager (0: none); "
                                             "a manager that misses them knows the appliance is dead or cut off")
 
 
@@ -286,31 +311,31 @@ class SnmpAgent:
     address: str = setting("", doc="answer SNMP GET/GETNEXT/GETBULK for the MIB's status objects on this local "
                                    "address; empty: off")
     port: int = setting(161, lo=1, hi=65535, doc="UDP port of the SNMP responder")
-    community_file: str = setting("", doc="file holding the read-only SNMPv2c community; empty: no v2c access")
+    community_file: str = setting("", path=True, doc="file holding the read-only SNMPv2c community; empty: no v2c access")
     user: str = setting("", doc="read-only SNMPv3 user (authPriv only); empty: no v3 access")
-    auth_key_file: str = setting("", doc="file holding the v3 user's authentication passphrase (8+ characters)")
-    priv_key_file: str = setting("", doc="file holding the v3 user's privacy passphrase (8+ characters)")
+    auth_key_file: str = setting("", path=True, doc="file holding the v3 user's authentication passphrase (8+ characters)")
+    priv_key_file: str = setting("", path=True, doc="file holding the v3 user's privacy passphrase (8+ characters)")
     auth_protocol: str = setting("sha256", choices=AUTH_PROTOCOLS, doc="v3 authentication (HMAC)")
     priv_protocol: str = setting("aes256", choices=PRIV_PROTOCOLS, doc="v3 privacy")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Server:
-    name: str = setting(pattern=_NAME)
+    name: str = setting(pattern=_NAME, doc="the server's name, as its agent's agent.name")
     priority: int = setting(100, lo=0, hi=1000,
                             doc="0: never promoted automatically (an operator's failover --force still can). "
                                 "A failover's target is chosen among the healthy standbys in sync: least "
                                 "lag first, then higher priority, then name")
-    address: str = setting("", doc="the agent's LAN address")
-    port: int = setting(5405, lo=1, hi=65535)
+    address: str = setting("", doc="the agent's LAN IPv4 address; empty: no LAN link")
+    port: int = setting(5405, lo=1, hi=65535, doc="the agent's UDP port")
     serial: str = setting("", doc="serial device or pyserial URL; empty: no serial link")
-    baudrate: int = setting(115200, lo=1200, hi=4000000)
+    baudrate: int = setting(115200, lo=1200, hi=4000000, unit="baud", doc="the serial link's speed (8N1)")
     mac: str = setting("", pattern=r"^$|^([0-9a-f]{2}:){5}[0-9a-f]{2}$", doc="LAN MAC, for ARP checks")
     fence_relay: str = setting("", doc="pin name of its power relay")
     power_sense: str = setting("", doc="pin name of its power readback input")
     relay_active_low: bool = setting(False, safety=True, doc="the relay board energises its coil on a low level")
     sense_active_low: bool = setting(False, safety=True, doc="the readback input reads low while powered")
-    ups: str = setting("", pattern=r"^$|^[\w.-]+@[\w.:-]+$", doc="ups@host[:port]")
+    ups: str = setting("", pattern=r"^$|^[\w.-]+@[\w.:-]+$", doc="its UPS in NUT: ups@host[:port]; empty: none")
     fence_ups_command: str = setting("", pattern=r"^$|^(load\.off|outlet\.\d{1,3}\.load\.off)$", safety=True,
                                      doc="fence level 2: the NUT instcmd on this server's ups that cuts its power"
                                          " (load.off, or outlet.N.load.off for its own outlet), tried when the"
@@ -514,6 +539,74 @@ def _cross_checks(cfg: Config) -> list[str]:
         p.append(f"snmp.address = {a.address!r}: set snmp.community_file, snmp.user or both (no access is defined)")
     if a.user and not (a.auth_key_file and a.priv_key_file):
         p.append(f"snmp.user = {a.user!r}: needs snmp.auth_key_file and snmp.priv_key_file (authPriv only)")
+    return p + _pin_checks(cfg) + _family_checks(cfg)
+
+
+def _pin_checks(cfg: Config) -> list[str]:
+    """Every pin name is in the board's pin map, and no pin serves twice (two servers on one
+    relay would cut both; a relay on a status LED's line would flicker with it)."""
+    pins = PIN_MAPS[cfg.board.kind]
+    used: dict[str, str] = {pin: f"the {status!r} status LED" for status, pin in STATUS_LEDS.items()}
+    named = [(f"servers[{i}].{key}", getattr(s, key)) for i, s in enumerate(cfg.servers)
+             for key in ("fence_relay", "power_sense")]
+    named += [("board.alarm_relay", cfg.board.alarm_relay), ("board.ack_button", cfg.board.ack_button)]
+    p: list[str] = []
+    for key, pin in named:
+        if not pin:
+            continue
+        if pin not in pins:
+            p.append(f"{key} = {pin!r}: no such pin on board.kind = {cfg.board.kind!r}"
+                     f" (known: {', '.join(sorted(pins))})")
+        elif pin in used:
+            p.append(f"{key} = {pin!r}: already used by {used[pin]}")
+        else:
+            used[pin] = key
+    return p
+
+
+def ipv6_problem(key: str, value: str, why: str) -> str | None:
+    """A literal IPv6 address where only IPv4 works today; host names and IPv4 pass."""
+    try:
+        family = ipaddress.ip_interface(value).version
+    except ValueError:
+        return None
+    return f"{key} = {value!r}: IPv6 is not supported ({why}); use an IPv4 address" if family == 6 else None
+
+
+def _family_checks(cfg: Config) -> list[str]:
+    found = [ipv6_problem(f"servers[{i}].address", s.address, "the heartbeat links are IPv4 UDP")
+             for i, s in enumerate(cfg.servers)]
+    found.append(ipv6_problem("vip.address", cfg.vip.address, "takeovers are announced and checked with ARP"))
+    found += [ipv6_problem(f"alerts.managers[{i}].host", m.host, "alerts are sent over IPv4 UDP")
+              for i, m in enumerate(cfg.alerts.managers)]
+    return [p for p in found if p]
+
+
+def file_problems(cfg: Config) -> list[str]:
+    """The secret files the daemon reads at start, read the same way, each only where it is
+    used: the site key, SNMP passphrases and community, the NUT passwords."""
+    p: list[str] = []
+    try:
+        read_key(cfg.site.key_file)
+    except ConfigError as exc:
+        p += exc.problems
+    secrets = [(f"alerts.managers[{i}].{key}", getattr(m, key), SNMP_SECRET_MIN)
+               for i, m in enumerate(cfg.alerts.managers) if m.version == "v3"
+               for key in ("auth_key_file", "priv_key_file")]
+    if cfg.ups.password_file and any(s.ups for s in cfg.servers):
+        secrets.append(("ups.password_file", cfg.ups.password_file, 0))
+    if cfg.fence.ups_password_file and any(s.fence_ups_command for s in cfg.servers):
+        secrets.append(("fence.ups_password_file", cfg.fence.ups_password_file, 0))
+    if cfg.snmp.address and cfg.snmp.community_file:
+        secrets.append(("snmp.community_file", cfg.snmp.community_file, SNMP_SECRET_MIN))
+    if cfg.snmp.address and cfg.snmp.user:
+        secrets += [(f"snmp.{key}", getattr(cfg.snmp, key), SNMP_SECRET_MIN)
+                    for key in ("auth_key_file", "priv_key_file")]
+    for key, path, least in secrets:
+        try:
+            read_secret(key, path, least)
+        except ConfigError as exc:
+            p += exc.problems
     return p
 
 
@@ -548,7 +641,35 @@ def load(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
-    return parse(data)
+    return resolve_paths(parse(data), Path(path).absolute().parent)
+
+
+def resolve_paths(obj: Any, base: Path) -> Any:
+    """Relative file names (fields declared with ``path=True``) are read from the config
+    file's folder, not from wherever the program was started: a site's config and its key
+    travel together."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("path") and value and not Path(value).is_absolute():
+            changes[f.name] = str(base / value)
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = resolve_paths(value, base)
+        elif isinstance(value, (list, tuple)) and any(dataclasses.is_dataclass(v) for v in value):
+            changes[f.name] = type(value)(resolve_paths(v, base) for v in value)
+    return dataclasses.replace(obj, **changes)
+
+
+def read_secret(key: str, path: str, least: int = 0) -> str:
+    """A secret file's text, stripped; ConfigError naming the key if it cannot be read or is
+    shorter than ``least`` characters."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError([f"{key} = {path!r}: cannot read ({exc.strerror})"]) from exc
+    if len(value) < least:
+        raise ConfigError([f"{key} = {path!r}: passphrase is {len(value)} characters, minimum {least}"])
+    return value
 
 
 def read_key(path: str | Path, setting_name: str = "site.key_file") -> bytes:

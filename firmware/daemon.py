@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from board.sdnotify import watchdog_interval, watchdog_timeout
+from firmware import add_version
 from firmware import config as config_mod
 from firmware import logs
 from firmware.appliance import Appliance
@@ -383,10 +384,11 @@ def check_watchdog(cfg: config_mod.Config, unit_timeout: float | None) -> None:
 
 
 def check_config(path: Path, as_json: bool) -> int:
-    problems: list[str] = []
+    """What the daemon would refuse at start: the schema with its cross-checks (pins, address
+    families included), then the key and secret files it reads. 0 ok, 1 bad config."""
     try:
         cfg = config_mod.load(path)
-        config_mod.read_key(cfg.site.key_file)
+        problems = config_mod.file_problems(cfg)
     except ConfigError as exc:
         problems = exc.problems
     if as_json:
@@ -409,7 +411,7 @@ def derive_key_command(config_path: Path, server: str, peer: str | None) -> int:
     except ConfigError as exc:
         for p in exc.problems:
             print(f"arbiterd: config error: {p}", file=sys.stderr)
-        return 2
+        return 1
     names = [s.name for s in cfg.servers]
     for name in (server, peer):
         if name is not None and name not in names:
@@ -439,22 +441,33 @@ every agent. --config (before derive-key) names the site config, default
 /etc/arbiter/arbiter.toml."""
 
 
-def main(argv: list[str] | None = None) -> int:
+EXIT_CODES = "exit status: 0 ok, 1 bad config, 2 usage, 3 cannot start for another reason (board, saved state)"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arbiterd",
         description="Billmaster Arbiter appliance daemon: polls the servers over serial and LAN, "
-                    "fences a dead primary, promotes the in-sync standby, moves the virtual IP.")
+                    "fences a dead primary, promotes the in-sync standby, moves the virtual IP.",
+        epilog=EXIT_CODES)
+    add_version(parser)
     parser.add_argument("--config", type=Path, default=Path("/etc/arbiter/arbiter.toml"),
                         help="site configuration (TOML); default %(default)s")
     sub = parser.add_subparsers(dest="command")
-    check = sub.add_parser("check-config", help="validate a config and exit non-zero naming every bad key")
+    check = sub.add_parser("check-config", epilog=EXIT_CODES,
+                           help="validate a config as the daemon would at start (schema, pins, key and "
+                                "secret files) and exit 1 naming every bad key")
     check.add_argument("file", type=Path)
     check.add_argument("--json", action="store_true", help="machine-readable result")
     derive = sub.add_parser("derive-key", help="print the key of a server's agent (or of two servers' pair)",
                             description=DERIVE_KEY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     derive.add_argument("server", help="the server's name, as in [[servers]]")
     derive.add_argument("peer", nargs="?", help="a second server: print the key the two share")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file, args.json)
     if args.command == "derive-key":
@@ -468,10 +481,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"arbiterd: config error: {p}", file=sys.stderr)
         print("arbiterd: not started (fix the settings above; `arbiterd check-config FILE` checks a file)",
               file=sys.stderr)
-        return 2
+        return 1
     except ArbiterError as exc:
         print(f"arbiterd: cannot start: {exc}", file=sys.stderr)
-        return 2
+        return 3
     return daemon.run()
 
 

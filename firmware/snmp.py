@@ -32,8 +32,8 @@ from pysnmp.hlapi.v3arch.asyncio import (CommunityData, ContextData, UdpTranspor
                                          usmHMACSHAAuthProtocol)
 from pysnmp.proto.rfc1902 import Integer32, ObjectIdentifier, OctetString, TimeTicks, Unsigned32
 
-from firmware.config import Config, SnmpManager
-from firmware.errors import ConfigError, DamagedFile, StateError
+from firmware.config import SNMP_SECRET_MIN, Config, SnmpManager, read_secret
+from firmware.errors import DamagedFile, StateError
 from firmware.events import event_type
 from firmware.mib import notification_oid, object_oid
 from firmware.notify import Alert, Throttle
@@ -136,13 +136,8 @@ class Outbox:
 
 
 def secret(key: str, path: str) -> str:
-    try:
-        value = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError([f"{key} = {path!r}: cannot read ({exc.strerror})"]) from exc
-    if len(value) < 8:
-        raise ConfigError([f"{key} = {path!r}: passphrase is {len(value)} characters, minimum 8"])
-    return value
+    """An SNMP passphrase or community from its file: net-snmp wants 8 characters at least."""
+    return read_secret(key, path, SNMP_SECRET_MIN)
 
 
 def _auth(m: SnmpManager, i: int) -> CommunityData | UsmUserData:

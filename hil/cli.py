@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from firmware import add_version
 from hil import bench as bench_mod
 from hil.report import render
 from hil.scenarios import SCENARIOS, run_scenario
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                     "namespaces, serial cables as pty pairs, real NUT, snmptrapd and PostgreSQL; inject "
                     "faults; report detection time, client-visible outage, lost transactions and alerts. "
                     "Needs root.")
+    add_version(parser)
     parser.add_argument("--workdir", help="where sites, logs and reports go (default: a new temp dir)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="build a site, cut the master's power, print the report")

@@ -30,7 +30,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from firmware import logs
+from firmware import add_version, logs
 from firmware.config import Fencing, read_key
 from firmware.config import load as load_site
 from firmware.errors import ActionError, ArbiterError, ConfigError, ProtocolError
@@ -442,44 +442,69 @@ class Agent:
         write_atomic(path, json.dumps({"boot": self.boot_id, "commands": done}))  # with the directory fsync
 
 
-def main(argv: list[str] | None = None) -> int:
+EXIT_CODES = "exit status: 0 ok, 1 bad config, 2 usage, 3 cannot start for another reason (socket, serial port)"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arbiter-agent",
         description="Billmaster Arbiter server agent: answers the appliance's heartbeat polls on the COM "
                     "port and the LAN, reports role, health and replication, and carries out promote, "
-                    "demote, take-IP, release-IP, backup and shutdown commands.")
-    parser.add_argument("--config", type=Path, default=Path("/etc/arbiter/agent.toml"))
+                    "demote, take-IP, release-IP, backup and shutdown commands.",
+        epilog=EXIT_CODES)
+    add_version(parser)
+    parser.add_argument("--config", type=Path, default=Path("/etc/arbiter/agent.toml"),
+                        help="agent configuration (TOML); default %(default)s")
     sub = parser.add_subparsers(dest="command")
-    check = sub.add_parser("check-config", help="validate an agent config; non-zero naming every bad key")
+    check = sub.add_parser("check-config", epilog=EXIT_CODES,
+                           help="validate an agent config as the agent would at start (schema, key file, "
+                                "replication adapter and its keys) and exit 1 naming every bad key")
     check.add_argument("file", type=Path)
     check.add_argument("--site", type=Path, help="the appliance's config: cross-check self-fencing against"
                                                  " its policy.fencing and timing.self_fence_wait")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_config(path: Path, site_path: Path | None = None) -> int:
+    """What the agent would refuse at start, without binding a socket or opening a database;
+    with the appliance's config, the self-fencing cross-check too. 0 ok, 1 bad config."""
+    try:
+        cfg = load(path)
+        read_key(cfg.agent.key_file, "agent.key_file")
+        for i, peer in enumerate(cfg.peers):
+            read_key(peer.key_file, f"peers[{i}].key_file")
+        if cfg.replication:
+            make_adapter(cfg.replication)  # builds only: no connection, no command run
+        site = load_site(site_path) if site_path is not None else None
+        problems = site_problems(cfg.agent, site, str(site_path)) if site is not None else []
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"error: {p}", file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s); the agent will not start with this config", file=sys.stderr)
+        return 1
+    if site is not None and site.policy.fencing is Fencing.NONE:
+        print(f"{path}: self-fencing done {self_fence_margin(cfg.agent, site):.2f} s before the appliance may promote")
+    adapter = cfg.replication.get("adapter", "none: the role is reported as unknown")
+    print(f"{path}: ok (server {cfg.agent.name}, replication {adapter})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file, args.site)
     logs.setup()
     try:
-        cfg = load(args.file if args.command == "check-config" else args.config)
-        if args.command == "check-config":
-            read_key(cfg.agent.key_file, "agent.key_file")
-            for i, peer in enumerate(cfg.peers):
-                read_key(peer.key_file, f"peers[{i}].key_file")
-            if args.site is not None:
-                site = load_site(args.site)
-                problems = site_problems(cfg.agent, site, str(args.site))
-                if problems:
-                    raise ConfigError(problems)
-                if site.policy.fencing is Fencing.NONE:
-                    print(f"{args.file}: self-fencing done {self_fence_margin(cfg.agent, site):.2f} s"
-                          " before the appliance may promote")
-            print(f"{args.file}: ok")
-            return 0
-        agent = Agent(cfg)
+        agent = Agent(load(args.config))
     except ConfigError as exc:
         for p in exc.problems:
             print(f"arbiter-agent: config error: {p}", file=sys.stderr)
-        return 2
+        return 1
     except (ArbiterError, OSError) as exc:
         print(f"arbiter-agent: cannot start: {exc}", file=sys.stderr)
-        return 2
+        return 3
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
     agent.run()

@@ -6,71 +6,80 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware.config import Config, Fencing, Ping, build_section, ping_target_problems, setting
+from firmware.config import (Config, Fencing, Ping, build_section, ipv6_problem, ping_target_problems, resolve_paths,
+                             setting)
 from firmware.errors import ConfigError
-
 
 
 @dataclass(frozen=True, kw_only=True)
 class AgentSection:
     name: str = setting(pattern=r"^[a-z][a-z0-9-]{0,31}$", doc="this server's name, as the appliance knows it")
-    key_file: str = setting(doc="this server's own key: `arbiterd derive-key NAME` on the appliance prints it")
+    key_file: str = setting(path=True, doc="this server's own key: `arbiterd derive-key NAME` on the appliance prints it")
     arbiter: str = setting("arbiter", doc="node id of the appliance whose commands are obeyed")
-    listen: str = setting("0.0.0.0")
-    port: int = setting(5405, lo=1, hi=65535)
+    listen: str = setting("0.0.0.0", doc="IPv4 address the agent answers on (UDP)")
+    port: int = setting(5405, lo=1, hi=65535, doc="UDP port the agent answers on")
     serial: str = setting("", doc="the COM port wired to the appliance; empty: LAN only")
-    baudrate: int = setting(115200, lo=1200, hi=4000000)
+    baudrate: int = setting(115200, lo=1200, hi=4000000, unit="baud", doc="the COM port's speed (8N1)")
     health_command: str = setting("", doc="exit 0 = the service is healthy; empty: the replication adapter's "
                                           "own check decides (PostgreSQL: a new connection and a query), and "
                                           "without one the service counts as healthy")
-    health_interval: float = setting(0.25, lo=0.05, hi=600.0, doc="seconds between two health checks")
-    health_timeout: float = setting(0.5, lo=0.05, hi=60.0,
+    health_interval: float = setting(0.25, lo=0.05, hi=600.0, unit="s", doc="time between two health checks")
+    health_timeout: float = setting(0.5, lo=0.05, hi=60.0, unit="s",
                                     doc="a health check not done within this fails: a hung service is a "
                                         "failed one")
-    status_interval: float = setting(0.05, lo=0.01, hi=60.0, doc="how often replication state is read")
-    state_file: str = setting(doc="remembers the boot counter and executed command ids across restarts")
-    peer_interval: float = setting(0.04, lo=0.005, hi=10.0)
-    peer_dead_time: float = setting(0.2, lo=0.02, hi=120.0,
+    status_interval: float = setting(0.05, lo=0.01, hi=60.0, unit="s", doc="how often replication state is read")
+    state_file: str = setting(path=True,
+                              doc="remembers the boot counter and executed command ids across restarts")
+    peer_interval: float = setting(0.04, lo=0.005, hi=10.0, unit="s", doc="time between polls of the [[peers]]")
+    peer_dead_time: float = setting(0.2, lo=0.02, hi=120.0, unit="s",
                                     doc="no reply from the primary's agent this long: it is not heard")
-    command_timeout: float = setting(60.0, lo=0.1, hi=3600.0)
-    isolation_timeout: float = setting(0.0, lo=0.0, hi=600.0,
+    command_timeout: float = setting(60.0, lo=0.1, hi=3600.0, unit="s", doc="longest run of a hook")
+    isolation_timeout: float = setting(0.0, lo=0.0, hi=600.0, unit="s",
                                        doc="a primary that has heard neither the appliance (any channel) nor any"
                                            " peer for this long stops its database (self-fencing; 0: never)."
                                            " Required while the appliance runs with policy.fencing = none; see"
                                            " check-config --site")
-    self_fence_timeout: float = setting(5.0, lo=0.5, hi=120.0,
+    self_fence_timeout: float = setting(5.0, lo=0.5, hi=120.0, unit="s",
                                         doc="the database must be stopped within this once self-fencing starts")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Peer:
     name: str = setting(pattern=r"^[a-z][a-z0-9-]{0,31}$", doc="the peer server's name, as the appliance knows it")
-    key_file: str = setting(doc="the key this server shares with the peer: `arbiterd derive-key NAME PEER`")
-    address: str = setting()
-    port: int = setting(5405, lo=1, hi=65535)
+    key_file: str = setting(path=True, doc="the key this server shares with the peer: `arbiterd derive-key NAME PEER`")
+    address: str = setting(doc="the peer's agent: IPv4 address or host name")
+    port: int = setting(5405, lo=1, hi=65535, doc="its UDP port")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Hooks:
-    promote: str = setting("")
-    demote: str = setting("")
-    take_ip: str = setting("")
-    release_ip: str = setting("")
-    backup: str = setting("")
-    shutdown: str = setting("")
-    rejoin: str = setting("")
-    sync_degrade: str = setting("")
-    sync_restore: str = setting("")
-    rebuild: str = setting("")
+    """Commands for the appliance's orders, run without a shell with ARBITER_OP,
+    ARBITER_COMMAND_ID and ARBITER_ARGS (JSON) in their environment."""
+
+    promote: str = setting("", doc="promote this server; set, it replaces the [replication] adapter's promote")
+    demote: str = setting("", doc="demote this server (planned switchover); replaces the adapter's demote")
+    take_ip: str = setting("", doc="take the virtual IP; used only while vip.address is empty")
+    release_ip: str = setting("", doc="release the virtual IP; used only while vip.address is empty")
+    backup: str = setting("", doc="start a backup (UPS running low); empty: the order is refused")
+    shutdown: str = setting("", doc="shut the server down in order (UPS running low); empty: refused")
+    rejoin: str = setting("", doc="rejoin as a standby of the primary named in ARBITER_ARGS; replaces the"
+                                  " adapter's rejoin")
+    sync_degrade: str = setting("", doc="stop waiting for the lost synchronous standby (policy.sync_loss ="
+                                        " degrade); replaces the adapter's")
+    sync_restore: str = setting("", doc="wait for the standbys named in ARBITER_ARGS again; replaces the"
+                                        " adapter's")
+    rebuild: str = setting("", doc="rebuild this old primary from the primary named in ARBITER_ARGS"
+                                   " (pg_basebackup); replaces the adapter's")
 
 
 @dataclass(frozen=True, kw_only=True)
 class VipSection:
-    address: str = setting("", doc="virtual IP with prefix; empty: take_ip/release_ip use hooks")
-    interface: str = setting("eth0")
-    garp_count: int = setting(5, lo=1, hi=100)
-    garp_interval: float = setting(0.2, lo=0.01, hi=10.0)
-    refresh_s: float = setting(30.0, lo=0.0, hi=3600.0)
+    address: str = setting("", doc="virtual IPv4 address with prefix; empty: take_ip/release_ip use hooks")
+    interface: str = setting("eth0", doc="the interface that carries it")
+    garp_count: int = setting(5, lo=1, hi=100, doc="gratuitous ARPs sent on a takeover")
+    garp_interval: float = setting(0.2, lo=0.01, hi=10.0, unit="s", doc="time between those")
+    refresh_s: float = setting(30.0, lo=0.0, hi=3600.0, unit="s",
+                               doc="after the burst, announce again every 2 s for this long (stale ARP caches)")
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,12 @@ def parse(data: dict[str, Any]) -> AgentConfig:
     replication = data.get("replication", {})
     if not isinstance(replication, dict):
         problems.append("replication: must be a table")
+    if agent is not None:
+        problems += filter(None, [ipv6_problem("agent.listen", agent.listen, "the agent answers on IPv4 UDP")])
+    problems += filter(None, [ipv6_problem(f"peers[{i}].address", p.address, "peers are polled over IPv4 UDP")
+                              for i, p in enumerate(peers)])
+    if vip is not None:
+        problems += filter(None, [ipv6_problem("vip.address", vip.address, "takeovers are announced with ARP")])
     if problems or agent is None or hooks is None or vip is None or ping is None:
         raise ConfigError(problems or ["agent config: incomplete"])
     return AgentConfig(agent, peers, hooks, vip, ping, replication)
@@ -152,4 +167,4 @@ def load(path: str | Path) -> AgentConfig:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
-    return parse(data)
+    return resolve_paths(parse(data), Path(path).absolute().parent)

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from firmware import add_version
+
 HEAD = 1 << 20  # written last
 CHUNK = 4 << 20
 SECTOR = 512
@@ -350,6 +352,7 @@ def describe(target: Target, system: System = System()) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="arbiter-flash", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     parser.add_argument("image", type=Path, help="the image: .img, or .img.xz (streamed)")
     parser.add_argument("device", type=Path, help="the card's whole block device (e.g. /dev/sdb, /dev/mmcblk0)")
     parser.add_argument("--to-file", action="store_true", help="write a new image file instead of a device")

@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware import add_version
+
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = ROOT / "board"
 MIB = 1 << 20
@@ -265,6 +267,7 @@ def build(output: Path, size_mib: int, boot_mib: int, base_dir: Path | None, bas
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="arbiter-image", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--base-dir", type=Path, help="a base with boot/ and root/ folders")
     src.add_argument("--base", type=Path, help="a Raspberry Pi OS Lite image to start from")

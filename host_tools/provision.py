@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from firmware import config
+from firmware import add_version, config
 from firmware.errors import ConfigError
 from host_tools.image import SECTOR, ImageError, partitions
 
@@ -216,6 +216,7 @@ def to_image(image: Path, top: dict[str, bytes], files: dict[str, bytes]) -> Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="arbiter-provision", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     parser.add_argument("--config", type=Path, required=True, help="the site's arbiter.toml")
     parser.add_argument("--key-file", type=Path, required=True, help=f"the site's HMAC key (-> {ETC}/site.key)")
     parser.add_argument("--ups-password", type=Path, help=f"the NUT user's password file (-> {ETC}/ups.password)")

@@ -138,5 +138,5 @@ def test_a_saved_state_naming_a_server_missing_from_the_config_stops_start_up(tm
     (tmp_path / "state" / "state.json").write_text('{"site": {"phase": "normal", "primary": "a", "fenced": ["old-db"]}}')
     done = subprocess.run([sys.executable, "-m", "firmware.daemon", "--config", str(conf)], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2
+    assert done.returncode == 3  # cannot start: not a bad config, not a usage error
     assert "names old-db, not in the config's [[servers]]" in done.stderr

@@ -144,8 +144,9 @@ def test_sync_loss_policy_is_a_choice_with_a_bounded_grace():
 def _level2(fence: dict, **server: str) -> list[str]:
     data = {"site": {"name": "s", "key_file": "/k"}, "vip": {"address": "192.0.2.1/24", "verify": "none"},
             "fence": fence,
-            "servers": [{"name": "a", "address": "192.0.2.2", "fence_relay": "r1", "power_sense": "s1", **server},
-                        {"name": "b", "address": "192.0.2.3", "fence_relay": "r2", "power_sense": "s2"}]}
+            "servers": [{"name": "a", "address": "192.0.2.2", "fence_relay": "relay1", "power_sense": "sense1",
+                         **server},
+                        {"name": "b", "address": "192.0.2.3", "fence_relay": "relay2", "power_sense": "sense2"}]}
     try:
         config.parse(data)
     except ConfigError as exc:

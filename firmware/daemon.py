@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", epilog=EXIT_CODES,
                            help="validate a config as the daemon would at start (schema, pins, key and "
                                 "secret files) and exit 1 naming every bad key")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="the config file to check")
     check.add_argument("--json", action="store_true", help="machine-readable result")
     derive = sub.add_parser("derive-key", help="print the key of a server's agent (or of two servers' pair)",
                             description=DERIVE_KEY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

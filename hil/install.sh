@@ -10,6 +10,7 @@ PACKAGES=(
   postgresql keepalived iputils-arping
   chromium chromium-driver
   fdisk dosfstools mtools e2fsprogs xz-utils libpq-dev
+  groff-base
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", epilog=EXIT_CODES,
                            help="validate an agent config as the agent would at start (schema, key file, "
                                 "replication adapter and its keys) and exit 1 naming every bad key")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="the agent config file to check")
     check.add_argument("--site", type=Path, help="the appliance's config: cross-check self-fencing against"
                                                  " its policy.fencing and timing.self_fence_wait")
     return parser

@@ -595,7 +595,7 @@ def file_problems(cfg: Config) -> list[str]:
                for key in ("auth_key_file", "priv_key_file")]
     if cfg.ups.password_file and any(s.ups for s in cfg.servers):
         secrets.append(("ups.password_file", cfg.ups.password_file, 0))
-    if cfg.fence.ups_password_file and any(s.fence_ups_command for s in cfg.servers):
+    if cfg.fence.ups_password_file:  # read with the action handlers at start
         secrets.append(("fence.ups_password_file", cfg.fence.ups_password_file, 0))
     if cfg.snmp.address and cfg.snmp.community_file:
         secrets.append(("snmp.community_file", cfg.snmp.community_file, SNMP_SECRET_MIN))

@@ -64,6 +64,7 @@ def _server(i: int, **values: Any):
                                                "auth_key_file": "snmp/auth", "priv_key_file": "snmp/priv"}),
      "alerts.managers[1].auth_key_file = "),
     (lambda d: d["ups"].update(password_file="nut.password"), "ups.password_file = "),
+    (lambda d: d["fence"].update(ups_password_file="fence.password"), "fence.ups_password_file = "),
     (_server(0, address="2001:db8::11"), "servers[0].address = '2001:db8::11': IPv6 is not supported"),
     (lambda d: d["vip"].update(address="2001:db8::10/64"), "vip.address = '2001:db8::10/64': IPv6 is not supported"),
     (lambda d: d["alerts"]["managers"][0].update(host="2001:db8::50"), "alerts.managers[0].host = '2001:db8::50'"),
@@ -71,6 +72,30 @@ def _server(i: int, **values: Any):
 def test_check_config_refuses_what_the_daemon_refuses_at_start(tmp_path, capsys, change, needle):
     err = _arbiter_problems(tmp_path, capsys, change)
     assert needle in err, err
+
+
+def _on_the_rig_board(d: dict[str, Any], tmp_path: Path) -> None:
+    """The example on mock pins with its state in tmp_path: a daemon that can start here."""
+    d["board"] = {"kind": "hil", "pin_factory": "mock", "alarm_relay": "alarm", "ack_button": "ack_button"}
+    d["site"].update(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "ctl.sock"))
+
+
+@pytest.mark.parametrize("key,change", [
+    ("site.key_file", lambda d: d["site"].update(key_file="missing.key")),
+    ("ups.password_file", lambda d: d["ups"].update(password_file="nut.password")),
+    ("fence.ups_password_file", lambda d: d["fence"].update(ups_password_file="fence.password")),
+    ("alerts.managers[0].auth_key_file", lambda d: d["alerts"]["managers"][0].update(
+        version="v3", user="u", auth_key_file="auth", priv_key_file="auth")),
+])
+def test_the_daemon_refuses_at_start_what_check_config_names(tmp_path, capsys, key, change):
+    data = _example("arbiter.toml")
+    _on_the_rig_board(data, tmp_path)
+    change(data)
+    path = _write(tmp_path, "arbiter.toml", data)
+    assert check_config(path, as_json=False) == 1 and f"{key} = " in capsys.readouterr().err
+    done = subprocess.run([str(Path(sys.executable).parent / "arbiterd"), "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"{key} = " in done.stderr, done.stderr
 
 
 def test_missing_secret_files_are_all_named_at_once(tmp_path, capsys):

@@ -27,10 +27,11 @@ def _example(name: str) -> dict[str, Any]:
 
 
 def _write(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:
-    """A copy of an example beside the example key, so relative file names still resolve."""
+    """A copy of an example beside the example keys, so relative file names still resolve."""
     path = tmp_path / name
     path.write_text(dumps(data))
-    (tmp_path / "site.key").write_bytes((EXAMPLES / "site.key").read_bytes())
+    for key in EXAMPLES.glob("*.key"):
+        (tmp_path / key.name).write_bytes(key.read_bytes())
     return path
 
 
@@ -139,6 +140,7 @@ def _agent_check(tmp_path: Path, capsys: pytest.CaptureFixture[str], change) -> 
     (lambda d: d["replication"].update(adapter="drbd", resource="r0", peer_fencing=True),
      "replication.host: unknown key"),
     (lambda d: d["agent"].update(key_file="missing.key"), "agent.key_file = "),
+    (lambda d: d["peers"][0].update(key_file="missing.key"), "peers[0].key_file = "),
     (lambda d: d["peers"][0].update(address="2001:db8::11"), "peers[0].address = '2001:db8::11': IPv6"),
     (lambda d: d["agent"].update(listen="::"), "agent.listen = '::': IPv6"),
     (lambda d: d["agent"].update(naem="db2"), "agent.naem: unknown key"),

@@ -311,9 +311,11 @@ class SnmpAgent:
     address: str = setting("", doc="answer SNMP GET/GETNEXT/GETBULK for the MIB's status objects on this local "
                                    "address; empty: off")
     port: int = setting(161, lo=1, hi=65535, doc="UDP port of the SNMP responder")
-    community_file: str = setting("", path=True, doc="file holding the read-only SNMPv2c community; empty: no v2c access")
+    community_file: str = setting("", path=True,
+                                  doc="file holding the read-only SNMPv2c community; empty: no v2c access")
     user: str = setting("", doc="read-only SNMPv3 user (authPriv only); empty: no v3 access")
-    auth_key_file: str = setting("", path=True, doc="file holding the v3 user's authentication passphrase (8+ characters)")
+    auth_key_file: str = setting("", path=True,
+                                 doc="file holding the v3 user's authentication passphrase (8+ characters)")
     priv_key_file: str = setting("", path=True, doc="file holding the v3 user's privacy passphrase (8+ characters)")
     auth_protocol: str = setting("sha256", choices=AUTH_PROTOCOLS, doc="v3 authentication (HMAC)")
     priv_protocol: str = setting("aes256", choices=PRIV_PROTOCOLS, doc="v3 privacy")
@@ -632,7 +634,10 @@ def _fence_level2_checks(cfg: Config) -> list[str]:
     return p
 
 
-def load(path: str | Path) -> Config:
+def load(path: str | Path, base: Path | None = None) -> Config:
+    """The config in ``path``, checked; relative file names in it are resolved against
+    ``base``, by default the file's own folder (``arbiter-provision`` passes the folder the
+    file will live in on the appliance)."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -641,7 +646,7 @@ def load(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
-    return resolve_paths(parse(data), Path(path).absolute().parent)
+    return resolve_paths(parse(data), base or Path(path).absolute().parent)
 
 
 def resolve_paths(obj: Any, base: Path) -> Any:

@@ -14,7 +14,8 @@ from firmware.errors import ConfigError
 @dataclass(frozen=True, kw_only=True)
 class AgentSection:
     name: str = setting(pattern=r"^[a-z][a-z0-9-]{0,31}$", doc="this server's name, as the appliance knows it")
-    key_file: str = setting(path=True, doc="this server's own key: `arbiterd derive-key NAME` on the appliance prints it")
+    key_file: str = setting(path=True,
+                            doc="this server's own key: `arbiterd derive-key NAME` on the appliance prints it")
     arbiter: str = setting("arbiter", doc="node id of the appliance whose commands are obeyed")
     listen: str = setting("0.0.0.0", doc="IPv4 address the agent answers on (UDP)")
     port: int = setting(5405, lo=1, hi=65535, doc="UDP port the agent answers on")

@@ -146,7 +146,8 @@ def _md_table(sections: list[Section], with_reload: bool) -> list[str]:
         for k in keys(cls):
             row = [f"`{k.name}`" + (" *(safety)*" if k.safety else ""), k.type,
                    k.default if k.default == "required" else f"`{k.default}`",
-                   _md_bounds(k.bounds), k.unit] + ([_reload_words(reload)] if with_reload else []) + [_md(_describe(k))]
+                   _md_bounds(k.bounds), k.unit] + ([_reload_words(reload)] if with_reload else []) + \
+                [_md(_describe(k))]
             out.append("| " + " | ".join(row) + " |")
     return out
 
@@ -314,7 +315,8 @@ def _man_keys(sections: list[Section], with_reload: bool) -> list[str]:
     for name, cls, array, reload in sections:
         lines += [".SS " + _roff(f"[[{name}]]" if array else f"[{name}]")]
         for k in keys(cls):
-            facts = [k.type, "required" if k.default == "required" else f"default {k.default}"] + ([k.bounds] if k.bounds else []) + \
+            facts = [k.type, "required" if k.default == "required" else f"default {k.default}"] + \
+                ([k.bounds] if k.bounds else []) + \
                 ([f"unit {k.unit}"] if k.unit else []) + (["safety"] if k.safety else []) + \
                 ([f"on reload: {_reload_words(reload)}"] if with_reload else [])
             lines += [".TP", f"\\fB{_opt(k.name)}\\fR ({_roff('; '.join(facts))})", _roff(_describe(k))]

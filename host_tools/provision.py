@@ -90,7 +90,8 @@ def _read(option: str, path: Path) -> bytes:
 def secret_files(site_config: Path, key_file: Path, secrets: list[str], ups_password: Path | None,
                  fence_ups_password: Path | None) -> dict[str, bytes]:
     """What goes to arbiter/ on the card, by path below it (and below /etc/arbiter after first boot)."""
-    cfg = config.load(site_config)  # raises ConfigError naming every problem
+    # relative file names as they will resolve on the appliance; ConfigError names every problem
+    cfg = config.load(site_config, base=Path(ETC))
     out = {"arbiter.toml": site_config.read_bytes(), "site.key": config.read_key(key_file) + b"\n"}
     if ups_password:
         out["ups.password"] = _read("--ups-password", ups_password)

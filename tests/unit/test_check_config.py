@@ -182,3 +182,9 @@ def test_every_command_prints_the_package_version(capsys):
         assert capsys.readouterr().out.strip() == f"{ep.name} {firmware.__version__}"
     assert re.fullmatch(r"\d+\.\d+\.\d+", firmware.__version__)
     assert importlib.metadata.version("billmaster-arbiter") == firmware.__version__
+
+
+def test_the_example_can_be_provisioned_its_relative_names_land_where_first_boot_puts_them():
+    from host_tools.provision import secret_files
+    files = secret_files(EXAMPLES / "arbiter.toml", EXAMPLES / "site.key", [], None, None)
+    assert set(files) == {"arbiter.toml", "site.key"}

@@ -235,7 +235,7 @@ def _opt(text: str) -> str:
 
 def _th(name: str, section: int, title: str) -> list[str]:
     return [f'.\\" {NOTICE}', f'.TH {name.upper()} {section} "" "billmaster-arbiter {__version__}" "{title}"',
-            ".ad l"]  # ragged right: long synopses and option lists cannot be justified
+            ".ad l", ".nh"]  # ragged right, no hyphenation: synopses and key names stay whole
 
 
 def _formatter(parser: argparse.ArgumentParser) -> argparse.HelpFormatter:
@@ -291,7 +291,7 @@ def man_command(parser: argparse.ArgumentParser, summary: str, extra: list[str],
     name = parser.prog
     lines = _th(name, 8, "System Administration")
     lines += [".SH NAME", f"{_opt(name)} \\- {_roff(summary)}", ".SH SYNOPSIS", f".B {_opt(name)}",
-              _opt(_usage(parser)[len(name):].strip())]
+              _opt(_usage(parser)[len(name):].strip()).replace(",", ",\\:")]  # may break after a comma
     lines += [".SH DESCRIPTION", _roff(parser.description or "")]
     lines += [".SH OPTIONS", *_options(parser)]
     subs = _subcommands(parser)

@@ -7,7 +7,8 @@ recently, so replies captured earlier (in this run or an earlier one) cannot be 
 Commands are resent on every poll, each time as a new frame, until the agent acknowledges
 them as done; the agent runs each command id once. An acknowledgement counts only for the
 command sent to the server that acknowledges. On UDP each source is rate-limited before
-any MAC is computed, so a flood costs little and never reaches the serial links' readers.
+any MAC is computed, and the reader handles at most what every source at its limit would
+send (ReadBudget), so a flood costs little and never starves the serial links' readers.
 """
 from __future__ import annotations
 
@@ -49,6 +50,28 @@ def report_of(reply: Reply) -> AgentReport:
     return AgentReport(role=Role(reply.role), healthy=reply.healthy, vip=reply.vip,
                        repl=Replication(reply.in_sync, reply.lag_bytes, reply.lag_s, reply.peer_alive),
                        hears_primary=reply.hears_primary, detail=reply.detail, reach=reply.reach)
+
+
+class ReadBudget:
+    """At most ``per_s`` datagrams handled a second, counted in ticks of ``tick`` seconds; past
+    that the reader sleeps to the end of the tick and the kernel drops what a flood sends in
+    the meantime. A flood then costs a bounded share of a core and cannot starve the serial
+    readers, whose frames keep the servers alive whatever the LAN does."""
+
+    def __init__(self, per_s: float, tick: float = 0.02) -> None:
+        self.tick = tick
+        self.per_tick = max(4, int(per_s * tick))
+        self._left, self._tick_end = self.per_tick, 0.0
+        self.pauses = 0
+
+    def spend(self) -> None:
+        now = time.monotonic()
+        if now >= self._tick_end:
+            self._left, self._tick_end = self.per_tick, now + self.tick
+        self._left -= 1
+        if self._left <= 0:
+            self.pauses += 1
+            time.sleep(max(0.0, self._tick_end - now))
 
 
 class RateLimit:
@@ -190,6 +213,7 @@ class Poller:
         self._version_warned: dict[tuple[str, Channel], float] = {}
         self._cmd_seq = 0
         self.limit = RateLimit(source_rate, burst=max(8.0, source_rate / 4))
+        self.budget = ReadBudget(source_rate * max(1, sum(1 for s in servers if s[3])))  # every source at its limit
         for name, url, baud, address, port in servers:
             if url:
                 self._links[(name, Channel.SERIAL)] = _Link(Channel.SERIAL, OrderedDict())
@@ -271,6 +295,7 @@ class Poller:
                 if self._stop.is_set():
                     return
                 continue
+            self.budget.spend()
             name = self._by_addr.get((addr[0], addr[1]))
             if name is None:
                 self._count("unknown-peer")

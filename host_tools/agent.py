@@ -34,7 +34,7 @@ from firmware import add_version, logs
 from firmware.config import Fencing, read_key
 from firmware.config import load as load_site
 from firmware.errors import ActionError, ArbiterError, ConfigError, ProtocolError
-from firmware.links import RateLimit, SerialPort
+from firmware.links import RateLimit, ReadBudget, SerialPort
 from firmware.protocol import (COMMAND_OPS, COMMAND_POLL_FRESH_S, MAX_FRAME, Ack, Codec, Command, Frame, Kind,
                                Reply, poll_nonce)
 from firmware.reach import reaches_any
@@ -50,6 +50,7 @@ STALE_INTERVALS = 5  # a replication state older than this many agent.status_int
 STALE_MIN_S = 1.0  # ... and older than this (a status command may take a while to start)
 SOURCE_RATE = 500.0  # UDP frames a second one source may send; the rest is dropped before any MAC
 WARN_EVERY_S = 60.0
+REFUSED_LOG_EVERY_S = 5.0
 
 Send = Callable[[bytes], None]
 
@@ -75,7 +76,10 @@ class Agent:
         self._appliance_poll: tuple[int, float] | None = None  # (its run, when) of its latest poll
         self._peer_by_addr = {(p.address, p.port): p.name for p in cfg.peers}
         self._limit = RateLimit(SOURCE_RATE, burst=SOURCE_RATE / 4)
+        self._budget = ReadBudget(SOURCE_RATE * (1 + len(cfg.peers)))  # the appliance and every peer at the limit
         self._warned: dict[str, float] = {}
+        self._refused: dict[str, int] = {}
+        self._refused_at = -REFUSED_LOG_EVERY_S
         self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(
             (k, v) for k, v in saved.get("commands", {}).items() if isinstance(v, dict) and v.get("done"))
         self.lock = threading.Lock()
@@ -133,7 +137,20 @@ class Agent:
                     self._warn("status", f"replication status failed, reported as unknown: {exc!r}"[:300])
                 with self.lock:
                     self.status, self.status_at = status, time.monotonic()
+            self._log_refusals()
             self.stop.wait(self.cfg.agent.status_interval)
+
+    def _log_refusals(self) -> None:
+        """Refused frames as running counts by reason, at most every REFUSED_LOG_EVERY_S: an
+        attack on this server shows in its journal without filling it."""
+        now = time.monotonic()
+        if now - self._refused_at < REFUSED_LOG_EVERY_S:
+            return
+        with self.codec_lock:
+            counts = dict(self.codec.dropped)
+        if counts != self._refused:
+            self._refused, self._refused_at = counts, now
+            log.warning("frames refused since start: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
     def _health_loop(self) -> None:
         while not self.stop.wait(self.cfg.agent.health_interval):
@@ -248,9 +265,12 @@ class Agent:
                 continue
             except OSError:
                 return
-            if self._limit.allow(addr[0]):
-                expect = self._peer_by_addr.get((addr[0], addr[1]), self.cfg.agent.arbiter)
-                self._handle(raw, expect, lambda out, a=addr: self._send_udp(out, a))
+            self._budget.spend()
+            if not self._limit.allow(addr[0]):
+                self._drop("rate-limited")
+                continue
+            expect = self._peer_by_addr.get((addr[0], addr[1]), self.cfg.agent.arbiter)
+            self._handle(raw, expect, lambda out, a=addr: self._send_udp(out, a))
 
     def _send_udp(self, raw: bytes, addr: tuple[str, int]) -> None:
         try:

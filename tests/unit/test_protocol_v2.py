@@ -465,3 +465,12 @@ def test_agent_config_refuses_a_peer_named_like_itself_or_the_appliance():
     with pytest.raises(ConfigError, match="'standby' is used twice"):
         parse({"agent": {"name": "standby", "key_file": "/k", "state_file": "/s"},
                "peers": [{"name": "standby", "key_file": "/p", "address": "192.0.2.1"}]})
+
+
+def test_10_the_read_budget_bounds_the_datagrams_handled_a_second():
+    from firmware.links import ReadBudget
+    budget = ReadBudget(per_s=5000, tick=0.02)  # 100 a tick
+    started = time.monotonic()
+    for _ in range(1000):
+        budget.spend()
+    assert time.monotonic() - started >= 0.17 and budget.pauses >= 9

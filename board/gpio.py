@@ -15,6 +15,7 @@ from board.pins import PIN_MAPS, STATUS_LEDS
 from firmware.config import Board as BoardSettings
 from firmware.config import Config
 from firmware.errors import HardwareError
+from firmware.waiting import wait_until
 
 _AUTO = {"pi4": "rpigpio", "cm4": "rpigpio", "pi5": "lgpio", "generic": "lgpio", "hil": "mock"}
 
@@ -65,13 +66,7 @@ class PowerRelay:
     def cut_and_confirm(self, timeout: float) -> bool:
         """Cut, then wait until the readback says the power is off (False on timeout)."""
         self.cut()
-        clock = self._board.clock
-        deadline = clock() + timeout
-        while self.power_on() is not False:
-            if clock() >= deadline:
-                return False
-            time.sleep(0.002)
-        return True
+        return wait_until(lambda: self.power_on() is False, timeout, 0.002, self._board.clock)
 
 
 class Board:

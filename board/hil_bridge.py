@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from firmware.errors import HardwareError
 from firmware.state import write_atomic
+from firmware.waiting import wait_until
 
 if TYPE_CHECKING:
     from board.gpio import Board
@@ -93,12 +94,7 @@ class HilGpio:
             return False
 
     def wait_output(self, pin: str, value: bool, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.output(pin) == value:
-                return True
-            time.sleep(0.002)
-        return False
+        return wait_until(lambda: self.output(pin) == value, timeout, 0.002)
 
     def set_input(self, pin: str, value: bool) -> None:
         write_atomic(self._in / pin, "1" if value else "0", durable=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from firmware.errors import ActionError, ArbiterError
 from firmware.model import REPORTING, Action, ActionResult
+from firmware.waiting import wait_until
 
 log = logging.getLogger("arbiter.executor")
 
@@ -113,11 +114,11 @@ class Executor:
 def wait_for(check: Callable[[], object], timeout: float, what: str,
              clock: Callable[[], float] = time.monotonic, step: float = 0.005) -> object:
     """Poll ``check`` until it returns something not None, or raise ActionError."""
-    deadline = clock() + timeout
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if clock() >= deadline:
-            raise ActionError(f"{what}: no answer within {timeout:g} s")
-        time.sleep(step)
+    got: list[object] = [None]
+
+    def answered() -> bool:
+        got[0] = check()
+        return got[0] is not None
+    if not wait_until(answered, timeout, step, clock):
+        raise ActionError(f"{what}: no answer within {timeout:g} s")
+    return got[0]

@@ -87,6 +87,7 @@ from collections.abc import Callable
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
+from firmware.waiting import wait_until
 from host_tools.replication import Health, ReplicationStatus, run_checked
 
 DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
@@ -369,12 +370,7 @@ class PostgresAdapter:
     def _wait_writable(self) -> bool:
         """pg_promote(wait => true) looks only every 100 ms; a failover is shorter when we look
         every 10 ms ourselves."""
-        deadline = time.monotonic() + self.s.timeout
-        while self._query("SELECT pg_is_in_recovery()")[0][0]:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        return wait_until(lambda: not self._query("SELECT pg_is_in_recovery()")[0][0], self.s.timeout, 0.01)
 
     def _set_sync_names_for_primary(self) -> None:
         me = self.s.application_name or self._query("SHOW cluster_name")[0][0]
@@ -433,9 +429,8 @@ class PostgresAdapter:
         value = sync_value(names).replace("'", "''")
         self._query(f"ALTER SYSTEM SET synchronous_standby_names = '{value}'")
         self._query("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + self.s.timeout  # the postmaster's reload reaches new sessions only
-        while self._fresh_setting() != sync_value(names) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # the postmaster's reload reaches new sessions only
+        wait_until(lambda: self._fresh_setting() == sync_value(names), self.s.timeout, 0.01)
 
     def _fresh_setting(self) -> str:
         """The setting as a new session sees it: this one keeps the value it had at its start

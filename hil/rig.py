@@ -248,6 +248,52 @@ class Rig(Built):
         self.events.append((time.monotonic(), "arbiter-restart", ""))
         self._start_arbiter()
 
+    def restart_agent(self, name: str) -> None:
+        """Kill a server's agent (SIGKILL, as a crash would) and start it again, same config."""
+        for proc in self.site.procs.get(name, []):
+            if proc.name == f"agent-{name}" and proc.alive():
+                proc.kill()
+        self.site.spawn(name, [PY, "-m", "host_tools.agent", "--config", str(self.workdir / f"agent-{name}.toml")],
+                        log_name=f"agent-{name}")
+
+    # ------------------------------------------------------------------ the rogue host (hil.rogue)
+
+    def sniff(self, host: str = "arbiter") -> tuple[Any, Path]:
+        """Start recording the heartbeat datagrams ``host`` sends and receives."""
+        out = self.workdir / f"sniff-{host}-{len(self.site.procs.get(host, []))}.jsonl"
+        return self.site.spawn(host, [PY, "-m", "hil.rogue", "sniff", "--out", str(out), "--port", str(AGENT_PORT)],
+                               log_name="rogue-sniff"), out
+
+    def captured(self, sniffer: tuple[Any, Path]) -> list[dict[str, Any]]:
+        proc, out = sniffer
+        proc.terminate()
+        proc.wait(5)
+        if not out.exists():
+            return []
+        return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+
+    def rogue_send(self, plan: list[dict[str, Any]], listen: float = 1.0, host: str = "client") -> dict[str, int]:
+        """Send a plan from ``host`` (hil.rogue send): forged sources and the host's own."""
+        n = len(self.site.procs.get(host, []))
+        plan_file, out = self.workdir / f"rogue-plan-{n}.json", self.workdir / f"rogue-sent-{n}.json"
+        plan_file.write_text(json.dumps(plan))
+        proc = self.site.spawn(host, [PY, "-m", "hil.rogue", "send", "--plan", str(plan_file), "--out", str(out),
+                                      "--listen", str(listen)], log_name="rogue-send")
+        proc.wait(60.0 + len(plan) * 0.01)
+        return json.loads(out.read_text())
+
+    def rogue_flood(self, target: str, sources: list[str], seconds: float, host: str = "client") -> Any:
+        """Start flooding ``target`` (IP:PORT) from forged ``sources`` (hil.rogue flood)."""
+        out = self.workdir / "rogue-flood.json"
+        return self.site.spawn(host, [PY, "-m", "hil.rogue", "flood", "--target", target, "--seconds", str(seconds),
+                                      "--out", str(out), *(a for src in sources for a in ("--source", src))],
+                               log_name="rogue-flood")
+
+    def flood_figures(self, flood: Any) -> dict[str, Any]:
+        flood.wait(10.0)
+        out = self.workdir / "rogue-flood.json"
+        return json.loads(out.read_text()) if out.exists() else {}
+
     # ------------------------------------------------------------------ physics
 
     def _physics(self) -> None:

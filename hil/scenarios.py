@@ -14,9 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware.errors import ArbiterError
+from firmware.appliance import SOURCE_RATE_PER_POLL
+from firmware.config import read_key
+from firmware.errors import ArbiterError, ProtocolError
+from firmware.protocol import Frame, Kind, Reply, derive_key, encode, peek_sender
 from hil.report import Report
-from hil.rig import Rig, RigOptions
+from hil.rig import AGENT_PORT, Rig, RigOptions
+from host_tools.agent import REFUSED_LOG_EVERY_S
 
 
 @dataclass(frozen=True)
@@ -401,6 +405,182 @@ def lagging_standby(rig: Rig, report: Report) -> None:
     report.check("one failover, by the operator", report.failovers == 1)
 
 
+# ---------------------------------------------------------------------- protocol attacks (hil.rogue)
+
+
+def _head(item: dict) -> tuple[int, str, str] | None:
+    """(kind, sender, receiver) of a captured datagram if it is a version 2 frame."""
+    data = bytes.fromhex(item["data"])
+    try:
+        sender = peek_sender(data)
+    except ProtocolError:
+        return None
+    at = 5 + len(sender)
+    return data[3], sender, data[at + 1:at + 1 + data[at]].decode("ascii", "replace")
+
+
+def _capture_switchover(rig: Rig, report: Report) -> list[dict]:
+    """The heartbeat traffic on the appliance's port, recorded during an operator's switchover
+    (so it holds commands: demote, promote, IP moves); the standby is primary afterwards."""
+    sniffer = rig.sniff("arbiter")
+    _settle(rig, 0.5)
+    report.check("switchover accepted", bool(rig.command({"cmd": "switchover"}).get("ok")))
+    _wait_primary(rig, "standby", timeout=30.0)
+    _settle(rig, 1.0)
+    captured = [c for c in rig.captured(sniffer) if _head(c) is not None]
+    report.details["frames_captured"] = len(captured)
+    report.check("commands captured", any(_head(c)[0] == Kind.COMMAND for c in captured))  # type: ignore[index]
+    return captured
+
+
+def _commands_run(rig: Rig) -> dict[str, int]:
+    return {s: rig.agent_log(s).count("command arbiter-") for s in rig.servers}
+
+
+def _dropped(rig: Rig) -> dict[str, int]:
+    return dict(rig.status().get("frames_dropped") or {})
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] > before.get(k, 0)}
+
+
+REFUSED_LINE = "frames refused since start: "
+
+
+def _agent_refusals(rig: Rig) -> dict[str, dict[str, int]]:
+    """Each agent's latest running count of refused frames, from its log (the agent writes
+    one every REFUSED_LOG_EVERY_S while the counts change)."""
+    out: dict[str, dict[str, int]] = {}
+    for server in rig.servers:
+        lines = [line for line in rig.agent_log(server).splitlines() if REFUSED_LINE in line]
+        counts = lines[-1].split(REFUSED_LINE, 1)[1].split(", ") if lines else []
+        out[server] = {reason: int(n) for reason, n in (c.rsplit(" ", 1) for c in counts)}
+    return out
+
+
+def _nothing_acted_on(rig: Rig, report: Report, runs_before: dict[str, int], answered: int) -> None:
+    st = rig.status()
+    report.check("no agent answered a rogue frame", answered == 0)
+    report.check("no command run again", _commands_run(rig) == runs_before)
+    report.check("standby still primary, nobody fenced", st["primary"] == "standby" and st["phase"] == "normal"
+                 and not any(s["fenced"] for s in st["servers"]))
+    report.check("every server alive", all(s["alive"] for s in st["servers"]))
+
+
+def rogue_host(rig: Rig, report: Report) -> None:
+    """Replays captured frames, forwards each command to the wrong server, forges senders
+    (without a key, and with the master's key as a compromised master would)."""
+    rig.wait_ready()
+    captured = _capture_switchover(rig, report)
+    t0 = time.monotonic()
+    ip = {h: rig.site.ip(h) for h in [*rig.servers, "arbiter"]}
+    to_appliance = [c for c in captured if c["dst"][0] == ip["arbiter"]]
+    to_agents = [c for c in captured if c["src"][0] == ip["arbiter"]]
+    commands = [c for c in to_agents if _head(c)[0] == Kind.COMMAND]  # type: ignore[index]
+    appliance = [ip["arbiter"], to_appliance[0]["dst"][1]] if to_appliance else None
+    report.check("the appliance's port seen", appliance is not None)
+    keys = {s: derive_key(read_key(rig.key_file), s) for s in rig.servers}
+    wrong = {ip[s]: ip[next(o for o in rig.servers if o != s)] for s in rig.servers}
+    classes: dict[str, list[dict]] = {
+        "replayed to the appliance": [{"src": c["src"], "dst": c["dst"], "data": c["data"]} for c in to_appliance[-150:]],
+        "replayed to an agent": [{"src": None, "dst": c["dst"], "data": c["data"]} for c in to_agents[-150:]],
+        "command sent to the wrong server": [{"src": None, "dst": [wrong[c["dst"][0]], AGENT_PORT], "data": c["data"]}
+                                             for c in commands],
+        "master's key as the standby": [
+            {"src": [ip[src], AGENT_PORT], "dst": appliance,
+             "data": encode(Frame(Kind.REPLY, "standby", "arbiter", 2**64 - 1, i, Reply(i, True, "primary").payload()),
+                            keys["master"]).hex()} for i in range(1, 21) for src in ("master", "standby")],
+        "master's key as the appliance": [
+            {"src": None, "dst": [ip["standby"], AGENT_PORT],
+             "data": encode(Frame(kind, "arbiter", "standby", 10**6, i, payload), keys["master"]).hex()}
+            for i in range(1, 21) for kind, payload in ((Kind.POLL, {"n": i}),
+                                                        (Kind.COMMAND, {"id": f"rogue-{i}", "op": "demote", "args": {}}))],
+        "no key": [{"src": None, "dst": [ip[s], AGENT_PORT],
+                    "data": encode(Frame(Kind.POLL, "arbiter", s, 10**6, i, {"n": i}), b"rogue-guess-" * 3).hex()}
+                   for i in range(1, 21) for s in rig.servers],
+    }
+    runs_before, before = _commands_run(rig), _dropped(rig)
+    sent = rig.rogue_send([item for items in classes.values() for item in items], listen=1.5)
+    time.sleep(REFUSED_LOG_EVERY_S)
+    dropped = _delta(before, _dropped(rig))
+    refused = _agent_refusals(rig)
+    to_appliance_sent = sum(len(v) for k, v in classes.items() if k in ("replayed to the appliance",
+                                                                        "master's key as the standby"))
+    report.details.update(rogue_sent={k: len(v) for k, v in classes.items()}, rogue=sent,
+                          appliance_rejected=dropped, agents_refused=refused)
+    report.check("every frame sent to an agent refused and counted",
+                 sum(n for counts in refused.values() for n in counts.values()) >= sent["sent_own"])
+    report.check("every frame sent to the appliance rejected and counted", sum(dropped.values()) >= to_appliance_sent)
+    report.check("the forged senders refused before the MAC", dropped.get("wrong-sender", 0) >= 20)
+    _nothing_acted_on(rig, report, runs_before, sent["answered"])
+    _finish_common(rig, report, t0, False)
+
+
+def lan_flood(rig: Rig, report: Report) -> None:
+    """Well-formed frames with a wrong MAC flood the appliance's UDP port from the servers'
+    own (forged) addresses and the rogue's; the serial links keep every server alive."""
+    rig.wait_ready()
+    sniffer = rig.sniff("arbiter")
+    _settle(rig, 1.0)
+    port = next(c["dst"][1] for c in rig.captured(sniffer) if c["dst"][0] == rig.site.ip("arbiter"))
+    before = _dropped(rig)
+    t0 = time.monotonic()
+    seconds = float(os.environ.get("ARBITER_HIL_FLOOD_SECONDS", "10"))
+    flood = rig.rogue_flood(f"{rig.site.ip('arbiter')}:{port}",
+                            [f"{rig.site.ip(h)}:{AGENT_PORT}" for h in (*rig.servers, "client")], seconds)
+    samples, bad = 0, []
+    while flood.alive():
+        st = rig.status()
+        samples += 1
+        for s in st["servers"]:
+            if not s["alive"] or s["links"]["serial"]["state"] == "dead":
+                bad.append((round(time.monotonic() - t0, 2), s["name"], s["alive"], s["links"]["serial"]["state"]))
+        time.sleep(0.1)
+    figures = rig.flood_figures(flood)
+    _settle(rig, 2.0)
+    dropped = _delta(before, _dropped(rig))
+    budget = SOURCE_RATE_PER_POLL / float(rig.arbiter_config().get("timing", {}).get("interval", 0.04)) \
+        * len(rig.servers)
+    read = sum(dropped.values())
+    report.details.update(flood=figures, appliance_rejected=dropped, appliance_read_per_s=round(read / seconds),
+                          read_budget_per_s=budget, status_samples=samples, serial_or_alive_lost=bad[:20])
+    report.check("the flood ran", figures.get("sent", 0) > 1000)
+    report.check("the appliance read at most its budget of the flood; the kernel dropped the rest",
+                 read <= budget * (seconds + 2.5) and read < figures.get("sent", 0))
+    report.check("every server alive, no serial link dead, all along", samples > 0 and not bad)
+    report.check("master still primary", rig.status()["primary"] == "master")
+    _finish_common(rig, report, t0, False)
+
+
+def agent_restart_replay(rig: Rig, report: Report) -> None:
+    """The commands sent to the old master during a switchover (demote, release the IP) are
+    captured, its agent restarts (it is a standby now: a restart is no failure), and the
+    commands are played to it again, each twice: once before its first poll can have come
+    in, once after."""
+    rig.wait_ready()
+    captured = _capture_switchover(rig, report)
+    master = rig.site.ip("master")
+    commands = [c for c in captured if c["dst"][0] == master and _head(c)[0] == Kind.COMMAND]  # type: ignore[index]
+    report.check("commands to the old master captured", bool(commands))
+    t0 = time.monotonic()
+    runs_before = _commands_run(rig)
+    rig.restart_agent("master")
+    plan = [{"src": None, "dst": c["dst"], "data": c["data"]} for c in commands]
+    early = rig.rogue_send(plan, listen=0.0)  # the agent may not even listen yet: those are lost, not refused
+    rig.wait_for(lambda st: all(s["alive"] and s["links"]["lan"]["state"] == "up" for s in st["servers"]), 15.0,
+                 "agent back")
+    sent = rig.rogue_send(plan, listen=1.5)
+    sent["answered"] += early["answered"]
+    time.sleep(REFUSED_LOG_EVERY_S)
+    refused = _agent_refusals(rig)
+    report.details.update(commands_replayed=len(commands), rogue=sent, agents_refused=refused)
+    report.check("every replayed command refused and counted",
+                 sum(n for counts in refused.values() for n in counts.values()) >= len(commands))
+    _nothing_acted_on(rig, report, runs_before, sent["answered"])
+    _finish_common(rig, report, t0, False)
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("power-loss", "the master loses power under billing load (PostgreSQL, synchronous standby): "
              "fence, promote, move the IP, lose nothing; the second, asynchronous standby is never chosen",
@@ -438,6 +618,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              RigOptions(standbys=2, database=True), expect_failover=True),
     Scenario("ups-drain", "the master's UPS drains to low battery: planned switchover to the standby before "
              "the master's power drops; nothing lost", ups_drain, RigOptions(database=True)),
+    Scenario("rogue-host", "a host on the LAN replays captured frames, forwards each command to the wrong server "
+             "and forges senders: nothing is acted on, every rejection counted", rogue_host),
+    Scenario("lan-flood", "the appliance's UDP port is flooded with well-formed garbage from forged server "
+             "addresses: no false failover, the serial links keep the servers alive", lan_flood),
+    Scenario("agent-restart-replay", "commands captured during a switchover are played again to the restarted "
+             "agents: refused", agent_restart_replay),
 )}
 
 

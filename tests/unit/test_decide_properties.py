@@ -14,6 +14,7 @@ HYPOTHESIS_PROFILE=ci draws the same walks every run (tests/conftest.py).
 """
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -139,3 +140,21 @@ def _result(action_id: str, outcome: str) -> ActionResult:
 TestDecideMachine = DecideMachine.TestCase
 TestDecideMachine.settings = settings(max_examples=2000, stateful_step_count=20, deadline=None,
                                       suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_the_checks_catch_a_promote_without_its_confirmation():
+    """The invariants above can fail: a promote with no confirmed fence, one under fencing =
+    none without the standby's word, and a second target in one operation are all caught."""
+    for name, confirmed in (("relay", set()), ("no-fence", {("Fence", "master")})):
+        machine = DecideMachine()
+        machine.start(name)
+        machine.confirmed = confirmed
+        after = State(phase=Phase.PROMOTING, old="master", target="standby", operation="failover")
+        with pytest.raises(AssertionError, match="promote standby"):
+            machine._check_promote(after, "standby")
+    machine = DecideMachine()
+    machine.start("relay")
+    machine.confirmed = {("Fence", "master")}
+    machine._check_promote(after, "standby")
+    with pytest.raises(AssertionError, match="two promote targets"):
+        machine._check_promote(after, "standby2")

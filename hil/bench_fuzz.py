@@ -82,9 +82,9 @@ class Fuzzer:
                    Kind.COMMAND: lambda: {"id": "arbiter-1-1", "op": "promote", "args": {}},
                    Kind.REPLY: lambda: Reply(self.rnd.getrandbits(64), True, "primary").payload(),
                    Kind.ACK: lambda: Ack("arbiter-1-1", True, True, "ok").payload()}[kind]()
+        own_repl = payload.get("repl")  # built here; a dict from the pool must never be written into
         for _ in range(self.rnd.choice((0, 0, 1, 2, 3))):
-            repl = payload.get("repl")
-            target = repl if isinstance(repl, dict) and self.rnd.random() < 0.3 else payload
+            target = own_repl if own_repl is payload.get("repl") and own_repl and self.rnd.random() < 0.3 else payload
             target[self.rnd.choice(FIELDS)] = self.rnd.choice(self.values)
         to = "master" if sender == "arbiter" else "arbiter"
         try:

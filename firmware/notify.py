@@ -326,9 +326,10 @@ class HookSink:
 
     QUEUE = 100
 
-    def __init__(self, command: list[str], timeout: float = 10.0) -> None:
+    def __init__(self, command: list[str], timeout: float = 10.0, env: dict[str, str] | None = None) -> None:
         self.command = command
         self.timeout = timeout
+        self.env = env or {}
         self.queue: queue.Queue[Alert | None] = queue.Queue(self.QUEUE)
         self.thread = threading.Thread(target=self._run, name="alert-hook", daemon=True)
         self.thread.start()
@@ -345,7 +346,7 @@ class HookSink:
 
     def _run_one(self, alert: Alert) -> None:
         try:
-            done = subprocess.run(self.command, env={**os.environ, **hook_env(alert)}, timeout=self.timeout,
+            done = subprocess.run(self.command, env={**os.environ, **self.env, **hook_env(alert)}, timeout=self.timeout,
                                   stdin=subprocess.DEVNULL, capture_output=True, check=False)
         except subprocess.TimeoutExpired:
             log.error("alerts.hook %s: killed after %gs on #%d %s", self.command[0], self.timeout,
@@ -369,7 +370,8 @@ class HookSink:
 def hook_env(alert: Alert) -> dict[str, str]:
     return {"ARBITER_EVENT": alert.event, "ARBITER_SEVERITY": alert.severity.name,
             "ARBITER_SERVER": alert.server, "ARBITER_CHANNEL": alert.channel,
-            "ARBITER_TEXT": alert.text, "ARBITER_SEQ": str(alert.seq)}
+            "ARBITER_TEXT": alert.text, "ARBITER_SEQ": str(alert.seq),
+            "ARBITER_EVENT_NUMBER": str(event_type(alert.event).number)}
 
 
 class Journal(Protocol):

@@ -32,6 +32,8 @@ from typing import Any
 
 from firmware import add_version, logs
 from firmware.config import Fencing, read_key
+from firmware.events import Severity, event_type
+from firmware.notify import Alert, HookSink
 from firmware.config import load as load_site
 from firmware.errors import ActionError, ArbiterError, ConfigError, ProtocolError
 from firmware.links import RateLimit, ReadBudget, SerialPort
@@ -53,6 +55,23 @@ WARN_EVERY_S = 60.0
 REFUSED_LOG_EVERY_S = 5.0
 
 Send = Callable[[bytes], None]
+
+
+class Watched:
+    """Whether the appliance still watches this server: ``agent-unobserved`` once no valid poll
+    from it has arrived for ``after`` seconds, ``agent-observed`` once polls come back."""
+
+    def __init__(self, after: float, now: float) -> None:
+        self.after = after
+        self.polled = now  # start-up counts as a poll: the appliance gets ``after`` to find us
+        self.raised = False
+
+    def check(self, now: float) -> str | None:
+        silent = now - self.polled >= self.after
+        if silent != self.raised:
+            self.raised = silent
+            return "agent-unobserved" if silent else "agent-observed"
+        return None
 
 
 class Agent:
@@ -96,6 +115,9 @@ class Agent:
         self.sock.settimeout(0.2)
         self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None) if a.serial else None
         self._last_link: dict[str, Any] = {}
+        self.watched = Watched(a.unobserved_after, time.monotonic())
+        self.alert_hook = HookSink(shlex.split(a.alert_hook), env={"ARBITER_ENTERPRISE": a.enterprise_oid}) \
+            if a.alert_hook else None
         with self.lock:
             self._save_state()  # the boot id is spent: the next start must use a higher one
 
@@ -110,6 +132,8 @@ class Agent:
             threads.append(self._ping_loop)
         if self.cfg.agent.isolation_timeout:
             threads.append(self._isolation_loop)
+        if self.cfg.agent.unobserved_after:
+            threads.append(self._watched_loop)
         for target in threads:
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
         log.info("%s: answering on udp %s:%d%s", self.cfg.agent.name, self.cfg.agent.listen, self.cfg.agent.port,
@@ -124,6 +148,8 @@ class Agent:
         self.sock.close()
         if self.vip is not None:
             self.vip.close()
+        if self.alert_hook is not None:
+            self.alert_hook.close()
 
     # ------------------------------------------------------------------ background readers
 
@@ -151,6 +177,25 @@ class Agent:
         if counts != self._refused:
             self._refused, self._refused_at = counts, now
             log.warning("frames refused since start: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+    def _watched_loop(self) -> None:
+        step = min(0.1, self.cfg.agent.unobserved_after / 10)
+        while not self.stop.wait(step):
+            event = self.watched.check(time.monotonic())
+            if event is not None:
+                self.alert(event)
+
+    def alert(self, event: str) -> None:
+        """The agent's own alert: the log, and the alert hook (a trap to the manager) if set."""
+        etype = event_type(event)
+        text = f"{self.cfg.agent.name}: {etype.text}" + (
+            f" (agent.unobserved_after = {self.cfg.agent.unobserved_after:g} s)" if event == "agent-unobserved" else "")
+        log.log(logging.ERROR if etype.severity >= Severity.MAJOR else logging.INFO, "%s", text)
+        if self.alert_hook is not None:
+            try:
+                self.alert_hook.send(Alert(0, event, etype.severity, self.cfg.agent.name, "", text, time.time()))
+            except RuntimeError as exc:
+                log.error("alert hook: %s", exc)
 
     def _health_loop(self) -> None:
         while not self.stop.wait(self.cfg.agent.health_interval):
@@ -307,6 +352,7 @@ class Agent:
                 nonce = poll_nonce(frame.payload)
                 if frame.sender == self.cfg.agent.arbiter:
                     self._appliance_poll = (frame.boot_id, time.monotonic())
+                    self.watched.polled = self._appliance_poll[1]
                 reply(self._make(Kind.REPLY, frame.sender, self._report(nonce).payload()))
             elif frame.kind is Kind.REPLY:
                 self._peer_reply(Reply.parse(frame.payload))

@@ -35,6 +35,16 @@ class AgentSection:
     peer_dead_time: float = setting(0.2, lo=0.02, hi=120.0, unit="s",
                                     doc="no reply from the primary's agent this long: it is not heard")
     command_timeout: float = setting(60.0, lo=0.1, hi=3600.0, unit="s", doc="longest run of a hook")
+    unobserved_after: float = setting(10.0, lo=0.0, hi=3600.0, unit="s",
+                                      doc="no valid poll from the appliance for this long: raise agent-unobserved"
+                                          " (the appliance is dead, hung or cut off: nobody watches this server);"
+                                          " agent-observed when polls come back (0: never)")
+    alert_hook: str = setting("", doc="command run for the agent's own alerts, with ARBITER_EVENT, ARBITER_SEVERITY,"
+                                      " ARBITER_SERVER, ARBITER_TEXT, ARBITER_EVENT_NUMBER and ARBITER_ENTERPRISE in"
+                                      " its environment (e.g. snmptrap to the manager); empty: the log only")
+    enterprise_oid: str = setting("1.3.6.1.4.1.64400", pattern=r"^1\.3\.6\.1\.4\.1\.\d+$",
+                                  doc="the site's enterprise arc, as alerts.enterprise_oid on the appliance: the"
+                                      " alert hook's trap OID is ARBITER_ENTERPRISE.0.ARBITER_EVENT_NUMBER")
     isolation_timeout: float = setting(0.0, lo=0.0, hi=600.0, unit="s",
                                        doc="a primary that has heard neither the appliance (any channel) nor any"
                                            " peer for this long stops its database (self-fencing; 0: never)."

@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     po = sub.add_parser("power-on", help="close a fenced server's power relay; it rejoins as a standby")
     po.add_argument("server")
     po.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rb = sub.add_parser("rebuild", help="copy a standby afresh from the primary (pg_basebackup), when it cannot"
+                                        " rejoin; it becomes synchronous again once caught up")
+    rb.add_argument("server")
+    rb.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return p
 
 
@@ -224,6 +228,10 @@ def command_of(args: argparse.Namespace) -> Command | None:
         return Command(name, on=args.state == "on", sudo_user=sudo_user())
     if name is Name.POWER_ON:
         ok = _confirm(f"Restore power to {args.server}? It was fenced; it will rejoin as a standby.", args.yes)
+        return Command(name, server=args.server, sudo_user=sudo_user()) if ok else None
+    if name is Name.REBUILD:
+        ok = _confirm(f"Rebuild {args.server}? Its database is set aside and copied afresh from the primary.",
+                      args.yes)
         return Command(name, server=args.server, sudo_user=sudo_user()) if ok else None
     return Command(name, sudo_user=sudo_user())
 

@@ -29,11 +29,12 @@ class Name(str, enum.Enum):
     MAINTENANCE = "maintenance"
     ACK = "ack"
     POWER_ON = "power-on"
+    REBUILD = "rebuild"
 
 
 # Orders go through decide, which accepts or refuses each one.
 ORDERS = {Name.SWITCHOVER: RequestKind.SWITCHOVER, Name.FAILOVER: RequestKind.FAILOVER,
-          Name.POWER_ON: RequestKind.POWER_ON}
+          Name.POWER_ON: RequestKind.POWER_ON, Name.REBUILD: RequestKind.REBUILD}
 
 
 class BadCommand(ArbiterError):
@@ -43,7 +44,7 @@ class BadCommand(ArbiterError):
 @dataclass(frozen=True)
 class Command:
     name: Name
-    server: str | None = None  # switchover --to, failover --to, power-on SERVER
+    server: str | None = None  # switchover --to, failover --to, power-on SERVER, rebuild SERVER
     force: bool = False  # failover --force
     on: bool = False  # maintenance on/off
     n: int = 20  # events -n, history -n

@@ -144,6 +144,8 @@ class Timing:
                                       doc="the longest a hung decision loop may go unnoticed: arbiterd's "
                                           "WatchdogSec must not exceed it (checked at start-up; the hardware "
                                           "watchdog, bcm2835_wdt, allows 15 s at most)")
+    rebuild_timeout: float = setting(3600.0, lo=10.0, hi=86400.0, unit="s",
+                                     doc="a standby's rebuild (a full copy of the primary) must end within this")
     self_fence_wait: float = setting(10.0, lo=0.5, hi=600.0, safety=True, unit="s",
                                      doc="policy.fencing = none: a dead primary is replaced only once it has been"
                                          " silent this long, the time its agent has to fence itself; it must exceed"

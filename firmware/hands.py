@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from firmware.config import Config, FenceMode
 from firmware.errors import ActionError, SplitBrainSuspected
 from firmware.executor import Handler, wait_for
-from firmware.model import (Backup, Demote, Fence, HoldFence, Notify, PowerOn, Promote,
-                            Rejoin, ReleaseIp, SetStatus, Shutdown, TakeIp, VerifyIp)
+from firmware.model import (Backup, DegradeSync, Demote, Fence, HoldFence, Notify, PowerOn, Promote,
+                            Rebuild, Rejoin, ReleaseIp, RestoreSync, SetStatus, Shutdown, TakeIp, VerifyIp)
 
 
 class Relay(Protocol):
@@ -48,10 +48,11 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
                   arp_probe: ArpProbe, cut_outlet: OutletCut | None = None) -> dict[type, Handler]:
     t = cfg.timing
 
-    def command(server: str, op: str, args: dict[str, Any] | None = None) -> str:
+    def command(server: str, op: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> str:
         cmd_id = agents.send_command(server, op, args or {})
-        ok, detail = wait_for(lambda: agents.command_result(cmd_id), t.action_timeout,
-                              f"{op} on {server} (timing.action_timeout)")  # type: ignore[misc]
+        bound = "timing.action_timeout" if timeout is None else "timing.rebuild_timeout"
+        ok, detail = wait_for(lambda: agents.command_result(cmd_id), timeout or t.action_timeout,
+                              f"{op} on {server} ({bound})")  # type: ignore[misc]
         if not ok:
             raise ActionError(f"{op} on {server} refused: {detail}")
         return detail or f"{op} done"
@@ -121,4 +122,7 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
         Backup: lambda a: command(a.server, "backup"),
         Shutdown: lambda a: command(a.server, "shutdown"),
         Rejoin: lambda a: command(a.server, "rejoin", {"primary": a.primary}),
+        DegradeSync: lambda a: command(a.server, "sync_degrade"),
+        RestoreSync: lambda a: command(a.server, "sync_restore", {"standbys": list(a.standbys)}),
+        Rebuild: lambda a: command(a.server, "rebuild", {"primary": a.primary}, t.rebuild_timeout),
     }

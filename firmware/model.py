@@ -104,6 +104,7 @@ class RequestKind(str, enum.Enum):
     MAINTENANCE_OFF = "maintenance-off"
     ACK = "ack"
     POWER_ON = "power-on"
+    REBUILD = "rebuild"
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,29 @@ class Demote(Action):
 @dataclass(frozen=True)
 class Rejoin(Action):
     """Have a returning old primary rejoin as a standby of ``primary``."""
+
+    server: str
+    primary: str
+
+
+@dataclass(frozen=True)
+class DegradeSync(Action):
+    """policy.sync_loss = degrade: the primary stops waiting for the synchronous standby it lost."""
+
+    server: str
+
+
+@dataclass(frozen=True)
+class RestoreSync(Action):
+    """The primary names ``standbys`` synchronous again (they have caught up)."""
+
+    server: str
+    standbys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rebuild(Action):
+    """Make ``server`` a fresh copy of ``primary`` and its standby (when rejoin cannot)."""
 
     server: str
     primary: str

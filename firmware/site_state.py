@@ -56,6 +56,8 @@ class CondKind(enum.StrEnum):
     SPLIT = "split"  # a server other than the primary claims the primary role
     OPERATOR_NEEDED = "operator-needed"
     LATE = "late"  # a reply later than warn time: a log warning only, no alert, no LED
+    COMMITS_BLOCKED = "commits-blocked"  # policy.sync_loss = block: the primary's commits wait
+    DURABILITY_REDUCED = "durability-reduced"  # policy.sync_loss = degrade acted: one copy fewer
 
 
 @dataclass(frozen=True, order=True)
@@ -142,6 +144,12 @@ class State:
     alerts: tuple[SavedAlert, ...] = ()
     failovers: int = 0
     reason: str = ""
+    # continuity (firmware.decide.continuity): losing and regaining the synchronous standby, rebuilds
+    sync_seen: str = ""  # the primary last seen with a synchronous standby: only a loss after that counts
+    sync_lost_since: float | None = None  # monotonic time it was first seen without one
+    degraded: tuple[str, ...] = ()  # standbys it stopped waiting for: no automatic failover meanwhile
+    resync: tuple[str, ...] = ()  # standbys to name synchronous again once they have caught up
+    pending: tuple[tuple[str, str, str, float], ...] = ()  # (action id, what, server, issued at) of tracked actions
 
     def to_dict(self) -> dict[str, Any]:
         return encode(self)
@@ -166,7 +174,9 @@ class State:
         A running hold-down restarts in full, the safe direction: it only delays automatics.
         """
         hold = None if self.hold_down_until is None else now + hold_down
-        return dataclasses.replace(self, since=now, hold_down_until=hold)
+        lost = None if self.sync_lost_since is None else now
+        pending = tuple((i, w, s, now) for i, w, s, _ in self.pending)
+        return dataclasses.replace(self, since=now, hold_down_until=hold, sync_lost_since=lost, pending=pending)
 
 
 def _upgraded(data: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 from firmware.config import Config
+from firmware.decide.continuity import results
 from firmware.decide.operations import resume
 from firmware.decide.phases import PHASES, status_led
 from firmware.decide.requests import take_requests
@@ -40,6 +41,7 @@ def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision
     resume(step, unsent)
     take_requests(step)
     watch(step)
+    results(step)
     PHASES[step.state.phase](step)
     status_led(step)
     reason = "; ".join(step.reasons) or step.state.reason

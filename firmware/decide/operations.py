@@ -76,7 +76,8 @@ def _outcome(step: Step) -> tuple[bool, str] | None:
 def _phase_timeout(phase: Phase, cfg: Config) -> float:
     t = cfg.timing
     margin = 1.0  # the executor times out first; this guards against a lost result
-    return {Phase.FENCING: t.fence_timeout, Phase.VERIFYING: t.verify_timeout}.get(
+    levels = 2 if any(s.fence_ups_command for s in cfg.servers) else 1  # level 2 has its own fence_timeout
+    return {Phase.FENCING: levels * t.fence_timeout, Phase.VERIFYING: t.verify_timeout}.get(
         phase, t.action_timeout) + margin
 
 

@@ -2,6 +2,7 @@
 table from each phase to its handler."""
 from __future__ import annotations
 
+from firmware.decide.continuity import degraded_blocks, sync_loss
 from firmware.decide.eligibility import candidates, standby_objects, why_not_eligible
 from firmware.decide.operations import (demoting, fencing, promoting, start_failover,
                                         start_switchover, syncing, taking_ip, verifying)
@@ -46,6 +47,7 @@ def _normal(step: Step) -> None:
     elif primary.alive:
         drop_condition(step, Condition(CondKind.OPERATOR_NEEDED))
         _ups_policy(step)
+        sync_loss(step)
 
 
 def _rogue_primaries(step: Step) -> None:
@@ -85,6 +87,8 @@ def _failover_blocked(step: Step) -> str:
         return step.held()
     if not step.cfg.policy.auto_failover:
         return "policy.auto_failover = false"
+    if degraded_blocks(step):
+        return degraded_blocks(step)
     if s.hold_down_until is not None and step.now < s.hold_down_until:
         return f"hold-down for {s.hold_down_until - step.now:.0f} s more (timing.hold_down)"
     return ""

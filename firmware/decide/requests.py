@@ -1,6 +1,7 @@
 """Operator requests: maintenance, power-on, switchover and manual failover."""
 from __future__ import annotations
 
+from firmware.decide.continuity import request_rebuild
 from firmware.decide.eligibility import candidates, why_not_eligible
 from firmware.decide.operations import start_failover, start_switchover
 from firmware.decide.step import Step, with_, without
@@ -35,6 +36,8 @@ def _request(step: Step, req: Request) -> None:
             step.why("operator resumed automatic operation after a halt")
     elif req.kind is RequestKind.POWER_ON:
         _power_on(step, req.server or "")
+    elif req.kind is RequestKind.REBUILD:
+        request_rebuild(step, req.server or "")
     elif req.kind in (RequestKind.SWITCHOVER, RequestKind.FAILOVER):
         _operation_request(step, req.kind, req.server, req.force)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from firmware.config import OldPrimary
+from firmware.decide.continuity import track
 from firmware.decide.eligibility import candidates, lag_ok
 from firmware.decide.step import Step, with_, without
 from firmware.model import LinkState, Rejoin, Role, UpsObs
@@ -122,7 +123,7 @@ def _returning(step: Step) -> None:
             step.update(returned=with_(step.state.returned, name))
             step.notify("old-primary-returned", name)
             if step.cfg.policy.old_primary is OldPrimary.REJOIN_AS_STANDBY and s.primary and not step.held():
-                step.act(Rejoin(name, s.primary))
+                track(step, Rejoin(name, s.primary), name)
                 step.update(fenced=without(step.state.fenced, name))
                 step.why(f"{name}: old primary back; told to rejoin as a standby of {s.primary}")
             else:
@@ -130,6 +131,6 @@ def _returning(step: Step) -> None:
     for name in s.rejoining:
         srv = step.obs.server(name)
         if srv.alive and s.primary and srv.report is not None:
-            step.act(Rejoin(name, s.primary))
+            track(step, Rejoin(name, s.primary), name)
             step.update(rejoining=without(step.state.rejoining, name))
             step.why(f"{name}: back after power-on; rejoining as a standby of {s.primary}")

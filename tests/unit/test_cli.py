@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from firmware.model import RequestKind
 from firmware.cli import follow, main, render_status
 from firmware.commands import BadCommand, Command, Name, peer_loginuid
 from firmware.control import ControlServer, NotRunning, request
@@ -128,6 +129,14 @@ def test_maintenance_and_power_on_send_their_requests(daemon, monkeypatch):
     assert main(["--socket", sock, "power-on", "master", "--yes"]) == 0
     assert [Command.from_wire(r) for r in seen[-2:]] == [Command(Name.MAINTENANCE, on=True),
                                                          Command(Name.POWER_ON, "master")]
+
+
+def test_rebuild_is_an_order_for_decide(daemon, monkeypatch):
+    sock, seen = daemon
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    assert main(["--socket", sock, "rebuild", "standby", "--yes"]) == 0
+    sent = Command.from_wire(seen[-1])
+    assert sent == Command(Name.REBUILD, "standby") and sent.request_kind() is RequestKind.REBUILD
 
 
 def test_other_uid_is_refused(tmp_path):

@@ -122,7 +122,7 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
         Backup: lambda a: command(a.server, "backup"),
         Shutdown: lambda a: command(a.server, "shutdown"),
         Rejoin: lambda a: command(a.server, "rejoin", {"primary": a.primary}),
-        DegradeSync: lambda a: command(a.server, "sync_degrade"),
+        DegradeSync: lambda a: command(a.server, "sync_degrade", {"lost": list(a.lost)}),
         RestoreSync: lambda a: command(a.server, "sync_restore", {"standbys": list(a.standbys)}),
         Rebuild: lambda a: command(a.server, "rebuild", {"primary": a.primary}, t.rebuild_timeout),
     }

@@ -215,9 +215,10 @@ class Rejoin(Action):
 
 @dataclass(frozen=True)
 class DegradeSync(Action):
-    """policy.sync_loss = degrade: the primary stops waiting for the synchronous standby it lost."""
+    """policy.sync_loss = degrade: the primary stops waiting for the synchronous standbys it lost."""
 
     server: str
+    lost: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -465,7 +465,7 @@ class Agent:
         elif op == "sync_restore":
             return self.adapter.sync_restore([str(s) for s in args.get("standbys", [])])
         elif op == "sync_degrade":
-            return self.adapter.sync_degrade()
+            return self.adapter.sync_degrade([str(s) for s in args.get("lost", [])])
         else:
             getattr(self.adapter, op)()
         return None

@@ -21,7 +21,7 @@ Anchors: Patroni's ``synchronous_mode`` (degrade) against ``synchronous_mode_str
 """
 from __future__ import annotations
 
-from firmware.config import SyncLoss
+from firmware.config import Fencing, SyncLoss
 from firmware.decide.step import Step, drop_condition, with_
 from firmware.model import Action, DegradeSync, Rebuild, Rejoin, RestoreSync, Role, ServerObs
 from firmware.site_state import CondKind, Condition
@@ -39,7 +39,7 @@ def sync_loss(step: Step) -> None:
     report = step.obs.server(s.primary or "").report
     if report is None or report.role is not Role.PRIMARY or report.repl.in_sync is None:
         return  # unknown is no news (rule 10): neither a loss nor a recovery
-    if report.repl.in_sync:
+    if report.repl.in_sync and not _dead_sync_standbys(step):
         _in_sync(step)
     elif s.sync_seen == s.primary and not s.degraded:
         _out_of_sync(step)
@@ -78,9 +78,16 @@ def _out_of_sync(step: Step) -> None:
             " (policy.sync_loss = degrade); no automatic failover until it is synchronous again")
     step.update(degraded=tuple(lost), resync=tuple(sorted(set(s.resync) | set(lost))),
                 conditions=tuple(sorted(set(s.conditions) | {_REDUCED})))
-    track(step, DegradeSync(s.primary or ""), s.primary or "")
+    track(step, DegradeSync(s.primary or "", tuple(lost)), s.primary or "")
     step.notify("durability-reduced", s.primary or "", text=text)
     step.why(f"{s.primary}: {text}")
+
+
+def _dead_sync_standbys(step: Step) -> list[str]:
+    """Standbys silent on every link whose last report said they were synchronous: the primary's
+    commits wait for them already, though its sender notices only after wal_sender_timeout."""
+    return [x.name for x in step.obs.servers if x.name != step.state.primary and x.alive is False
+            and x.name not in step.state.fenced and x.report is not None and x.report.repl.in_sync]
 
 
 def _lost_standbys(step: Step) -> list[str]:
@@ -113,6 +120,22 @@ def degraded_blocks(step: Step) -> str:
         return ""
     return (f"durability reduced ({', '.join(step.state.degraded)} not synchronous since policy.sync_loss ="
             " degrade acted): a standby may miss acknowledged commits")
+
+
+def self_fence_pending(step: Step) -> str:
+    """policy.fencing = none: the dead primary is replaced only once it has been silent for
+    timing.self_fence_wait, by when its agent has stopped its database (arbiter-agent
+    check-config --site holds the agents to that); empty once it has."""
+    if step.cfg.policy.fencing is not Fencing.NONE:
+        return ""
+    primary = step.obs.server(step.state.primary or "")
+    seen = [link.last_seen for link in primary.links if link.last_seen is not None]
+    silent = step.now - max(seen) if seen else None
+    wait = step.cfg.timing.self_fence_wait
+    if silent is not None and silent < wait:
+        return (f"primary {primary.name} silent on every link for {silent:.1f} s; waiting until"
+                f" timing.self_fence_wait = {wait:g} s, by when an isolated primary has stopped its database")
+    return ""
 
 
 def request_rebuild(step: Step, server: str) -> None:

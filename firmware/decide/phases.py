@@ -2,7 +2,7 @@
 table from each phase to its handler."""
 from __future__ import annotations
 
-from firmware.decide.continuity import degraded_blocks, sync_loss
+from firmware.decide.continuity import degraded_blocks, self_fence_pending, sync_loss
 from firmware.decide.eligibility import candidates, standby_objects, why_not_eligible
 from firmware.decide.operations import (demoting, fencing, promoting, start_failover,
                                         start_switchover, syncing, taking_ip, verifying)
@@ -74,6 +74,10 @@ def _primary_dead(step: Step) -> None:
     objection = standby_objects(step.obs.server(targets[0]), step.cfg)
     if objection:
         step.why(f"primary {s.primary} silent on every link, but {objection}; no failover")
+        return
+    waiting = self_fence_pending(step)
+    if waiting:
+        step.why(waiting)
         return
     if blocked:
         _wait_operator(step, f"primary {s.primary} is dead; would fail over to {targets[0]}, but {blocked}")

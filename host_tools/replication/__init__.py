@@ -49,9 +49,9 @@ class Adapter(Protocol):
 
     def rejoin(self, primary: str) -> None: ...
 
-    def sync_degrade(self) -> str:
-        """On a primary that lost its synchronous standby: stop waiting for it (name another
-        standby that is in sync, or none); the new setting in words."""
+    def sync_degrade(self, lost: list[str]) -> str:
+        """On a primary that lost its synchronous standbys ``lost``: stop waiting for them (name
+        another standby that is in sync, or none); the new setting in words."""
 
     def sync_restore(self, standbys: list[str]) -> str:
         """On a primary: name ``standbys`` synchronous again, beside those still named."""

@@ -18,7 +18,7 @@ Contract:
   gets the new primary's name in ARBITER_PRIMARY. A non-zero exit fails the action with
   the command's stderr.
 * ``sync_degrade`` (policy.sync_loss = degrade, run on the primary): the primary stops waiting
-  for the synchronous standby it lost: it names another standby that holds every commit, or
+  for the synchronous standbys named in ARBITER_LOST (comma separated): it names another standby that holds every commit, or
   none (Data Guard: the protection mode drops from maximum protection or availability to
   maximum performance). ``sync_restore``: the standbys named in ARBITER_STANDBYS (comma
   separated) are synchronous again. Both exit 0 once the primary acts on the new setting;
@@ -122,8 +122,8 @@ class CommandAdapter:
     def rejoin(self, primary: str) -> None:
         self._act(self.rejoin_cmd, "rejoin", {"ARBITER_PRIMARY": primary})
 
-    def sync_degrade(self) -> str:
-        return self._act(self.sync_degrade_cmd, "sync_degrade")
+    def sync_degrade(self, lost: list[str]) -> str:
+        return self._act(self.sync_degrade_cmd, "sync_degrade", {"ARBITER_LOST": ",".join(lost)})
 
     def sync_restore(self, standbys: list[str]) -> str:
         return self._act(self.sync_restore_cmd, "sync_restore", {"ARBITER_STANDBYS": ",".join(standbys)})

@@ -196,7 +196,7 @@ class DrbdAdapter:
     def rejoin(self, primary: str) -> None:
         self._run([*shlex.split(self.drbdadm), "connect", self.resource], "drbdadm connect")
 
-    def sync_degrade(self) -> str:
+    def sync_degrade(self, lost: list[str]) -> str:
         raise ActionError("sync_degrade: not with DRBD (protocol C waits for the peer by design; a lost peer"
                           " is DRBD's own fencing policy, not the appliance's)")
 

@@ -45,8 +45,9 @@ Actions:
   primary; start.
 * rejoin(primary): stop if running, CHECKPOINT on the named primary (see ``_checkpoint``),
   ``pg_rewind`` from it, standby config with that primary first, start.
-* sync_degrade (policy.sync_loss = degrade, on the primary): the names in
-  ``synchronous_standby_names`` whose standby still streams are kept; if none does, one other
+* sync_degrade(lost) (policy.sync_loss = degrade, on the primary): the names in
+  ``synchronous_standby_names`` whose standby still streams, and is not one the appliance saw
+  die (its sender notices only after wal_sender_timeout), are kept; if none does, one other
   streaming standby with nothing left to flush is named; if there is none either, the setting
   is emptied and commits stop waiting (ALTER SYSTEM, reload). Every one kept or named must
   confirm, so no commit is acknowledged by fewer machines than the new setting says.
@@ -402,13 +403,13 @@ class PostgresAdapter:
 
     # ------------------------------------------------------------------ losing and regaining sync
 
-    def sync_degrade(self) -> str:
+    def sync_degrade(self, lost: list[str]) -> str:
         import psycopg2
         try:
             before = self._query("SHOW synchronous_standby_names")[0][0]
             rows = self._query("SELECT application_name, pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint"
                                " FROM pg_stat_replication WHERE state = 'streaming'")
-            keep = degraded_names(before, {name: lag for name, lag in rows})
+            keep = degraded_names(before, {name: lag for name, lag in rows if name not in lost})
             self._set_sync_names(keep)
         except psycopg2.Error as exc:
             raise ActionError(f"sync_degrade: postgres at {self.s.host}:{self.s.port}: {str(exc).strip()[:200]}") from exc

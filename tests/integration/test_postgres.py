@@ -242,7 +242,7 @@ def test_sync_loss_degrade_names_a_caught_up_standby_then_restore(make_cluster) 
     waiting = _insert_in_background(cluster, "n1", "during-loss")
     waiting.join(1.0)
     assert waiting.is_alive(), "a commit must wait while its synchronous standby is gone"
-    detail = ad["n1"].sync_degrade()
+    detail = ad["n1"].sync_degrade(["n2"])
     assert detail == "synchronous_standby_names '\"n2\"' -> '\"n3\"'"
     waiting.join(5.0)
     assert not waiting.is_alive(), "the caught-up n3 now confirms the commit"
@@ -263,7 +263,7 @@ def test_sync_loss_degrade_with_no_standby_left_stops_waiting(make_cluster) -> N
     waiting = _insert_in_background(cluster, "n1", "alone")
     waiting.join(1.0)
     assert waiting.is_alive()
-    assert ad["n1"].sync_degrade() == "synchronous_standby_names '\"n2\"' -> ''"
+    assert ad["n1"].sync_degrade(["n2"]) == "synchronous_standby_names '\"n2\"' -> ''"
     waiting.join(5.0)
     assert not waiting.is_alive()
     assert ad["n1"].status().in_sync is False

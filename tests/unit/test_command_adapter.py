@@ -74,12 +74,12 @@ def test_actions_run_their_commands_with_the_primary_named(tmp_path: Path) -> No
 
 def test_sync_loss_operations_run_on_the_primary_and_report_their_last_line(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    act = _script(tmp_path / "act", f'echo "$1 ${{ARBITER_STANDBYS:-}}" >> {log}\necho working\necho "$1 done"\n')
+    act = _script(tmp_path / "act", f'echo "$1 ${{ARBITER_STANDBYS:-}}${{ARBITER_LOST:-}}" >> {log}\necho working\necho "$1 done"\n')
     adapter = make_adapter({"adapter": "command", "status": "true", "sync_degrade": f"{act} degrade",
                             "sync_restore": f"{act} restore", "timeout": 5})
-    assert adapter.sync_degrade() == "degrade done"
+    assert adapter.sync_degrade(["standby"]) == "degrade done"
     assert adapter.sync_restore(["standby", "standby2"]) == "restore done"
-    assert log.read_text().splitlines() == ["degrade ", "restore standby,standby2"]
+    assert log.read_text().splitlines() == ["degrade standby", "restore standby,standby2"]
     with pytest.raises(ActionError, match="replication.self_fence is not configured"):
         adapter.self_fence(1.0)
     with pytest.raises(ConfigError, match=r"replication.sync_degrade = 3: must be a command"):

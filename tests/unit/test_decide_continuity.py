@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from firmware.decide import decide
-from firmware.model import (DegradeSync, Fence, Notify, Rebuild, Rejoin, Request, RequestKind, RestoreSync,
+from firmware.model import (Channel, DegradeSync, Fence, LinkObs, LinkState, Notify, Rebuild, Rejoin, Request,
+                            RequestKind, RestoreSync, ServerObs,
                             Role, SetStatus)
 from firmware.site_state import CondKind, Condition, Phase, State
 from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
@@ -49,7 +50,7 @@ def degraded(cfg=DEGRADE):
 
 def test_degrade_after_the_grace_orders_the_primary_and_says_durability_is_reduced():
     st, actions, reason = degraded()
-    assert [type(a) for a in acting(actions)] == [DegradeSync] and acting(actions)[0].server == "master"
+    assert acting(actions) == [DegradeSync("master", ("standby",), ref=acting(actions)[0].ref)]
     assert events(actions) == ["durability-reduced"]
     assert st.degraded == ("standby",) and Condition(CondKind.DURABILITY_REDUCED) in st.conditions
     assert ("standby lost for 2.1 s; master stops waiting for it (policy.sync_loss = degrade); no automatic"
@@ -188,3 +189,26 @@ def test_a_level_2_fence_gets_two_fence_timeouts_before_the_phase_gives_up():
     assert st.phase is Phase.FENCING  # one level's 2 s + 1 s margin would have given up
     st, _, reason = step(st, obs(dead("master"), server("standby")), 105.5, cfg)
     assert st.phase is Phase.HALTED and "no result within 5.0 s" in reason
+
+
+def test_a_silent_standby_that_was_synchronous_is_a_loss_before_the_primary_notices():
+    """The primary's sender keeps listing a dead standby until wal_sender_timeout; its commits wait already."""
+    gone = dead("standby", report(Role.STANDBY, in_sync=True, peer=True))
+    st, _, _ = step(SYNCED, obs(master(True), gone), 100.0)
+    assert st.sync_lost_since == 100.0
+    st, actions, _ = step(st, obs(master(True), gone), 102.5)
+    assert acting(actions) == [DegradeSync("master", ("standby",), ref=acting(actions)[0].ref)]
+
+
+def test_without_a_relay_the_dead_primary_is_replaced_only_after_the_self_fence_wait():
+    cfg = site_config(policy={"fencing": "none"}, timing={"self_fence_wait": 5.0})
+    st = State(phase=Phase.NORMAL, primary="master", seen_run=1, led="ok")
+    gone = ServerObs("master", (LinkObs(Channel.SERIAL, LinkState.DEAD, 100.0),
+                                LinkObs(Channel.LAN, LinkState.DEAD, 100.5)), report(Role.PRIMARY))
+    lost = server("standby", rep=report(Role.STANDBY, hears=False, peer=False))
+    st, actions, reason = step(st, obs(gone, lost), 104.0, cfg)
+    assert st.phase is Phase.NORMAL and acting(actions) == [] and "operator-needed" not in events(actions)
+    assert ("primary master silent on every link for 3.5 s; waiting until timing.self_fence_wait = 5 s, by when an"
+            " isolated primary has stopped its database") in reason
+    st, actions, _ = step(st, obs(gone, lost), 105.6, cfg)
+    assert st.phase is Phase.PROMOTING

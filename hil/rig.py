@@ -26,6 +26,7 @@ from firmware.errors import ArbiterError
 from firmware.protocol import derive_key
 from hil import toml_out
 from hil.lifecycle import Built
+from hil.nut import FENCE_USER
 from hil.site import Site
 
 log = logging.getLogger("hil")
@@ -47,6 +48,9 @@ class RigOptions:
     lagging: tuple[str, ...] = ()  # stand-in database: these standbys report a replication lag
     ping: bool = False  # a gateway host on the clients' side, probed as the ping target by all
     priorities: tuple[tuple[str, int], ...] = ()  # (server, servers[].priority) instead of the rig's own
+    agent: dict[str, Any] = field(default_factory=dict)  # [agent] overrides for every server's agent
+    fence_level2: bool = False  # every server's UPS outlet is a level 2 fence (load.off through upsd)
+    stuck_relays: tuple[str, ...] = ()  # these servers' relay contacts are welded: opening them cuts nothing
     prefix: str = "ba"
 
 
@@ -190,7 +194,7 @@ class Rig(Built):
             "agent": {"name": name, "key_file": self.agent_key(name), "arbiter": "arbiter",
                       "listen": "0.0.0.0", "port": AGENT_PORT,
                       "serial": str(self.site.serial_path(name, "server")),
-                      "state_file": str(self.workdir / f"agent-{name}-state.json")},
+                      "state_file": str(self.workdir / f"agent-{name}-state.json"), **self.opts.agent},
             "peers": peers,
             "replication": replication,
             "vip": {"address": self.site.vip, "interface": "eth0"},
@@ -218,6 +222,8 @@ class Rig(Built):
                    "priority": dict(self.opts.priorities).get(name, 100 - i)}
             if self.opts.ups:
                 srv["ups"] = f"{name}-ups@127.0.0.1:{NUT_PORT}"
+            if self.opts.fence_level2:
+                srv["fence_ups_command"] = "load.off"
             servers.append(srv)
         cfg: dict[str, Any] = {
             "site": {"name": "hil-site", "key_file": str(self.key_file),
@@ -231,6 +237,8 @@ class Rig(Built):
             "servers": servers,
             **self._ping_section(),
         }
+        if self.opts.fence_level2 and self.nut is not None:
+            cfg["fence"] = {"ups_username": FENCE_USER, "ups_password_file": str(self.nut.fence_password_file)}
         for section, values in self.opts.arbiter.items():
             cfg.setdefault(section, {}).update(values)
         return cfg
@@ -299,6 +307,7 @@ class Rig(Built):
     def _physics(self) -> None:
         """Relay outputs become power: the fence relay of server i is relay<i>."""
         relay = {name: False for name in self.servers}
+        next_outlet_look = 0.0
         while not self._stop.is_set():
             for i, name in enumerate(self.servers, start=1):
                 cut = self.gpio.output(f"relay{i}")
@@ -306,6 +315,8 @@ class Rig(Built):
                     continue
                 relay[name] = cut
                 self.events.append((time.monotonic(), "relay-cut" if cut else "relay-closed", name))
+                if name in self.opts.stuck_relays:
+                    continue  # welded contacts: the server keeps its power, the sense input says so
                 try:
                     if cut and self._powered[name]:
                         self.cut_power(name)
@@ -313,7 +324,25 @@ class Rig(Built):
                         self.restore_power(name)
                 except Exception:  # the rig's physics must go on whatever one server did
                     log.exception("rig: power change of %s failed", name)
+            if self.nut is not None and time.monotonic() >= next_outlet_look:
+                next_outlet_look = time.monotonic() + 0.02
+                self._ups_outlets()
             self._stop.wait(0.002)
+
+    def _ups_outlets(self) -> None:
+        """The UPSes' outlet relays: a load.off that upsd accepted cuts that server's power, and
+        the UPS then reads OFF (see hil.nut on why the rig plays this part, not dummy-ups)."""
+        for _user, command, ups in self.nut.new_instcmds():  # type: ignore[union-attr]
+            name = ups.removesuffix("-ups")
+            if command != "load.off" or name not in self.servers:
+                continue
+            self.events.append((time.monotonic(), "ups-outlet-off", name))
+            try:
+                if self._powered[name]:
+                    self.cut_power(name)
+                self.nut.set(ups, status="OFF")  # type: ignore[union-attr]
+            except Exception:  # the rig's physics must go on whatever one server did
+                log.exception("rig: UPS outlet of %s failed", name)
 
     def cut_power(self, name: str) -> None:
         self._powered[name] = False

@@ -627,6 +627,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
+from hil.scenarios_continuity import CONTINUITY  # noqa: E402  (it builds on the helpers above)
+
+SCENARIOS.update({s.name: s for s in CONTINUITY})
+
+
 def run_scenario(name: str, workdir: Path, options: RigOptions | None = None,
                  prepare: Callable[[Rig], None] | None = None) -> Report:
     """``prepare`` runs on the built site before the scenario (the bench limits the appliance's CPU)."""

@@ -110,7 +110,7 @@ EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}
 # the one thing the operator must know.
 UNLIMITED = frozenset(e.name for e in _TABLE if e.severity is Severity.CRITICAL) | {
     "failover-started", "failover-completed", "fence-done", "switchover-started", "switchover-completed",
-    "durability-reduced", "fence-escalated"}
+    "durability-reduced", "durability-restored", "fence-escalated", "rebuild-started", "rebuild-done"}
 
 
 def event_type(name: str) -> EventType:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from firmware.config import Fencing, SyncLoss
 from firmware.decide.step import Step, drop_condition, with_
 from firmware.model import Action, DegradeSync, Rebuild, Rejoin, RestoreSync, Role, ServerObs
-from firmware.site_state import CondKind, Condition
+from firmware.site_state import CondKind, Condition, Phase
 
 _BLOCKED = Condition(CondKind.COMMITS_BLOCKED)
 _REDUCED = Condition(CondKind.DURABILITY_REDUCED)
@@ -141,9 +141,14 @@ def self_fence_pending(step: Step) -> str:
 def request_rebuild(step: Step, server: str) -> None:
     """arbiterctl rebuild SERVER: a standby (or a returned old primary) copied afresh."""
     s = step.state
+    if server not in {x.name for x in step.obs.servers}:
+        step.refuse(f"rebuild {server or '(no server named)'}: refused, not a server of this site")
+        return
     srv = step.obs.server(server)
     if step.held(automatic=False):
         step.refuse(f"rebuild {server}: refused, {step.held(automatic=False)}")
+    elif s.phase is not Phase.NORMAL:
+        step.refuse(f"rebuild {server}: refused in phase {s.phase.value}")
     elif server == s.primary or not s.primary:
         step.refuse(f"rebuild {server}: refused, it is the primary" if s.primary else
                     f"rebuild {server}: refused, no primary to copy from")

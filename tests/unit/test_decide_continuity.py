@@ -212,3 +212,12 @@ def test_without_a_relay_the_dead_primary_is_replaced_only_after_the_self_fence_
             " isolated primary has stopped its database") in reason
     st, actions, _ = step(st, obs(gone, lost), 105.6, cfg)
     assert st.phase is Phase.PROMOTING
+
+
+def test_a_rebuild_names_a_server_of_the_site_and_waits_for_the_normal_phase():
+    servers = (master(True), server("standby"))
+    d = decide(SYNCED, obs(*servers, requests=(Request(RequestKind.REBUILD, None, id=1),)), 100.0, DEGRADE)
+    assert "rebuild (no server named): refused, not a server of this site" in d.reason and acting(d.actions) == []
+    busy = State(phase=Phase.DEMOTING, primary="master", seen_run=1, led="ok", since=100.0)
+    d = decide(busy, obs(*servers, requests=(Request(RequestKind.REBUILD, "standby", id=2),)), 100.1, DEGRADE)
+    assert "rebuild standby: refused in phase demoting" in d.reason and not any(isinstance(a, Rebuild) for a in d.actions)

@@ -17,7 +17,6 @@ from pathlib import Path
 from firmware.appliance import SOURCE_RATE_PER_POLL
 from firmware.config import read_key
 from firmware.errors import ArbiterError, ProtocolError
-from firmware.mib import notification_name
 from firmware.protocol import Frame, Kind, Reply, derive_key, encode, peek_sender
 from hil.report import Report
 from hil.rig import AGENT_PORT, Rig, RigOptions
@@ -615,33 +614,6 @@ def sync_standby_lost(rig: Rig, report: Report) -> None:
     _finish_common(rig, report, t0, False, measure_outage=True)
 
 
-def sync_standby_lost_block(rig: Rig, report: Report) -> None:
-    """block: the commits wait while the standby is away and the critical alert arrives; once
-    it is back they go on, and nothing is lost."""
-    t0 = _ready_under_load(rig)
-    rig.cut_power("standby")
-    blocked = _wait_event(rig, "commits-blocked", 15.0)
-    report.details["commits_blocked_after_s"] = round(blocked - t0, 3)
-    acked = _ledger_lines(rig)
-    time.sleep(2.0)
-    report.check("no commit acknowledged while the synchronous standby is away", _ledger_lines(rig) == acked)
-    report.check("alert commits-blocked (critical) received as a trap",
-                 notification_name("commits-blocked") in rig.alerts())
-    rig.restore_power("standby")
-    _wait_event(rig, "durability-restored", 30.0)
-    time.sleep(1.0)
-    report.check("commits go on once it is back", _ledger_lines(rig) > acked)
-    st = rig.status()
-    report.check("master still primary, no failover", st["primary"] == "master" and st["phase"] == "normal")
-    _finish_billing(rig, report)
-    _finish_common(rig, report, t0, False, measure_outage=True)
-
-
-def _ledger_lines(rig: Rig) -> int:
-    path = rig.workdir / "ledger.txt"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def sync_lost_then_master_dies(rig: Rig, report: Report) -> None:
     """Degraded, the standby boots again but cannot replicate yet (it still reads itself
     synchronous), and the master loses power: no automatic failover; nothing lost."""
@@ -714,31 +686,6 @@ def _watch_stop(rig: Rig, server: str, out: list[float], timeout: float = 30.0) 
         time.sleep(0.01)
 
 
-def rebuild(rig: Rig, report: Report) -> None:
-    """After a failover the old master's WAL is gone (pg_rewind has nothing to work from); when
-    its power is restored it is rebuilt with pg_basebackup and named synchronous again."""
-    t0 = _ready_under_load(rig)
-    rig.cut_power("master")
-    _wait_primary(rig, "standby", timeout=30.0)
-    for wal in Path(rig.pg.data("master"), "pg_wal").glob("0*"):  # type: ignore[union-attr]
-        wal.unlink()
-    ordered = time.monotonic()
-    report.check("power-on accepted", rig.command({"cmd": "power-on", "server": "master"}).get("ok"))
-    done = _wait_event(rig, "rebuild-done", 120.0)
-    report.details["rebuild_s"] = round(done - ordered, 2)
-    st = rig.wait_for(lambda s: _server(s, "master")["role"] == "standby" and _server(s, "master")["alive"]
-                      and _server(s, "standby")["repl"]["in_sync"] is True, 60.0, "master rebuilt and synchronous")
-    report.details["rebuilt_and_synchronous_s"] = round(time.monotonic() - ordered, 2)
-    events = _events(rig)
-    report.check("rejoin failed, rebuild started automatically", "rebuild-started" in events)
-    report.check("rebuilt master is a synchronous standby", _server(st, "master")["role"] == "standby")
-    report.check("pg_basebackup progress in the agent's log", "pg_basebackup: " in rig.agent_log("master"))
-    _finish_billing(rig, report)
-    _finish_common(rig, report, t0, True)
-    report.check("one failover", report.failovers == 1)
-
-
-
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("power-loss", "the master loses power under billing load (PostgreSQL, synchronous standby): "
              "fence, promote, move the IP, lose nothing; the second, asynchronous standby is never chosen",
@@ -786,9 +733,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "the master stops waiting for it; billing stalls at most grace + 1 s; nothing lost",
              sync_standby_lost,
              RigOptions(database=True, arbiter={"policy": {"sync_loss": "degrade", "sync_loss_grace": GRACE}})),
-    Scenario("sync-standby-lost-block", "the synchronous standby loses power, policy.sync_loss = block: commits "
-             "wait and commits-blocked (critical) goes out; they go on once it is back; nothing lost",
-             sync_standby_lost_block, RigOptions(database=True, arbiter={"policy": {"sync_loss_grace": GRACE}})),
     Scenario("sync-lost-then-master-dies", "degraded after losing the synchronous standby, which comes back unable to "
              "replicate; the master loses power: no automatic failover, operator-needed, nothing lost",
              sync_lost_then_master_dies,
@@ -802,9 +746,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              isolated_primary,
              RigOptions(database=True, arbiter={"policy": {"fencing": "none"}, "timing": {"self_fence_wait": 5.0}},
                         agent={"isolation_timeout": 1.5, "self_fence_timeout": 2.0}), expect_failover=True),
-    Scenario("rebuild", "the old master's WAL is lost so pg_rewind cannot help: on power-on it is rebuilt with "
-             "pg_basebackup (policy.auto_rebuild) and named synchronous again; time to rebuild reported",
-             rebuild, RigOptions(database=True, arbiter={"policy": {"auto_rebuild": True}}), expect_failover=True),
 )}
 
 

@@ -157,8 +157,9 @@ class Appliance:
             every = self.cfg.vip.audit_interval  # a reload may change it
             if every > 0 and self.cfg.vip.verify == "arp":
                 try:
+                    at = self.clock()
                     macs = arpcheck.probe(str(ipaddress.ip_interface(self.cfg.vip.address).ip), self.cfg.vip.interface)
-                    self.vip_audit = VipAudit(self.clock(), macs)
+                    self.vip_audit = VipAudit(at, macs)
                 except Exception:  # the audit must outlive a bad moment of the interface; decide sees no new audit
                     log.exception("virtual IP audit failed (vip.interface = %s)", self.cfg.vip.interface)
             self._stop.wait(max(0.05, (every or 1.0) - (time.monotonic() - started)))

@@ -137,7 +137,7 @@ class ActionResult:
 
 @dataclass(frozen=True)
 class VipAudit:
-    """Who answered ARP for the virtual IP in the appliance's latest audit, and when it ended."""
+    """Who answered ARP for the virtual IP in the appliance's latest audit, and when it began."""
 
     at: float  # monotonic
     macs: frozenset[str]

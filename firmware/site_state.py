@@ -58,6 +58,11 @@ class CondKind(enum.StrEnum):
     LATE = "late"  # a reply later than warn time: a log warning only, no alert, no LED
     COMMITS_BLOCKED = "commits-blocked"  # policy.sync_loss = block: the primary's commits wait
     DURABILITY_REDUCED = "durability-reduced"  # policy.sync_loss = degrade acted: one copy fewer
+    SERVICE_DEGRADED = "service-degraded"  # the primary's service health check fails
+    CLIENTS_UNREACHABLE = "clients-unreachable"  # the primary reaches no ping target, a standby does
+    NETWORK_DOWN = "network-down"  # no server reaches the ping targets
+    VIP_ROGUE = "vip-rogue"  # a server other than the primary holds the virtual IP
+    VIP_LOST = "vip-lost"  # nobody answers ARP for the virtual IP
 
 
 @dataclass(frozen=True, order=True)
@@ -150,6 +155,12 @@ class State:
     degraded: tuple[str, ...] = ()  # standbys it stopped waiting for: no automatic failover meanwhile
     resync: tuple[str, ...] = ()  # standbys to name synchronous again once they have caught up
     pending: tuple[tuple[str, str, str, float], ...] = ()  # (action id, what, server, issued at) of tracked actions
+    # the primary's service spells, (server, monotonic start); None while none runs
+    unhealthy: tuple[str, float] | None = None  # its health check failing
+    restoring: tuple[str, float] | None = None  # healthy again while service-degraded is raised
+    unreachable: tuple[str, float] | None = None  # it reaches no ping target while a standby does
+    vip_audit_at: float = 0.0  # start of the last ARP audit of the virtual IP that was judged
+    vip_released: tuple[tuple[str, float], ...] = ()  # rogue holders told to release it, and when
 
     def to_dict(self) -> dict[str, Any]:
         return encode(self)
@@ -176,7 +187,9 @@ class State:
         hold = None if self.hold_down_until is None else now + hold_down
         lost = None if self.sync_lost_since is None else now
         pending = tuple((i, w, s, now) for i, w, s, _ in self.pending)
-        return dataclasses.replace(self, since=now, hold_down_until=hold, sync_lost_since=lost, pending=pending)
+        return dataclasses.replace(self, since=now, hold_down_until=hold, sync_lost_since=lost, pending=pending,
+                                   unhealthy=None, restoring=None, unreachable=None, vip_audit_at=0.0,
+                                   vip_released=tuple((n, now) for n, _ in self.vip_released))
 
 
 def _upgraded(data: dict[str, Any]) -> dict[str, Any]:

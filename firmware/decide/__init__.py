@@ -12,9 +12,12 @@ The safety rules of the design, and where they live:
 5. hold-down, no failback, old primary out .... phases, watching
 6. bad safety settings stop start-up .......... firmware.config
 7. frames authenticated ....................... firmware.protocol (bad frames never get here)
+8. a primary that does not serve is failed .... service.primary_failing, service.watch_network
+9. one holder of the virtual IP, always ....... service.audit_vip
 
 The parts: ``step`` (one call's working state), ``requests`` (operator requests),
-``watching`` (events on real changes), ``eligibility`` (who may take over), ``phases``
+``watching`` (events on real changes), ``eligibility`` (who may take over), ``service``
+(a primary that answers but does not serve, the virtual IP audit), ``phases``
 (the steady phases and the phase table), ``operations`` (the steps of a failover or a
 switchover, and resuming them after a restart).
 """

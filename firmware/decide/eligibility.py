@@ -38,11 +38,20 @@ def why_not_eligible(srv: ServerObs, cfg: Config, fenced: Sequence[str], check_l
     return ""
 
 
+def why_not_candidate(srv: ServerObs, cfg: Config, fenced: Sequence[str]) -> str:
+    """Empty if the server may be chosen automatically; priority 0 never is (an operator's
+    failover --force still can choose it)."""
+    return why_not_eligible(srv, cfg, fenced) or (
+        "its priority is 0: never promoted automatically (servers[].priority)"
+        if cfg.server(srv.name).priority == 0 else "")
+
+
 def candidates(obs: Observations, cfg: Config, state: State) -> list[str]:
-    """Eligible standbys, best first: least lag, then higher priority, then name."""
+    """Standbys an automatic failover or switchover may choose, best first: in sync (or within
+    the lag limit), then least lag, then higher priority, then name; priority 0 never."""
     prio = {s.name: s.priority for s in cfg.servers}
     ok = [s for s in obs.servers
-          if s.name != state.primary and not why_not_eligible(s, cfg, state.fenced)]
+          if s.name != state.primary and not why_not_candidate(s, cfg, state.fenced)]
     ok.sort(key=lambda s: (s.report.repl.lag_bytes or 0, -prio[s.name], s.name))  # type: ignore[union-attr]
     return [s.name for s in ok]
 

@@ -29,12 +29,15 @@ def resume(step: Step, unsent: tuple[SavedAlert, ...]) -> None:
         step.why(f"resumed {s.phase.value} after a restart")
 
 
-def start_failover(step: Step, target: str, operation: str) -> None:
+def start_failover(step: Step, target: str, operation: str, cause: str = "") -> None:
+    """``cause``: why a primary that still answers is failed over (its service fails)."""
     old = step.state.primary or ""
     step.update(old=old, target=target, operation=operation, verify_tries=0)
-    step.notify("failover-started", old, text=f"{operation}: {old} -> {target}")
+    step.notify("failover-started", old, text=f"{operation}: {old} -> {target}" + (f" ({cause})" if cause else ""))
     if operation != "failover":
         step.why(f"{operation} to {target} ordered by an operator")
+    elif cause:
+        step.why(f"{operation}: {cause}; fencing it, then promoting {target}")
     elif step.cfg.policy.fencing is Fencing.NONE:
         step.why(f"{operation}: {old} silent on every link and {target} confirms losing it;"
                  f" promoting {target} (policy.fencing = 'none': no fence)")

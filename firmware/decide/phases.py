@@ -2,8 +2,10 @@
 table from each phase to its handler."""
 from __future__ import annotations
 
+from firmware.config import Fencing
 from firmware.decide.continuity import degraded_blocks, self_fence_pending, sync_loss
-from firmware.decide.eligibility import candidates, standby_objects, why_not_eligible
+from firmware.decide.eligibility import candidates, standby_objects, why_not_candidate
+from firmware.decide.service import Failing, audit_vip, primary_failing, watch_network
 from firmware.decide.operations import (demoting, fencing, promoting, start_failover,
                                         start_switchover, syncing, taking_ip, verifying)
 from firmware.decide.step import Step, drop_condition
@@ -42,12 +44,19 @@ def _normal(step: Step) -> None:
         return
     primary = step.obs.server(s.primary)
     _rogue_primaries(step)
+    watch_network(step)
     if primary.alive is False:
         _primary_dead(step)
     elif primary.alive:
-        drop_condition(step, Condition(CondKind.OPERATOR_NEEDED))
-        _ups_policy(step)
-        sync_loss(step)
+        failing = primary_failing(step, primary)
+        if failing is not None:
+            _primary_failed(step, failing)
+        else:
+            drop_condition(step, Condition(CondKind.OPERATOR_NEEDED))
+            _ups_policy(step)
+            sync_loss(step)
+        if step.state.phase is Phase.NORMAL:
+            audit_vip(step)
 
 
 def _rogue_primaries(step: Step) -> None:
@@ -66,9 +75,7 @@ def _primary_dead(step: Step) -> None:
     targets = candidates(step.obs, step.cfg, s)
     blocked = _failover_blocked(step)
     if not targets:
-        why = "; ".join(f"{x.name}: {why_not_eligible(x, step.cfg, s.fenced)}" for x in step.obs.servers
-                        if x.name != s.primary) or "no standby configured"
-        _wait_operator(step, f"primary {s.primary} is dead and no standby may take over ({why});"
+        _wait_operator(step, f"primary {s.primary} is dead and no standby may take over ({_why_none(step)});"
                              " use arbiterctl failover --force")
         return
     objection = standby_objects(step.obs.server(targets[0]), step.cfg)
@@ -83,6 +90,32 @@ def _primary_dead(step: Step) -> None:
         _wait_operator(step, f"primary {s.primary} is dead; would fail over to {targets[0]}, but {blocked}")
         return
     start_failover(step, targets[0], "failover")
+
+
+def _why_none(step: Step) -> str:
+    """Why no standby may take over automatically, each named."""
+    s = step.state
+    return "; ".join(f"{x.name}: {why_not_candidate(x, step.cfg, s.fenced)}" for x in step.obs.servers
+                     if x.name != s.primary) or "no standby configured"
+
+
+def _primary_failed(step: Step, failing: Failing) -> None:
+    """A primary that answers but does not serve: failed over as a dead one, fenced first.
+    Its host is alive, so without a fence relay there is no safe way to take its place."""
+    s = step.state
+    if not failing.targets:
+        _wait_operator(step, f"{failing.why}, and no standby that reaches the clients may take over"
+                             f" ({_why_none(step)}); use arbiterctl failover --force")
+        return
+    if step.cfg.policy.fencing is Fencing.NONE:
+        _wait_operator(step, f"{failing.why}; would fail over to {failing.targets[0]}, but policy.fencing ="
+                             " 'none' cannot stop a primary that is alive")
+        return
+    blocked = _failover_blocked(step)
+    if blocked:
+        _wait_operator(step, f"{failing.why}; would fail over to {failing.targets[0]}, but {blocked}")
+        return
+    start_failover(step, failing.targets[0], "failover", cause=failing.why)
 
 
 def _failover_blocked(step: Step) -> str:

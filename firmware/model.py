@@ -52,6 +52,7 @@ class AgentReport:
     hears_primary: bool | None = None  # the standby's own peer heartbeat to the primary
     detail: str = ""
     reach: bool | None = None  # some ping target answered its last probe; None: none configured
+    unhealthy_s: float | None = None  # how long the agent has seen its service fail; None: healthy
 
 
 @dataclass(frozen=True)

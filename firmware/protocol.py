@@ -30,7 +30,9 @@ Payloads:
 * reply   ``{"re": the poll's nonce, "role": str, "healthy": bool, "vip": bool,
             "repl": {"in_sync": bool|null, "lag_bytes": int|null, "lag_s": float|null,
                      "peer_alive": bool|null}, "hears_primary": bool|null, "detail": str,
-            "reach": bool|null}`` (reach: a ping target answered; absent or null: not probed)
+            "reach": bool|null, "unhealthy_s": float|null}`` (reach: a ping target answered;
+            absent or null: not probed. unhealthy_s: how long the service has failed its
+            health check, from the start of the first failing check; null while healthy)
   (``Reply``)
 * command ``{"id": str, "op": str, "args": {...}}`` with ``op`` one of COMMAND_OPS; the
   frame's receiver is the target server and its boot id the appliance's run (``Command``)
@@ -243,12 +245,14 @@ class Reply:
     hears_primary: bool | None = None
     detail: str = ""
     reach: bool | None = None  # a ping target answered; None: none configured or not probed
+    unhealthy_s: float | None = None  # how long the service has failed its health check; None: healthy
 
     def payload(self) -> dict[str, Any]:
         return {"re": self.re, "role": self.role, "healthy": self.healthy, "vip": self.vip,
                 "repl": {"in_sync": self.in_sync, "lag_bytes": self.lag_bytes, "lag_s": self.lag_s,
                          "peer_alive": self.peer_alive},
-                "hears_primary": self.hears_primary, "detail": self.detail[:200], "reach": self.reach}
+                "hears_primary": self.hears_primary, "detail": self.detail[:200], "reach": self.reach,
+                "unhealthy_s": self.unhealthy_s}
 
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> Reply:
@@ -276,9 +280,23 @@ class Reply:
                        peer_alive=field_of(repl, "peer_alive", (bool, _NONE)),
                        hears_primary=field_of(payload, "hears_primary", (bool, _NONE)),
                        detail=field_of(payload, "detail", (str,), "")[:200],
-                       reach=field_of(payload, "reach", (bool, _NONE)))
+                       reach=field_of(payload, "reach", (bool, _NONE)),
+                       unhealthy_s=_duration(field_of(payload, "unhealthy_s", (int, float, _NONE))))
         except ValueError as exc:
             raise ProtocolError("bad-reply", str(exc)) from exc
+
+
+def _duration(value: float | None) -> float | None:
+    """A non-negative finite number of seconds, or None; ValueError otherwise."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too big for a float
+        seconds = math.inf
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"unhealthy_s = {value!r}: not a finite duration")
+    return seconds
 
 
 @dataclass(frozen=True)

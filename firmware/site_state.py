@@ -130,6 +130,7 @@ class State:
     target: str | None = None
     operation: str = ""  # "failover", "manual-failover", "switchover"
     fenced: tuple[str, ...] = ()  # servers held powered off / kept out of service
+    fenced_at: float | None = None  # monotonic time the last fence was confirmed
     rejoining: tuple[str, ...] = ()  # powered on by an operator, to rejoin as standbys
     returned: tuple[str, ...] = ()  # fenced servers seen answering again (alerted once)
     hold_down_until: float | None = None
@@ -187,7 +188,7 @@ class State:
         hold = None if self.hold_down_until is None else now + hold_down
         lost = None if self.sync_lost_since is None else now
         pending = tuple((i, w, s, now) for i, w, s, _ in self.pending)
-        return dataclasses.replace(self, since=now, hold_down_until=hold, sync_lost_since=lost, pending=pending,
+        return dataclasses.replace(self, since=now, hold_down_until=hold, sync_lost_since=lost, pending=pending, fenced_at=None,
                                    unhealthy=None, restoring=None, unreachable=None, vip_audit_at=0.0,
                                    vip_released=tuple((n, now) for n, _ in self.vip_released))
 

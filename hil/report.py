@@ -49,6 +49,7 @@ def _fmt(value: Any) -> str:
 # figures some scenarios measure besides the common keys
 _DETAILS = (("fence_to_writable_s", "fence to standby accepting writes (s)"),
             ("billing_longest_gap_s", "billing load's longest gap (s)"),
+            ("service_outage_s", "fault to the service back on the virtual IP (s)"),
             ("switchover_s", "switchover done after on-battery (s)"))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from firmware.appliance import SOURCE_RATE_PER_POLL
 from firmware.config import read_key
+from firmware.config import sections as config_sections
 from firmware.errors import ArbiterError, ProtocolError
 from firmware.protocol import Frame, Kind, Reply, derive_key, encode, peek_sender
 from hil.report import Report
@@ -46,8 +47,11 @@ def _events(rig: Rig) -> list[str]:
 
 
 def _finish_common(rig: Rig, report: Report, t0: float, expect_failover: bool,
-                   service_kept: bool = True, measure_outage: bool | None = None) -> None:
-    """Fill the keys every scenario reports, and the checks every scenario shares."""
+                   service_kept: bool = True, measure_outage: bool | None = None,
+                   rogue_vip: bool = False) -> None:
+    """Fill the keys every scenario reports, and the checks every scenario shares.
+    ``rogue_vip``: the fault itself adds the address on a second host, so two MACs do answer
+    for a while (reported as split_brain); the scenario checks how soon that ends."""
     probe = rig.stop_probe()
     events = _events(rig)
     report.failovers = events.count("failover-completed")
@@ -59,7 +63,9 @@ def _finish_common(rig: Rig, report: Report, t0: float, expect_failover: bool,
     report.outage_s = max((o["duration"] for o in outages), default=0.0) if measure else None
     report.details["probe"] = {k: probe.get(k) for k in ("sent", "answered", "longest_outage", "hosts")}
     report.details["journal"] = events
-    report.check("no split brain", not report.split_brain)
+    if not rogue_vip:
+        report.check("no split brain", not report.split_brain)
+    report.details["arp_macs"] = probe.get("arp_macs")
     report.check("no false failover", report.false_failovers == 0)
     if not measure and service_kept:
         report.check("service never interrupted > 1 s",
@@ -579,6 +585,173 @@ def agent_restart_replay(rig: Rig, report: Report) -> None:
                  sum(n for counts in refused.values() for n in counts.values()) >= len(commands))
     _nothing_acted_on(rig, report, runs_before, sent["answered"])
     _finish_common(rig, report, t0, False)
+# ---------------------------------------------------------------------- service failures (issue 13)
+
+
+def _setting(rig: Rig, section: str, key: str) -> float:
+    """What the rig's appliance runs with: the scenario's override, else the shipped default."""
+    cls = config_sections()[section]
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+    return float(rig.arbiter_config().get(section, {}).get(key, default))
+
+
+def _when(check: Callable[[], bool], timeout: float, step: float = 0.02) -> float | None:
+    """The monotonic time ``check`` first held, or None if it did not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(step)
+    return None
+
+
+def _service_failover(inject: Callable[[Rig], object]) -> Callable[[Rig, Report], None]:
+    """The master's host and agent live, its database does not serve: after
+    policy.unhealthy_grace it is failed over like a dead one, fenced first.
+
+    Two figures: ``outage_s`` is the billing load's longest gap between two acknowledged
+    commits (what this client saw, its own reconnection included: a connection attempt sent
+    into the fenced master's dark NIC waits for TCP's one-second SYN retransmission), or the
+    probe's if longer; ``service_outage_s`` runs from the fault to the first probe answered by
+    the standby on the virtual IP, which it holds only once promoted: the service's own
+    outage, which the target (grace + 1.0 s) bounds."""
+    def after(rig: Rig, report: Report) -> None:
+        events = _events(rig)
+        report.check("alert service-degraded before the failover",
+                     "service-degraded" in events and "failover-started" in events
+                     and events.index("service-degraded") < events.index("failover-started"))
+
+    def run(rig: Rig, report: Report) -> None:
+        grace = _setting(rig, "policy", "unhealthy_grace")
+        injected: list[float] = []
+        _failover_fault(lambda r: (injected.append(time.monotonic()), inject(r)), after)(rig, report)
+        gap = report.details.get("billing_longest_gap_s")
+        report.details["probe_outage_s"] = report.outage_s
+        report.outage_s = max(report.outage_s or 0.0, gap or 0.0)
+        back = next((h["from"] for h in report.details["probe"]["hosts"] or [] if h["host"] == "standby"), None)
+        service = None if back is None or not injected else round(back - injected[0], 3)
+        report.details["service_outage_s"] = service
+        report.details["unhealthy_grace_s"] = grace
+        report.check(f"service outage <= policy.unhealthy_grace + 1.0 s = {grace + 1.0:g} s",
+                     service is not None and service <= grace + 1.0)
+    return run
+
+
+def db_flap(rig: Rig, report: Report) -> None:
+    """The master's database stops answering new connections (its postmaster frozen) for
+    half the grace, twice, with health back in between: degraded and restored alerts, no
+    failover. Frozen rather than killed: a restart's length varies with the machine's load,
+    and each spell must be half the grace, not whatever a restart takes."""
+    t0 = _ready_under_load(rig)
+    grace = _setting(rig, "policy", "unhealthy_grace")
+    restore = _setting(rig, "policy", "health_restore")
+    spells = []
+    for _ in range(2):
+        down = time.monotonic()
+        pid = rig.pg.freeze("master")  # type: ignore[union-attr]
+        time.sleep(grace / 2)
+        rig.pg.thaw(pid)  # type: ignore[union-attr]
+        spells.append(round(time.monotonic() - down, 3))
+        time.sleep(restore + 1.5)
+    report.details["down_s"] = spells
+    st = rig.status()
+    report.check("master still primary", st["primary"] == "master" and st["phase"] == "normal")
+    events = _events(rig)
+    report.details["service_alerts"] = [e for e in events if e.startswith("service-")]
+    report.check("alerts service-degraded then service-restored, twice",
+                 report.details["service_alerts"] == ["service-degraded", "service-restored"] * 2)
+    _finish_billing(rig, report)
+    _finish_common(rig, report, t0, False)
+
+
+def _cut_clients(rig: Rig) -> None:
+    """The master's client side is gone (a switch between it and the clients and gateway
+    failed); serial and the appliance's LAN path are untouched."""
+    for other in ("client", "gw"):
+        rig.site.partition("master", other)
+
+
+def ping_node_down(rig: Rig, report: Report) -> None:
+    grace = _setting(rig, "policy", "reachability_grace")
+    _no_failover_fault(lambda r: r.site.lan_pull("gw"), lambda r: r.site.lan_plug("gw"), 2 * grace + 1.0,
+                       "network-down")(rig, report)
+    report.check("alert network-up after the target is back", "network-up" in _events(rig))
+
+
+def vip_rogue(rig: Rig, report: Report) -> None:
+    """The virtual IP is added by hand on the standby: an alert and its release within two
+    audit periods; no failover."""
+    rig.wait_ready()
+    _settle(rig)
+    audit = _setting(rig, "vip", "audit_interval")
+    t0 = time.monotonic()
+    rig.site.add_address("standby", rig.site.vip)
+    address = rig.site.vip.split("/")[0]
+    released = _when(lambda: not any(a.startswith(address + "/") for a in rig.site.addresses("standby")),
+                     10 * audit)
+    alerted = _when(lambda: "vip-rogue" in _events(rig), 10 * audit)
+    report.detection_s = None if alerted is None else round(alerted - t0, 3)
+    report.details["released_s"] = None if released is None else round(released - t0, 3)
+    report.check(f"alert vip-rogue within two audit periods ({2 * audit:g} s)",
+                 alerted is not None and alerted - t0 <= 2 * audit)
+    report.check(f"address released on the standby within two audit periods ({2 * audit:g} s)",
+                 released is not None and released - t0 <= 2 * audit)
+    time.sleep(2 * audit)
+    st = rig.status()
+    report.check("master still primary, holding the address", st["primary"] == "master"
+                 and any(a.startswith(address + "/") for a in rig.site.addresses("master")))
+    _finish_common(rig, report, t0, False, rogue_vip=True)
+    multi = [r for r in report.details["arp_macs"] or [] if len(r["macs"]) > 1 and r["from"] >= t0]
+    report.check("the standby's MAC gone from ARP answers",
+                 bool(report.details["arp_macs"]) and len(report.details["arp_macs"][-1]["macs"]) == 1)
+    report.details["two_macs_runs"] = len(multi)
+    report.check("alert vip-restored", "vip-restored" in _events(rig))
+
+
+def vip_lost(rig: Rig, report: Report) -> None:
+    """The virtual IP is removed by hand on the master: the master's agent takes it again and
+    announces it, with an alert. Target: outage <= two audit periods + 0.5 s."""
+    rig.wait_ready()
+    _settle(rig)
+    audit = _setting(rig, "vip", "audit_interval")
+    t0 = time.monotonic()
+    rig.site.del_address("master", rig.site.vip)
+    address = rig.site.vip.split("/")[0]
+    back = _when(lambda: any(a.startswith(address + "/") for a in rig.site.addresses("master")), 10 * audit)
+    report.detection_s = None if back is None else round(back - t0, 3)
+    report.check("master holds the address again", back is not None)
+    time.sleep(1.0)
+    _finish_common(rig, report, t0, False, measure_outage=True)
+    events = _events(rig)
+    report.check("alerts vip-lost and vip-restored", "vip-lost" in events and "vip-restored" in events)
+    report.check("master still primary", rig.status()["primary"] == "master")
+    bound = 2 * audit + 0.5
+    report.check(f"outage <= two audit periods + 0.5 s = {bound:g} s",
+                 report.outage_s is not None and report.outage_s <= bound)
+
+
+def never_promote(rig: Rig, report: Report) -> None:
+    """The only standby has priority 0 and the master loses power: operator-needed, no
+    automatic failover; an operator's forced failover works, fenced first."""
+    rig.wait_ready()
+    _settle(rig)
+    t0 = time.monotonic()
+    rig.cut_power("master")
+    time.sleep(3.0)
+    st = rig.status()
+    events = _events(rig)
+    report.check("no automatic failover onto the priority-0 standby",
+                 st["primary"] == "master" and "failover-started" not in events)
+    report.check("alert operator-needed", "operator-needed" in events)
+    ordered = time.monotonic()
+    answer = rig.command({"cmd": "failover", "server": "standby", "force": True})
+    report.check("forced failover accepted", answer.get("ok"))
+    st = _wait_primary(rig, "standby")
+    _detection(rig, report, ordered)  # here: from the operator's order to the fence
+    report.check("master fenced before the forced promotion",
+                 next(s for s in st["servers"] if s["name"] == "master")["fenced"])
+    _finish_common(rig, report, t0, True)
+    report.check("one failover, by the operator", report.failovers == 1)
 
 
 # ---------------------------------------------------------------------- continuity (losing the
@@ -746,6 +919,26 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              isolated_primary,
              RigOptions(database=True, arbiter={"policy": {"fencing": "none"}, "timing": {"self_fence_wait": 5.0}},
                         agent={"isolation_timeout": 1.5, "self_fence_timeout": 2.0}), expect_failover=True),
+    Scenario("db-crash", "the master's PostgreSQL is killed, its host and agent live: failover after "
+             "policy.unhealthy_grace, fenced first; nothing lost", _service_failover(lambda r: r.pg.kill("master")),
+             RigOptions(database=True), expect_failover=True),
+    Scenario("db-hang", "the master's postmaster freezes (SIGSTOP), open sessions go on: failover after "
+             "policy.unhealthy_grace, fenced first; nothing lost", _service_failover(lambda r: r.pg.freeze("master")),
+             RigOptions(database=True), expect_failover=True),
+    Scenario("db-flap", "the master's database stops answering for half the grace, twice: degraded and "
+             "restored alerts, no failover", db_flap, RigOptions(database=True)),
+    Scenario("client-lan-cut", "nftables cuts the master off from the clients' side (client and gateway); "
+             "serial and the appliance's LAN path work: failover after policy.reachability_grace, fenced first",
+             _failover_fault(_cut_clients), RigOptions(ping=True), expect_failover=True),
+    Scenario("ping-node-down", "the ping target (the gateway) disappears for everyone: network-down alert, "
+             "no failover", ping_node_down, RigOptions(ping=True)),
+    Scenario("vip-rogue", "the virtual IP is added by hand on the standby: alert and release there within two "
+             "audit periods, no failover", vip_rogue),
+    Scenario("vip-lost", "the virtual IP is removed by hand on the master: taken again and announced, alert; "
+             "outage <= two audit periods + 0.5 s", vip_lost),
+    Scenario("never-promote", "the only standby has priority 0 and the master loses power: operator-needed, "
+             "no automatic failover; an operator's forced failover works", never_promote,
+             RigOptions(priorities=(("standby", 0),)), expect_failover=True),
 )}
 
 

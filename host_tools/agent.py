@@ -87,10 +87,7 @@ class Agent:
         self.codec_lock = threading.Lock()
         self.adapter = adapter if adapter is not None else (
             make_adapter(cfg.replication) if cfg.replication else None)
-        self.status = ReplicationStatus("unknown", detail="not read yet")
-        self.health = Health(False, "not checked yet")
         self.reach: bool | None = None  # None: no ping targets configured, or not probed yet
-        self.status_at: float | None = None  # monotonic time the status was read
         self.stale_after = max(STALE_INTERVALS * a.status_interval, STALE_MIN_S)
         self._appliance_poll: tuple[int, float] | None = None  # (its run, when) of its latest poll
         self._peer_by_addr = {(p.address, p.port): p.name for p in cfg.peers}
@@ -99,6 +96,12 @@ class Agent:
         self._warned: dict[str, float] = {}
         self._refused: dict[str, int] = {}
         self._refused_at = -REFUSED_LOG_EVERY_S
+        # read once before any link opens: the first poll is answered with what is true, not a
+        # placeholder that would make a healthy standby look ineligible for a moment
+        self.status = self._read_status()
+        self.status_at: float | None = time.monotonic()  # when the status was read
+        self.failing_since: float | None = None  # start of the first check of the current failing spell
+        self.health = self._check_and_time()
         self.commands: OrderedDict[str, dict[str, Any]] = OrderedDict(
             (k, v) for k, v in saved.get("commands", {}).items() if isinstance(v, dict) and v.get("done"))
         self.lock = threading.Lock()
@@ -124,7 +127,6 @@ class Agent:
     # ------------------------------------------------------------------ lifetime
 
     def run(self) -> None:
-        self.health = self.check_health()  # answered from the first poll on, never guessed
         threads = [self._udp_loop, self._status_loop, self._health_loop]
         if self.cfg.peers:
             threads.append(self._peer_loop)
@@ -154,17 +156,20 @@ class Agent:
     # ------------------------------------------------------------------ background readers
 
     def _status_loop(self) -> None:
-        while not self.stop.is_set():
-            if self.adapter is not None:
-                try:
-                    status = self.adapter.status()
-                except Exception as exc:  # whatever broke (a bug included), the truth is unknown now
-                    status = ReplicationStatus("unknown", detail=f"status failed: {exc!r}"[:200])
-                    self._warn("status", f"replication status failed, reported as unknown: {exc!r}"[:300])
-                with self.lock:
-                    self.status, self.status_at = status, time.monotonic()
+        while not self.stop.wait(self.cfg.agent.status_interval):
+            status = self._read_status()
+            with self.lock:
+                self.status, self.status_at = status, time.monotonic()
             self._log_refusals()
-            self.stop.wait(self.cfg.agent.status_interval)
+
+    def _read_status(self) -> ReplicationStatus:
+        if self.adapter is None:
+            return ReplicationStatus("unknown", detail="no [replication] adapter")
+        try:
+            return self.adapter.status()
+        except Exception as exc:  # whatever broke (a bug included), the truth is unknown now
+            self._warn("status", f"replication status failed, reported as unknown: {exc!r}"[:300])
+            return ReplicationStatus("unknown", detail=f"status failed: {exc!r}"[:200])
 
     def _log_refusals(self) -> None:
         """Refused frames as running counts by reason, at most every REFUSED_LOG_EVERY_S: an
@@ -199,13 +204,25 @@ class Agent:
 
     def _health_loop(self) -> None:
         while not self.stop.wait(self.cfg.agent.health_interval):
-            try:
-                health = self.check_health()
-            except Exception as exc:  # a check that broke, whatever raised, proves nothing: not healthy
-                health = Health(False, f"health check failed: {exc!r}"[:200])
+            health = self._check_and_time()
             if health.ok != self.health.ok:
                 log.warning("service health check %s", "passes again" if health.ok else f"FAILS: {health.detail}")
             self.health = health
+
+    def _check_and_time(self) -> Health:
+        """A check, and since when the service has failed: from the START of the first failing
+        check, since a check that timed out found the service not answering from its start."""
+        started = time.monotonic()
+        try:
+            health = self.check_health()
+        except Exception as exc:  # a check that broke, whatever raised, proves nothing: not healthy
+            health = Health(False, f"health check failed: {exc!r}"[:200])
+        self.failing_since = None if health.ok else (self.failing_since or started)
+        return health
+
+    def unhealthy_s(self) -> float | None:
+        since = self.failing_since
+        return None if since is None else round(time.monotonic() - since, 3)
 
     def check_health(self) -> Health:
         """The adapter's own check (PostgreSQL: a new connection and a query) and the site's
@@ -382,7 +399,7 @@ class Agent:
         detail = st.detail if health.ok else f"unhealthy: {health.detail}; {st.detail}"
         return Reply(re=nonce, role=st.role, healthy=health.ok, vip=bool(self.vip is not None and self.vip.held()),
                      in_sync=st.in_sync, lag_bytes=st.lag_bytes, lag_s=st.lag_s, peer_alive=st.peer_alive,
-                     hears_primary=self.hears_primary(), reach=self.reach,
+                     hears_primary=self.hears_primary(), reach=self.reach, unhealthy_s=self.unhealthy_s(),
                      detail=f"self-fenced: {self.self_fenced}" if self.self_fenced else self.progress or detail)
 
     def _peer_reply(self, reply: Reply) -> None:

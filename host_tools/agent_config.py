@@ -24,7 +24,7 @@ class AgentSection:
     health_command: str = setting("", doc="exit 0 = the service is healthy; empty: the replication adapter's "
                                           "own check decides (PostgreSQL: a new connection and a query), and "
                                           "without one the service counts as healthy")
-    health_interval: float = setting(0.25, lo=0.05, hi=600.0, unit="s", doc="time between two health checks")
+    health_interval: float = setting(0.1, lo=0.05, hi=600.0, unit="s", doc="time between two health checks")
     health_timeout: float = setting(0.5, lo=0.05, hi=60.0, unit="s",
                                     doc="a health check not done within this fails: a hung service is a "
                                         "failed one")

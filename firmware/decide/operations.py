@@ -115,7 +115,7 @@ def fencing(step: Step) -> None:
                       f"fence of {s.old} not confirmed ({{}}); no promotion")
     if detail is None:
         return
-    step.update(fenced=with_(s.fenced, s.old or ""))
+    step.update(fenced=with_(s.fenced, s.old or ""), fenced_at=step.now)
     step.notify("fence-done", s.old or "", text=detail)
     step.why(f"{s.old} fenced; promoting {s.target}")
     step.enter(Phase.PROMOTING, Promote(s.target or ""))

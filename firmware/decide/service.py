@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from firmware.decide.eligibility import candidates
 from firmware.decide.step import Step, drop_condition
-from firmware.model import ReleaseIp, Role, ServerObs, TakeIp
+from firmware.model import AgentReport, ReleaseIp, Role, ServerObs, TakeIp
 from firmware.site_state import CondKind, Condition, Phase
 
 _PRIMARY_SPELLS = (CondKind.SERVICE_DEGRADED, CondKind.CLIENTS_UNREACHABLE)
@@ -46,7 +46,7 @@ def primary_failing(step: Step, primary: ServerObs) -> Failing | None:
         return None
     reach = {x.name: x.report.reach for x in step.obs.servers if x.report is not None}
     standbys = candidates(step.obs, step.cfg, step.state)
-    return _health(step, primary.name, r.healthy, r.detail, tuple(n for n in standbys if reach[n] is not False)) \
+    return _health(step, primary.name, r, tuple(n for n in standbys if reach[n] is not False)) \
         or _reachability(step, primary.name, r.reach, tuple(n for n in standbys if reach[n] is True))
 
 
@@ -60,10 +60,12 @@ def _forget_old_primaries(step: Step, primary: str) -> None:
                 unreachable=s.unreachable if s.unreachable and s.unreachable[0] == primary else None)
 
 
-def _health(step: Step, primary: str, healthy: bool, detail: str, targets: tuple[str, ...]) -> Failing | None:
-    s, p = step.state, step.cfg.policy
+def _health(step: Step, primary: str, r: AgentReport, targets: tuple[str, ...]) -> Failing | None:
+    """The spell starts when the agent saw the service start failing (``unhealthy_s`` ago: a
+    hang is seen only once a check times out, but it began when that check did)."""
+    s, p, detail = step.state, step.cfg.policy, r.detail
     cond = Condition(CondKind.SERVICE_DEGRADED, primary)
-    if healthy:
+    if r.healthy:
         step.update(unhealthy=None)  # any healthy report restarts the count: a flap never adds up
         if cond in s.conditions:
             since = s.restoring[1] if s.restoring else step.now
@@ -78,7 +80,7 @@ def _health(step: Step, primary: str, healthy: bool, detail: str, targets: tuple
                 step.why(f"{primary}: service health check passes again; service-restored once it holds"
                          f" policy.health_restore = {p.health_restore:g} s")
         return None
-    since = s.unhealthy[1] if s.unhealthy else step.now
+    since = s.unhealthy[1] if s.unhealthy else step.now - (r.unhealthy_s or 0.0)
     step.update(unhealthy=(primary, since), restoring=None)
     if cond not in s.conditions:
         step.notify("service-degraded", primary, text=detail)

@@ -115,11 +115,15 @@ def _ups_text(u: UpsObs) -> str:
 
 
 def _returning(step: Step) -> None:
-    """An old primary that comes back stays out, or rejoins as a standby, by policy."""
+    """An old primary that comes back stays out, or rejoins as a standby, by policy. Only a
+    reply newer than the last fence counts: a primary fenced while it still answered (its
+    service failed) has links that look alive for another dead time."""
     s = step.state
     for name in s.fenced:
         srv = step.obs.server(name)
-        if srv.alive and name not in s.returned:
+        fresh = s.fenced_at is None or any(x.last_seen is None or x.last_seen > s.fenced_at for x in srv.links
+                                           if x.state in (LinkState.UP, LinkState.LATE))
+        if srv.alive and fresh and name not in s.returned:
             step.update(returned=with_(step.state.returned, name))
             step.notify("old-primary-returned", name)
             if step.cfg.policy.old_primary is OldPrimary.REJOIN_AS_STANDBY and s.primary and not step.held():

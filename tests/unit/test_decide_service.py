@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from firmware.decide import decide
-from firmware.model import (AgentReport, Fence, Notify, Observations, Promote, ReleaseIp, Request, RequestKind,
+from firmware.model import (Fence, Notify, Observations, Promote, ReleaseIp, Request, RequestKind,
                             Role, ServerObs, SetStatus, TakeIp, VipAudit)
 from firmware.site_state import CondKind, Condition, Phase, State
 from tests.unit.sitekit import MACS, dead, obs, report, server, site_config
@@ -269,3 +269,25 @@ def test_priority_orders_standbys_equally_in_sync():
                                                   cfg.servers[2]))
     st, _, _ = step(NORMAL, obs(dead("master"), server("standby"), server("standby2")), 100.0, low_first)
     assert st.target == "standby2"
+
+
+def test_a_primary_fenced_while_it_answered_has_not_returned_until_it_answers_after_the_fence():
+    from firmware.model import Channel, LinkObs, LinkState
+
+    def master(last_seen: float) -> ServerObs:
+        return ServerObs("master", (LinkObs(Channel.SERIAL, LinkState.UP, last_seen),
+                                    LinkObs(Channel.LAN, LinkState.UP, last_seen)), report(Role.PRIMARY))
+    st = dataclasses.replace(NORMAL, primary="standby", fenced=("master",), fenced_at=100.0)
+    st, actions, _ = step(st, obs(master(99.9), srv("standby", role=Role.PRIMARY)), 100.05)
+    assert "old-primary-returned" not in events(actions)
+    st, actions, _ = step(st, obs(master(100.5), srv("standby", role=Role.PRIMARY)), 100.6)
+    assert "old-primary-returned" in events(actions)
+
+
+def test_the_spell_starts_when_the_agent_saw_the_service_fail():
+    """A hang is seen when a check times out, but began when that check started."""
+    rep = dataclasses.replace(report(Role.PRIMARY), healthy=False, unhealthy_s=0.3, detail="no answer within 0.3 s")
+    st, _, _ = step(NORMAL, obs(server("master", rep=rep), srv("standby")), 100.0)
+    assert st.unhealthy == ("master", 99.7)
+    st, _, _ = step(st, obs(server("master", rep=dataclasses.replace(rep, unhealthy_s=3.0)), srv("standby")), 102.7)
+    assert st.phase is Phase.FENCING

@@ -269,7 +269,8 @@ def reply_payloads(re, finite: bool = True):
         "in_sync": maybe_bool, "lag_bytes": st.none() | st.integers(0, 2**63) | junk,
         "lag_s": st.none() | st.floats(0, 1e6) | junk, "peer_alive": maybe_bool})
     fields = {"role": st.sampled_from(ROLES) | junk, "vip": st.booleans() | junk, "repl": repl | junk,
-              "hears_primary": maybe_bool, "reach": maybe_bool, "detail": st.text(max_size=40) | junk}
+              "hears_primary": maybe_bool, "reach": maybe_bool, "detail": st.text(max_size=40) | junk,
+              "unhealthy_s": st.none() | st.floats(0, 1e6) | junk}
     core = {"re": re | junk, "healthy": st.booleans() | junk}
     return st.fixed_dictionaries(core, optional=fields) | st.fixed_dictionaries({}, optional={**core, **fields})
 
@@ -459,6 +460,7 @@ def reply_conforms_strict(p: dict) -> bool:
     return (type(p.get("re")) is int and type(p.get("healthy")) is bool and p.get("role", "unknown") in ROLES
             and type(p.get("vip", False)) is bool and p.get("hears_primary") in (None, True, False)
             and p.get("reach") in (None, True, False)
+            and (p.get("unhealthy_s") is None or (_is_num(p["unhealthy_s"]) and p["unhealthy_s"] >= 0))
             and type(p.get("detail", "")) is str
             and repl.get("in_sync") in (None, True, False) and repl.get("peer_alive") in (None, True, False)
             and (repl.get("lag_bytes") is None or type(repl.get("lag_bytes")) is int)

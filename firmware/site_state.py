@@ -5,9 +5,11 @@ diagram as code, checked at every change of phase, and a test keeps the two the 
 
     STARTING --all servers known--> NORMAL
     NORMAL --primary dead, safe target--> FENCING --power off confirmed--> PROMOTING
+    NORMAL --primary answers but its service fails past a grace (health, ping nodes)--> FENCING
     NORMAL --operator failover --force--> FENCING
     NORMAL --the same with policy.fencing = none (no fence)--> PROMOTING
     NORMAL --operator/UPS switchover--> DEMOTING --old primary demoted, IP released--> SYNCING
+    NORMAL --virtual IP audit: a stranger, a second primary or a holder that keeps it--> HALTED
     SYNCING --target has everything--> PROMOTING
     PROMOTING --target is primary--> TAKING_IP --address added--> VERIFYING
     TAKING_IP --address added, vip.verify = none--> NORMAL

@@ -632,6 +632,8 @@ def _service_failover(inject: Callable[[Rig], object]) -> Callable[[Rig, Report]
         service = None if back is None or not injected else round(back - injected[0], 3)
         report.details["service_outage_s"] = service
         report.details["unhealthy_grace_s"] = grace
+        report.details["failover_text"] = next((r.get("text", "") for r in rig.journal()
+                                                if r.get("event") == "failover-started"), None)
         report.check(f"service outage <= policy.unhealthy_grace + 1.0 s = {grace + 1.0:g} s",
                      service is not None and service <= grace + 1.0)
     return run

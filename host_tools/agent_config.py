@@ -25,9 +25,10 @@ class AgentSection:
                                           "own check decides (PostgreSQL: a new connection and a query), and "
                                           "without one the service counts as healthy")
     health_interval: float = setting(0.1, lo=0.05, hi=600.0, unit="s", doc="time between two health checks")
-    health_timeout: float = setting(0.5, lo=0.05, hi=60.0, unit="s",
+    health_timeout: float = setting(1.0, lo=0.05, hi=60.0, unit="s",
                                     doc="a health check not done within this fails: a hung service is a "
-                                        "failed one")
+                                        "failed one (the failing spell is counted from the check's start, "
+                                        "so a longer timeout does not lengthen a failover)")
     status_interval: float = setting(0.05, lo=0.01, hi=60.0, unit="s", doc="how often replication state is read")
     state_file: str = setting(path=True,
                               doc="remembers the boot counter and executed command ids across restarts")

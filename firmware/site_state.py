@@ -85,6 +85,7 @@ BUSY = frozenset({Phase.FENCING, Phase.PROMOTING, Phase.TAKING_IP, Phase.VERIFYI
 # Every allowed change of phase (the diagram above); a pair that is not here is a bug.
 TRANSITIONS: frozenset[tuple[Phase, Phase]] = frozenset({
     (Phase.STARTING, Phase.NORMAL),
+    (Phase.NORMAL, Phase.HALTED),  # the virtual IP audit finds split brain
     (Phase.NORMAL, Phase.FENCING), (Phase.NORMAL, Phase.PROMOTING), (Phase.NORMAL, Phase.DEMOTING),
     (Phase.FENCING, Phase.PROMOTING),
     (Phase.DEMOTING, Phase.SYNCING), (Phase.SYNCING, Phase.PROMOTING),

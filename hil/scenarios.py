@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firmware.appliance import SOURCE_RATE_PER_POLL
-from firmware.config import read_key
-from firmware.config import sections as config_sections
+from firmware.config import read_key, sections as config_sections
 from firmware.errors import ArbiterError, ProtocolError
 from firmware.protocol import Frame, Kind, Reply, derive_key, encode, peek_sender
 from hil.report import Report

@@ -138,6 +138,32 @@ def arbiter_cost(workdir: Path, seconds: float, standbys: int) -> dict[str, Any]
             "measured_s": round(t1 - t0, 1), "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
+def monitored_cost(workdir: Path, seconds: float = 60.0) -> dict[str, float]:
+    """arbiterd's CPU seconds over ``seconds`` on a calm site with its HTTP status and SNMP
+    responder on: first with nobody polling, then with /health, /status, /metrics and an
+    snmpwalk of arbStatus each once a second (hil.monitor on the client host). The rig's
+    GPIO bridge thread inside the process is left out, as in arbiter_cost."""
+    with Rig(RigOptions(monitoring=True), workdir) as rig:
+        rig.wait_ready(timeout=60.0)
+        pid, tid = rig.arbiter_pid, rig.gpio.bridge_thread()
+        time.sleep(2.0)
+        quiet = _cpu_over(pid, tid, seconds)
+        rig.start_monitor(browser=False, interval=1.0)
+        time.sleep(2.0)
+        polled = _cpu_over(pid, tid, seconds)
+        rig.stop_monitor()
+    return {"measured_s": seconds, "cpu_s_unpolled": round(quiet, 2), "cpu_s_polled_every_second": round(polled, 2),
+            "cpu_share_polled": round(polled / seconds, 4), "polling_cost_cpu_s": round(polled - quiet, 2)}
+
+
+def _cpu_over(pid: int, bridge: int | None, seconds: float) -> float:
+    def daemon() -> float:
+        return _cpu_seconds(pid) - (_cpu_seconds(pid, bridge) if bridge is not None else 0.0)
+    cpu0 = daemon()
+    time.sleep(seconds)
+    return daemon() - cpu0
+
+
 def _cpu_seconds(pid: int, tid: int | None = None) -> float:
     path = Path(f"/proc/{pid}/stat") if tid is None else Path(f"/proc/{pid}/task/{tid}/stat")
     fields = path.read_text().rsplit(")", 1)[1].split()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -36,6 +37,11 @@ AGENT_PORT = 5405
 TRAP_PORT = 1162
 NUT_PORT = 3493
 PY = sys.executable
+HTTP_PORT = 8080
+SNMP_PORT = 1161
+COMMUNITY = "rig-monitor"
+HEARTBEAT_S = 1.0
+UNOBSERVED_AFTER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class RigOptions:
     agent: dict[str, Any] = field(default_factory=dict)  # [agent] overrides for every server's agent
     fence_level2: bool = False  # every server's UPS outlet is a level 2 fence (load.off through upsd)
     stuck_relays: tuple[str, ...] = ()  # these servers' relay contacts are welded: opening them cuts nothing
+    monitoring: bool = False  # the appliance's HTTP and SNMP status, a fast heartbeat trap, agents' alert traps
     prefix: str = "ba"
 
 
@@ -120,7 +127,8 @@ class Rig(Built):
 
     def _start_traps(self) -> None:
         from hil.snmptrapd import TrapReceiver
-        self.traps = TrapReceiver(self.workdir / "snmptrapd", TRAP_PORT, netns=self.site.netns("arbiter"))
+        self.traps = TrapReceiver(self.workdir / "snmptrapd", TRAP_PORT, netns=self.site.netns("arbiter"),
+                                  host="0.0.0.0")  # the agents' own traps come over the LAN
         self.traps.start()
 
     def _start_nut(self) -> None:
@@ -191,19 +199,34 @@ class Rig(Built):
                            "demote": f"{PY} -m hil.role {role_file} standby",
                            "rejoin": f"{PY} -m hil.role {role_file} standby"}
         return {
-            "agent": {"name": name, "key_file": self.agent_key(name), "arbiter": "arbiter",
-                      "listen": "0.0.0.0", "port": AGENT_PORT,
-                      "serial": str(self.site.serial_path(name, "server")),
-                      "state_file": str(self.workdir / f"agent-{name}-state.json"), **self.opts.agent},
+            "agent": self._agent_base(name),
             "peers": peers,
             "replication": replication,
             "vip": {"address": self.site.vip, "interface": "eth0"},
             **self._ping_section(),
-        }
+        } | self._watched_section(name)
+
+    def _watched_section(self, name: str) -> dict[str, Any]:
+        """With monitoring: the agent's unobserved alert as a v2c trap to the rig's snmptrapd."""
+        if not self.opts.monitoring:
+            return {}
+        # its own persistent dir: snmptrap rewrites snmpapp.conf there, and agents sending at once into
+        # the machine's /var/lib/snmp leave it damaged for every later net-snmp command
+        send = (f"SNMP_PERSISTENT_DIR={self.workdir / ('snmp-' + name)} "
+                f"snmptrap -v2c -c public {self.site.ip('arbiter')}:{TRAP_PORT} '' "
+                '"$ARBITER_ENTERPRISE.0.$ARBITER_EVENT_NUMBER" "$ARBITER_ENTERPRISE.1.3.0" s "$ARBITER_SERVER" '
+                '"$ARBITER_ENTERPRISE.1.5.0" s "$ARBITER_TEXT"')
+        return {"agent": {**self._agent_base(name), "unobserved_after": UNOBSERVED_AFTER_S,
+                          "alert_hook": f"sh -c {shlex.quote(send)}"}}
 
     def _ping_section(self) -> dict[str, Any]:
         """The gateway as the one ping target, probed at the shipped interval and timeout."""
         return {"ping": {"targets": [self.site.ip("gw")]}} if self.opts.ping else {}
+
+    def _agent_base(self, name: str) -> dict[str, Any]:
+        return {"name": name, "key_file": self.agent_key(name), "arbiter": "arbiter", "listen": "0.0.0.0",
+                "port": AGENT_PORT, "serial": str(self.site.serial_path(name, "server")),
+                "state_file": str(self.workdir / f"agent-{name}-state.json"), **self.opts.agent}
 
     def agent_key(self, name: str, peer: str | None = None) -> str:
         """The file with a server's own key (or a pair's), as `arbiterd derive-key` prints it."""
@@ -239,9 +262,36 @@ class Rig(Built):
         }
         if self.opts.fence_level2 and self.nut is not None:
             cfg["fence"] = {"ups_username": FENCE_USER, "ups_password_file": str(self.nut.fence_password_file)}
+        if self.opts.monitoring:
+            community = self.workdir / "snmp-community"
+            community.write_text(COMMUNITY + "\n")
+            cfg["http"] = {"address": self.site.ip("arbiter"), "port": HTTP_PORT}
+            cfg["snmp"] = {"address": self.site.ip("arbiter"), "port": SNMP_PORT, "community_file": str(community)}
+            cfg["alerts"]["heartbeat_interval"] = HEARTBEAT_S
         for section, values in self.opts.arbiter.items():
             cfg.setdefault(section, {}).update(values)
         return cfg
+
+    def start_monitor(self, browser: bool, screenshot: Path | None = None, interval: float = 0.05) -> Path:
+        """The monitoring station on the client host (hil.monitor); its change log's path."""
+        out = self.workdir / "monitor.jsonl"
+        arbiter = self.site.ip("arbiter")
+        argv = [PY, "-m", "hil.monitor", "--http", f"http://{arbiter}:{HTTP_PORT}", "--snmp", f"{arbiter}:{SNMP_PORT}",
+                "--community", COMMUNITY, "--out", str(out), "--interval", str(interval)]
+        if browser:
+            argv += ["--browser"] + (["--screenshot", str(screenshot)] if screenshot else [])
+        self._procs["monitor"] = self.site.spawn("client", argv, env={"SE_AVOID_STATS": "true"}, log_name="monitor")
+        return out
+
+    def stop_monitor(self) -> None:
+        proc = self._procs.pop("monitor")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+    def freeze_arbiter(self, frozen: bool) -> None:
+        """SIGSTOP or SIGCONT to arbiterd and all its threads: alive, holding its sockets, silent."""
+        self._procs["arbiter"].send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+        self.events.append((time.monotonic(), "arbiter-frozen" if frozen else "arbiter-thawed", ""))
 
     def _start_arbiter(self) -> None:
         conf = self.workdir / "arbiter.toml"

@@ -583,6 +583,64 @@ def agent_restart_replay(rig: Rig, report: Report) -> None:
     report.check("every replayed command refused and counted",
                  sum(n for counts in refused.values() for n in counts.values()) >= len(commands))
     _nothing_acted_on(rig, report, runs_before, sent["answered"])
+# ---------------------------------------------------------------------- watching the watcher
+
+
+
+def _count(rig: Rig, event: str) -> int:
+    return rig.alerts().count(event)
+
+
+def _first_traps(rig: Rig, event: str, servers: list[str], timeout: float) -> dict[str, float]:
+    """Monotonic time each server's ``event`` trap was first seen at snmptrapd."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(seen) < len(servers):
+        for n in rig.traps.received():  # type: ignore[union-attr]
+            server = n["varbinds"].get("arbEventServer.0", "").strip('"')
+            if n["event"] == event and server in servers:
+                seen.setdefault(server, time.monotonic())
+        time.sleep(0.05)
+    return seen
+
+
+def arbiter_down(rig: Rig, report: Report) -> None:
+    """arbiterd frozen (SIGSTOP): every agent's unobserved alert reaches snmptrapd in time, the
+    heartbeat traps stop, /health answers 503 or not at all; after SIGCONT all recovers, no failover."""
+    from hil.monitor import read_changes, shown_between
+    from hil.rig import HEARTBEAT_S, UNOBSERVED_AFTER_S
+    rig.wait_ready()
+    changes_file = rig.start_monitor(browser=False)
+    _settle(rig, 3.0)
+    report.check("heartbeat traps arrive while all is well", _count(rig, "arbHeartbeat") >= 2)
+    t0 = time.monotonic()
+    rig.freeze_arbiter(True)
+    time.sleep(HEARTBEAT_S / 2)  # a trap already on the wire may still land
+    beats = _count(rig, "arbHeartbeat")
+    seen = _first_traps(rig, "arbAgentUnobserved", rig.servers, UNOBSERVED_AFTER_S + 3.0)
+    delays = {s: round(t - t0, 3) for s, t in seen.items()}
+    report.details["unobserved_after_s"] = delays
+    report.check(f"every agent's unobserved alert within {UNOBSERVED_AFTER_S:g} + 1 s",
+                 len(delays) == len(rig.servers) and max(delays.values()) <= UNOBSERVED_AFTER_S + 1.0)
+    time.sleep(max(0.0, t0 + UNOBSERVED_AFTER_S + 3.0 - time.monotonic()))
+    report.check("heartbeat traps stop", _count(rig, "arbHeartbeat") == beats)
+    thawed = time.monotonic()
+    rig.freeze_arbiter(False)
+    time.sleep(4.0)
+    st = rig.status()
+    changes = read_changes(changes_file)
+    health = [c for c in changes if c["source"] == "health"]
+    frozen_answers = shown_between(changes, "health", t0 + 3.0, thawed)  # a poll under way at t0 ends late
+    report.details["health_while_frozen"] = sorted(map(str, frozen_answers))
+    report.check("/health answers 503 or not at all while frozen",
+                 bool(frozen_answers) and frozen_answers <= {503, None})
+    report.check("/health 200 again after SIGCONT", bool(health) and health[-1]["value"] == 200)
+    rig.stop_monitor()
+    report.check("no failover after SIGCONT", st["primary"] == "master" and st["phase"] == "normal"
+                 and st["failovers"] == 0)
+    observed = _first_traps(rig, "arbAgentObserved", rig.servers, 3.0)
+    report.check("every agent says it is watched again", len(observed) == len(rig.servers))
+    report.check("heartbeat traps resume", _count(rig, "arbHeartbeat") > beats)
     _finish_common(rig, report, t0, False)
 # ---------------------------------------------------------------------- service failures (issue 13)
 
@@ -897,6 +955,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("lagging-standby", "the in-sync standby is down, the other lags: the appliance waits for an "
              "operator, who forces the failover", lagging_standby,
              RigOptions(standbys=2, database=True), expect_failover=True),
+    Scenario("arbiter-down", "arbiterd is frozen (SIGSTOP): the agents' unobserved alerts reach snmptrapd, the "
+             "heartbeat traps stop, /health fails; after SIGCONT everything recovers without a failover",
+             arbiter_down, RigOptions(monitoring=True)),
     Scenario("ups-drain", "the master's UPS drains to low battery: planned switchover to the standby before "
              "the master's power drops; nothing lost", ups_drain, RigOptions(database=True)),
     Scenario("rogue-host", "a host on the LAN replays captured frames, forwards each command to the wrong server "

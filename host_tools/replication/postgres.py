@@ -235,6 +235,15 @@ def standby_holds_every_ack(sync_names: str, name: str) -> bool | None:
     return True
 
 
+def cluster_state(controldata: str) -> str:
+    """The "Database cluster state" line of pg_controldata's output ("" if it has none)."""
+    for line in controldata.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Database cluster state":
+            return value.strip()
+    return ""
+
+
 def as_os_user(user: str, argv: list[str], netns: str | None = None) -> list[str]:
     """Data-directory commands must not run as root; runuser is skipped when we already are ``user``."""
     cmd = argv if os.geteuid() == pwd.getpwnam(user).pw_uid else ["runuser", "-u", user, "--", *argv]
@@ -392,6 +401,7 @@ class PostgresAdapter:
                               f"({', '.join(sorted(self.s.peers)) or 'empty'})")
         if self._running():
             self._pg_ctl("stop", "-m", "fast")
+        self._finish_crash_recovery()
         host, port = self.s.peers[primary].rsplit(":", 1)
         source = f"host={host} port={port} user={self.s.user} dbname={self.s.dbname} connect_timeout=2"
         _checkpoint(source, primary)
@@ -474,6 +484,26 @@ class PostgresAdapter:
         with self._lock:
             self._close()
         return "database stopped (pg_ctl stop -m immediate)"
+
+    def _finish_crash_recovery(self) -> None:
+        """An old primary stopped in the middle of its crash recovery (its boot started the
+        server, the rejoin stopped it) reads "shut down in recovery" and holds WAL it never
+        replayed, past the new primary's fork. pg_rewind takes that state as a clean stop and
+        looks no further than the last checkpoint: it may find nothing to rewind, and the
+        server then cannot follow the new timeline. Single-user mode finishes the recovery and
+        shuts down cleanly first, as pg_rewind itself does after an unclean stop. A standby
+        (standby.signal) stopped that way is clean and left alone."""
+        if (Path(self._pgdata()) / "standby.signal").exists() or self._cluster_state() != "shut down in recovery":
+            return
+        argv = [f"{self.s.bindir}/postgres", "--single", "-F", "-D", self._pgdata()]
+        if self.s.cluster:  # the configuration is not in the data directory
+            argv += ["-c", f"config_file={self._conf_dir() / 'postgresql.conf'}"]
+        self._run([*argv, "template1"], "crash recovery before pg_rewind (postgres --single)")
+
+    def _cluster_state(self) -> str:
+        out = run_checked(as_os_user(self.s.os_user, [f"{self.s.bindir}/pg_controldata", "-D", self._pgdata()]),
+                          "pg_controldata", self.s.timeout)
+        return cluster_state(out)
 
     def _become_standby(self, order: list[str]) -> None:
         if not self.s.application_name:

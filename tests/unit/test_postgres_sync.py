@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from host_tools.replication.postgres import standby_holds_every_ack
+from host_tools.replication.postgres import cluster_state, standby_holds_every_ack
 
 
 @pytest.mark.parametrize("names, me, holds", [
@@ -20,3 +20,16 @@ from host_tools.replication.postgres import standby_holds_every_ack
 ])
 def test_only_a_standby_every_commit_waits_for_is_in_sync(names, me, holds):
     assert standby_holds_every_ack(names, me) is holds
+
+
+CONTROLDATA = """pg_control version number:            1300
+Catalog version number:               202209061
+Database cluster state:               shut down in recovery
+pg_control last modified:             Tue 01 Dec 2026 03:33:43 AM UTC
+"""
+
+
+def test_cluster_state_is_read_from_pg_controldata():
+    assert cluster_state(CONTROLDATA) == "shut down in recovery"
+    assert cluster_state(CONTROLDATA.replace("shut down in recovery", "in production")) == "in production"
+    assert cluster_state("pg_control version number: 1300\n") == ""

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -39,8 +40,13 @@ def stage_mibs(dest: Path, src: Path, probe: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(p for p in src.iterdir() if p.is_file()):
         shutil.copyfile(f, dest / f.name)
-    out = subprocess.run(["snmptranslate", "-M", str(dest), "-m", "ALL", "-On", probe],
-                         capture_output=True, text=True, check=False)
+    # Only the staged modules are judged: no machine-wide snmp.conf or persistent files
+    # (/var/lib/snmp, which other net-snmp tools on the machine write) are read.
+    with tempfile.TemporaryDirectory() as private:
+        (Path(private) / "cert_indexes").mkdir()  # else net-snmp says it created it, on stderr
+        env = {**os.environ, "SNMPCONFPATH": private, "SNMP_PERSISTENT_DIR": private}
+        out = subprocess.run(["snmptranslate", "-M", str(dest), "-m", "ALL", "-On", probe],
+                             capture_output=True, text=True, check=False, env=env)
     complaints = [line for line in out.stderr.splitlines() if line.strip()]
     if complaints or out.returncode != 0 or not out.stdout.startswith("."):
         raise RuntimeError(f"net-snmp rejects the MIBs of {src} (probe {probe}): "

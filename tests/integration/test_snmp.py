@@ -243,3 +243,13 @@ def test_v3_sha256_aes256_reads_and_nothing_else_does(responder: dict) -> None:
                                  auth=("-v2c", "-c", "public"))
     outside = net_snmp("snmpget", port, "1.3.6.1.2.1.1.1.0")
     assert "No Such Object" in outside
+
+
+def test_staging_ignores_the_machines_net_snmp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other net-snmp tools on the machine write /var/lib/snmp; a damaged file there is not our MIB's fault."""
+    damaged = tmp_path / "persist"
+    damaged.mkdir()
+    (damaged / "snmpapp.conf").write_text("half a line of garbage\n")
+    monkeypatch.setenv("SNMP_PERSISTENT_DIR", str(damaged))
+    monkeypatch.setenv("SNMPCONFPATH", str(damaged))
+    stage_mibs(tmp_path / "staged", MIB_DIR, "BILLMASTER-ARBITER-MIB::arbLinkDown")

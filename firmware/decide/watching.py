@@ -135,6 +135,9 @@ def _returning(step: Step) -> None:
     for name in s.rejoining:
         srv = step.obs.server(name)
         if srv.alive and s.primary and srv.report is not None:
+            if step.held():  # maintenance came on after the power-on: the rejoin waits for it to end
+                step.why(f"{name}: back after power-on; the rejoin waits ({step.held()})")
+                continue
             track(step, Rejoin(name, s.primary), name)
             step.update(rejoining=without(step.state.rejoining, name))
             step.why(f"{name}: back after power-on; rejoining as a standby of {s.primary}")

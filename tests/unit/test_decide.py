@@ -500,6 +500,19 @@ def test_power_on_a_fenced_server_then_it_rejoins_once_it_answers():
     assert not any(isinstance(a, Rejoin) for a in actions)  # once
 
 
+def test_a_rejoin_after_power_on_waits_while_maintenance_is_on():
+    """Found by the property test: maintenance turned on after a power-on still let the
+    automatic rejoin act."""
+    st = dataclasses.replace(NORMAL, primary="standby", rejoining=("master",), maintenance=True)
+    primary = server("standby", rep=report(role=Role.PRIMARY))
+    st, actions, reason = step(st, obs(server("master", rep=report()), primary), now=102)
+    assert not any(isinstance(a, Rejoin) for a in actions) and st.rejoining == ("master",)
+    assert "master: back after power-on; the rejoin waits (maintenance mode is on)" in reason
+    st = dataclasses.replace(st, maintenance=False)
+    _, actions, reason = step(st, obs(server("master", rep=report()), primary), now=103)
+    assert [(a.server, a.primary) for a in actions if isinstance(a, Rejoin)] == [("master", "standby")]
+
+
 def test_power_on_a_server_that_is_not_fenced_is_refused():
     st, actions, reason = step(NORMAL, obs(server("master"), server("standby"),
                                            requests=(Request(RequestKind.POWER_ON, "standby"),)))

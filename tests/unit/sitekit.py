@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from firmware import config
-from firmware.model import (ActionResult, AgentReport, Channel, LinkObs, LinkState,
-                            Observations, Replication, Request, Role, ServerObs, UpsObs)
+from firmware.model import (ActionResult, AgentReport, Channel, LinkObs, LinkState, Notify,
+                            Observations, Replication, Request, Role, ServerObs, SetStatus, UpsObs)
 
 MACS = {"master": "02:00:00:00:00:01", "standby": "02:00:00:00:00:02", "standby2": "02:00:00:00:00:03"}
 
@@ -55,3 +55,12 @@ def ok(action_id: str, detail: str = "") -> ActionResult:
 
 def failed(action_id: str, detail: str = "boom") -> ActionResult:
     return ActionResult(action_id, False, detail)
+
+
+def acting(actions) -> list:
+    """The actions that do something, without the reporting ones (Notify, SetStatus)."""
+    return [a for a in actions if not isinstance(a, (Notify, SetStatus))]
+
+
+def events(actions) -> list[str]:
+    return [a.event for a in actions if isinstance(a, Notify)]

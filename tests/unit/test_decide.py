@@ -9,7 +9,7 @@ from firmware.decide import decide
 from firmware.model import (ActionResult, Verdict, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
                             Rejoin, ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
 from firmware.site_state import CondKind, Condition, Phase, SavedAlert, State, UpsSeen
-from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
+from tests.unit.sitekit import acting, dead, failed, obs, ok, report, server, site_config
 
 CFG = site_config()
 NORMAL = State(phase=Phase.NORMAL, primary="master", seen_run=1, led="ok")
@@ -26,10 +26,6 @@ def step(state, o, now=100.0, cfg=CFG):
 
 def fail_over_to_fencing(state=NORMAL, cfg=CFG):
     return step(state, obs(dead("master"), server("standby")), cfg=cfg)
-
-
-def acting(actions) -> list:
-    return [a for a in actions if not isinstance(a, (Notify, SetStatus))]
 
 
 def complete_failover(servers, state=NORMAL, now=100.0, cfg=CFG):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from firmware.decide import decide
-from firmware.model import (Channel, DegradeSync, Fence, LinkObs, LinkState, Notify, Rebuild, Rejoin, Request,
-                            RequestKind, RestoreSync, ServerObs,
-                            Role, SetStatus)
+from firmware.model import (Channel, DegradeSync, Fence, LinkObs, LinkState, Rebuild, Rejoin, Request, RequestKind,
+                            RestoreSync, ServerObs, Role)
 from firmware.site_state import CondKind, Condition, Phase, State
-from tests.unit.sitekit import dead, failed, obs, ok, report, server, site_config
+from tests.unit.sitekit import acting, dead, events, failed, obs, ok, report, server, site_config
 
 DEGRADE = site_config(policy={"sync_loss": "degrade", "sync_loss_grace": 2.0})
 BLOCK = site_config(policy={"sync_loss_grace": 2.0})
@@ -19,14 +18,6 @@ SYNCED = State(phase=Phase.NORMAL, primary="master", seen_run=1, led="ok", sync_
 def step(state, o, now, cfg=DEGRADE):
     d = decide(state, o, now, cfg)
     return d.state, list(d.actions), d.reason
-
-
-def events(actions) -> list[str]:
-    return [a.event for a in actions if isinstance(a, Notify)]
-
-
-def acting(actions) -> list:
-    return [a for a in actions if not isinstance(a, (Notify, SetStatus))]
 
 
 def master(in_sync: bool | None, lag: int | None = 0):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from firmware.decide import decide
-from firmware.model import (Fence, Notify, Observations, Promote, ReleaseIp, Request, RequestKind,
-                            Role, ServerObs, SetStatus, TakeIp, VipAudit)
+from firmware.model import (Fence, Observations, Promote, ReleaseIp, Request, RequestKind, Role, ServerObs, TakeIp,
+                            VipAudit)
 from firmware.site_state import CondKind, Condition, Phase, State
-from tests.unit.sitekit import MACS, dead, obs, report, server, site_config
+from tests.unit.sitekit import MACS, acting, dead, events, obs, report, server, site_config
 
 CFG = site_config()  # shipped defaults: unhealthy_grace 3 s, health_restore 1 s, reachability_grace 3 s
 NORMAL = State(phase=Phase.NORMAL, primary="master", seen_run=1, led="ok")
@@ -17,14 +17,6 @@ NORMAL = State(phase=Phase.NORMAL, primary="master", seen_run=1, led="ok")
 def step(state: State, o: Observations, now: float, cfg=CFG):
     d = decide(state, o, now, cfg)
     return d.state, list(d.actions), d.reason
-
-
-def events(actions) -> list[str]:
-    return [a.event for a in actions if isinstance(a, Notify)]
-
-
-def acting(actions) -> list:
-    return [a for a in actions if not isinstance(a, (Notify, SetStatus))]
 
 
 def srv(name: str, healthy: bool = True, reach: bool | None = None, vip: bool | None = None,

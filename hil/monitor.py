@@ -112,3 +112,7 @@ def shown_between(changes: list[dict[str, Any]], source: str, start: float, end:
     mine = [c for c in changes if c["source"] == source]
     before = [c["value"] for c in mine if c["t"] < start]
     return set(before[-1:]) | {c["value"] for c in mine if start <= c["t"] < end}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -383,6 +383,20 @@ def reinstate(rig: Rig, report: Report) -> None:
     report.check("one failover, no failback", report.failovers == 1)
 
 
+def _forced_failover(rig: Rig, report: Report, t0: float, target: str) -> None:
+    """An operator forces the failover the appliance would not make: accepted, the master
+    fenced before the promotion, one failover in all. Detection is timed from the order."""
+    ordered = time.monotonic()
+    answer = rig.command({"cmd": "failover", "server": target, "force": True})
+    report.check("forced failover accepted", answer.get("ok"))
+    st = _wait_primary(rig, target)
+    _detection(rig, report, ordered)
+    report.check("master fenced before the forced promotion",
+                 next(s for s in st["servers"] if s["name"] == "master")["fenced"])
+    _finish_common(rig, report, t0, True)
+    report.check("one failover, by the operator", report.failovers == 1)
+
+
 def lagging_standby(rig: Rig, report: Report) -> None:
     """The in-sync standby is down and the other one lags: no automatic failover; an
     operator forces one."""
@@ -399,15 +413,7 @@ def lagging_standby(rig: Rig, report: Report) -> None:
                  "failover-started" not in events)
     report.check("alert standby-lagging", "standby-lagging" in events)
     report.check("alert operator-needed", "operator-needed" in events)
-    ordered = time.monotonic()
-    answer = rig.command({"cmd": "failover", "server": "standby2", "force": True})
-    report.check("forced failover accepted", answer.get("ok"))
-    st = _wait_primary(rig, "standby2")
-    _detection(rig, report, ordered)  # here: from the operator's order to the fence
-    report.check("master fenced before the forced promotion",
-                 next(s for s in st["servers"] if s["name"] == "master")["fenced"])
-    _finish_common(rig, report, t0, True)
-    report.check("one failover, by the operator", report.failovers == 1)
+    _forced_failover(rig, report, t0, "standby2")
 
 
 # ---------------------------------------------------------------------- protocol attacks (hil.rogue)
@@ -806,15 +812,7 @@ def never_promote(rig: Rig, report: Report) -> None:
     report.check("no automatic failover onto the priority-0 standby",
                  st["primary"] == "master" and "failover-started" not in events)
     report.check("alert operator-needed", "operator-needed" in events)
-    ordered = time.monotonic()
-    answer = rig.command({"cmd": "failover", "server": "standby", "force": True})
-    report.check("forced failover accepted", answer.get("ok"))
-    st = _wait_primary(rig, "standby")
-    _detection(rig, report, ordered)  # here: from the operator's order to the fence
-    report.check("master fenced before the forced promotion",
-                 next(s for s in st["servers"] if s["name"] == "master")["fenced"])
-    _finish_common(rig, report, t0, True)
-    report.check("one failover, by the operator", report.failovers == 1)
+    _forced_failover(rig, report, t0, "standby")
 
 
 # ---------------------------------------------------------------------- continuity (losing the

@@ -31,10 +31,10 @@ from typing import Any
 
 from hil.budget import CpuBudget
 from hil.endurance import run_endurance
-from hil.keepalived import on_pair
+from hil.keepalived import on_pair, site_prefix
 from hil.rig import PROBE_PORT, PY, Rig, RigOptions
 from hil.scenarios import run_scenario
-from hil.site import Site, cleanup_stale
+from hil.site import DEFAULT_PREFIX, Site, cleanup_stale
 from hil.soak import arbiter_soak, keepalived_soak
 
 PARTS = ("outage", "cost", "soak", "soak-keepalived", "budget", "endurance")
@@ -50,15 +50,16 @@ def _say(text: str) -> None:
 # ---------------------------------------------------------------------- outage
 
 
-def arbiter_outages(runs: int, workdir: Path, budget: bool = False) -> dict[str, Any]:
+def arbiter_outages(runs: int, workdir: Path, budget: bool = False, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
     """Power-loss on a pair (master, one synchronous standby) under billing load, as
     keepalived's runs have two hosts. A failed run is counted and listed, never hidden."""
     rows: list[dict[str, Any]] = []
     method = ""
     for i in range(runs):
-        with CpuBudget(enabled=budget) as cpu:
+        with CpuBudget(enabled=budget, prefix=prefix) as cpu:
             report = run_scenario("power-loss", workdir / f"arbiter{'-budget' if budget else ''}-{i}",
-                                  RigOptions(database=True), prepare=lambda rig: cpu.add(rig.arbiter_pid))
+                                  RigOptions(database=True), prepare=lambda rig: cpu.add(rig.arbiter_pid),
+                                  prefix=prefix)
             method = cpu.method
         d = report.details
         rows.append({"passed": report.passed, "outage_s": report.outage_s, "lost_tx": report.lost_tx,
@@ -81,8 +82,8 @@ def arbiter_outages(runs: int, workdir: Path, budget: bool = False) -> dict[str,
     return out
 
 
-def keepalived_outage(workdir: Path, advert_int: float) -> float | None:
-    site, ka = on_pair(workdir, advert_int)
+def keepalived_outage(workdir: Path, advert_int: float, prefix: str = DEFAULT_PREFIX) -> float | None:
+    site, ka = on_pair(workdir, advert_int, prefix)
     try:
         probe = _probe(site, workdir)
         time.sleep(1.0)
@@ -104,10 +105,10 @@ def _probe(site: Site, workdir: Path):
                       log_name="probe")
 
 
-def keepalived_outages(runs: int, workdir: Path, advert_int: float) -> dict[str, Any]:
+def keepalived_outages(runs: int, workdir: Path, advert_int: float, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
     got: list[float] = []
     for i in range(runs):
-        o = keepalived_outage(workdir / f"ka{advert_int:g}-{i}", advert_int)
+        o = keepalived_outage(workdir / f"ka{advert_int:g}-{i}", advert_int, prefix)
         _say(f"keepalived advert_int {advert_int:g} run {i + 1}/{runs}: outage {o} s")
         if o is not None:
             got.append(o)
@@ -117,10 +118,10 @@ def keepalived_outages(runs: int, workdir: Path, advert_int: float) -> dict[str,
 # ---------------------------------------------------------------------- cost
 
 
-def arbiter_cost(workdir: Path, seconds: float, standbys: int) -> dict[str, Any]:
+def arbiter_cost(workdir: Path, seconds: float, standbys: int, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
     """The daemon process alone while it watches a calm site: utime+stime of its process
     minus those of the rig's bridge thread inside it; VmHWM for the peak RSS."""
-    with Rig(RigOptions(standbys=standbys), workdir) as rig:
+    with Rig(RigOptions(standbys=standbys, prefix=prefix), workdir) as rig:
         rig.wait_ready(timeout=60.0)
         time.sleep(2.0)
         pid, tid = rig.arbiter_pid, rig.gpio.bridge_thread()
@@ -138,12 +139,12 @@ def arbiter_cost(workdir: Path, seconds: float, standbys: int) -> dict[str, Any]
             "measured_s": round(t1 - t0, 1), "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
-def monitored_cost(workdir: Path, seconds: float = 60.0) -> dict[str, float]:
+def monitored_cost(workdir: Path, seconds: float = 60.0, prefix: str = DEFAULT_PREFIX) -> dict[str, float]:
     """arbiterd's CPU seconds over ``seconds`` on a calm site with its HTTP status and SNMP
     responder on: first with nobody polling, then with /health, /status, /metrics and an
     snmpwalk of arbStatus each once a second (hil.monitor on the client host). The rig's
     GPIO bridge thread inside the process is left out, as in arbiter_cost."""
-    with Rig(RigOptions(monitoring=True), workdir) as rig:
+    with Rig(RigOptions(monitoring=True, prefix=prefix), workdir) as rig:
         rig.wait_ready(timeout=60.0)
         pid, tid = rig.arbiter_pid, rig.gpio.bridge_thread()
         time.sleep(2.0)
@@ -192,31 +193,34 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def run_bench(parts: list[str], workdir: Path, *, runs: int, soak_s: float, budget_soak_s: float,
-              endurance: int, cost_s: float) -> dict[str, Any]:
-    """The figures of the parts asked for, each stamped with the load average it ran under."""
+              endurance: int, cost_s: float, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+    """The figures of the parts asked for, each stamped with the load average it ran under.
+    ``prefix`` names every site the bench builds (keepalived's pairs: hil.keepalived.site_prefix)."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"--parts {','.join(unknown)}: unknown (known: {', '.join(PARTS)})")
-    cleanup_stale("ba")
-    cleanup_stale("bk")
+    cleanup_stale(prefix)
+    cleanup_stale(site_prefix(prefix))
     figures: dict[str, Any] = {}
     for part in parts:
         started, load = time.monotonic(), os.getloadavg()[0]
         if part == "outage":
-            figures["arbiter"] = arbiter_outages(runs, workdir)
+            figures["arbiter"] = arbiter_outages(runs, workdir, prefix=prefix)
             for advert in ADVERTS:
-                figures[f"keepalived_{advert:g}"] = keepalived_outages(runs, workdir, advert)
+                figures[f"keepalived_{advert:g}"] = keepalived_outages(runs, workdir, advert, prefix)
         elif part == "cost":
-            figures["cost"] = [arbiter_cost(workdir / f"cost-{n}", cost_s, n - 1) for n in (2, 10)]
+            figures["cost"] = [arbiter_cost(workdir / f"cost-{n}", cost_s, n - 1, prefix) for n in (2, 10)]
         elif part == "soak":
-            figures["soak_arbiter"] = arbiter_soak(workdir / "soak", soak_s)
+            figures["soak_arbiter"] = arbiter_soak(workdir / "soak", soak_s, prefix=prefix)
         elif part == "soak-keepalived":
-            figures[f"soak_keepalived_{SOAK_ADVERT:g}"] = keepalived_soak(workdir / "soak-ka", soak_s, SOAK_ADVERT)
+            figures[f"soak_keepalived_{SOAK_ADVERT:g}"] = keepalived_soak(workdir / "soak-ka", soak_s, SOAK_ADVERT,
+                                                                          prefix)
         elif part == "budget":
-            figures["arbiter_budget"] = arbiter_outages(runs, workdir, budget=True)
-            figures["arbiter_budget"]["soak"] = arbiter_soak(workdir / "soak-budget", budget_soak_s, budget=True)
+            figures["arbiter_budget"] = arbiter_outages(runs, workdir, budget=True, prefix=prefix)
+            figures["arbiter_budget"]["soak"] = arbiter_soak(workdir / "soak-budget", budget_soak_s, budget=True,
+                                                             prefix=prefix)
         elif part == "endurance" and endurance > 0:
-            figures["endurance"] = run_endurance(endurance, workdir / "endurance")
+            figures["endurance"] = run_endurance(endurance, workdir / "endurance", prefix)
         figures.setdefault("ran", {})[part] = {"seconds": round(time.monotonic() - started),
                                                "load_average_at_start": round(load, 2),
                                                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

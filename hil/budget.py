@@ -19,11 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hil.site import DEFAULT_PREFIX, check_prefix
+
 SHARE = 0.25
 PERIOD_US = 10_000
 V2_ROOT = Path("/sys/fs/cgroup")
 V1_CPU = Path("/sys/fs/cgroup/cpu")
-GROUP = "arbiter-hil-budget"
+GROUP = "arbiter-hil-budget"  # and the rig's prefix
 
 # busy for three quarters of every period, asleep for the rest; above the appliance's priority
 _HOG = ("import os, time\nos.nice(-20)\nbusy, period = {busy}, {period}\n"
@@ -34,9 +36,12 @@ _HOG = ("import os, time\nos.nice(-20)\nbusy, period = {busy}, {period}\n"
 class CpuBudget:
     """``with CpuBudget() as b: b.add(pid)`` limits those processes (and their threads)."""
 
-    def __init__(self, share: float = SHARE, period_us: int = PERIOD_US, enabled: bool = True) -> None:
-        """``enabled`` False: no limit at all (method ""), so callers need no second code path."""
+    def __init__(self, share: float = SHARE, period_us: int = PERIOD_US, enabled: bool = True,
+                 prefix: str = DEFAULT_PREFIX) -> None:
+        """``enabled`` False: no limit at all (method ""), so callers need no second code path.
+        ``prefix``: the rig's; the cgroup is named after it, so two rigs' budgets never share one."""
         self.share, self.period_us, self.enabled = share, period_us, enabled
+        self.name = f"{GROUP}-{check_prefix(prefix)}"
         self.method = ""
         self.group: Path | None = None
         self._hog: subprocess.Popen[bytes] | None = None
@@ -45,12 +50,12 @@ class CpuBudget:
         quota = int(self.share * self.period_us)
         if not self.enabled:
             return self
-        if _v2_group():
-            self.group = V2_ROOT / GROUP
+        if _v2_group(self.name):
+            self.group = V2_ROOT / self.name
             (self.group / "cpu.max").write_text(f"{quota} {self.period_us}\n")
             self.method = f"cgroup v2 cpu.max = {quota} {self.period_us}"
-        elif (V1_CPU / "cpu.cfs_quota_us").exists() and _try_mkdir(V1_CPU / GROUP):
-            self.group = V1_CPU / GROUP
+        elif (V1_CPU / "cpu.cfs_quota_us").exists() and _try_mkdir(V1_CPU / self.name):
+            self.group = V1_CPU / self.name
             (self.group / "cpu.cfs_period_us").write_text(f"{self.period_us}\n")
             (self.group / "cpu.cfs_quota_us").write_text(f"{quota}\n")
             self.method = f"cgroup v1 cpu.cfs_quota_us = {quota} per cpu.cfs_period_us = {self.period_us}"
@@ -83,7 +88,7 @@ class CpuBudget:
             self.group.rmdir()
 
 
-def _v2_group() -> bool:
+def _v2_group(name: str) -> bool:
     """A v2 group with cpu.max: the controller enabled for the root's children first."""
     if "cpu" not in _read(V2_ROOT / "cgroup.controllers").split():
         return False
@@ -91,11 +96,11 @@ def _v2_group() -> bool:
         (V2_ROOT / "cgroup.subtree_control").write_text("+cpu\n")
     except OSError:
         pass  # already on, or not ours to change: cpu.max below tells
-    if not _try_mkdir(V2_ROOT / GROUP):
+    if not _try_mkdir(V2_ROOT / name):
         return False
-    if (V2_ROOT / GROUP / "cpu.max").exists():
+    if (V2_ROOT / name / "cpu.max").exists():
         return True
-    (V2_ROOT / GROUP).rmdir()
+    (V2_ROOT / name).rmdir()
     return False
 
 

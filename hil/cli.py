@@ -13,7 +13,8 @@ from firmware import add_version
 from hil import bench as bench_mod
 from hil.report import render
 from hil.scenarios import SCENARIOS, run_scenario
-from hil.site import cleanup_stale
+from hil.keepalived import site_prefix
+from hil.site import DEFAULT_PREFIX, check_prefix, cleanup_stale
 
 
 def _workdir(args: argparse.Namespace, name: str) -> Path:
@@ -24,7 +25,7 @@ def _workdir(args: argparse.Namespace, name: str) -> Path:
 def _run(name: str, args: argparse.Namespace) -> int:
     workdir = _workdir(args, name)
     print(f"[rig] building a site for scenario {name} in {workdir} ...", file=sys.stderr, flush=True)
-    report = run_scenario(name, workdir)
+    report = run_scenario(name, workdir, prefix=args.prefix)
     if args.json:
         report.write(Path(args.json))
     print(render(report))
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                     "Needs root.")
     add_version(parser)
     parser.add_argument("--workdir", help="where sites, logs and reports go (default: a new temp dir)")
+    parser.add_argument("--prefix", type=_prefix, default=DEFAULT_PREFIX,
+                        help="names the rig's network namespaces (PREFIX-master, ...), its serial cables' "
+                             "run directory and its CPU-budget cgroup; a second rig with another prefix "
+                             "runs beside the first (default %(default)s; cleanup removes only this prefix's)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="build a site, cut the master's power, print the report")
     run = sub.add_parser("run", help="run one scenario")
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("arbiter-hil: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
-    cleanup_stale("ba")
+    cleanup_stale(args.prefix)
+    cleanup_stale(site_prefix(args.prefix))
     if args.command == "cleanup":
         return 0
     if args.command == "demo":
@@ -87,7 +93,8 @@ def _bench(args: argparse.Namespace) -> int:
     parts = [p for p in args.parts.split(",") if p] or [p for p in bench_mod.PARTS if p != "endurance" or args.endurance]
     out = Path(args.json)
     figures = bench_mod.run_bench(parts, _workdir(args, "bench"), runs=args.runs, soak_s=args.soak_seconds,
-                        budget_soak_s=args.budget_soak_seconds, endurance=args.endurance, cost_s=args.cost_seconds)
+                        budget_soak_s=args.budget_soak_seconds, endurance=args.endurance, cost_s=args.cost_seconds,
+                        prefix=args.prefix)
     if out.exists():
         figures = bench_mod.merge(json.loads(out.read_text()), figures)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +103,15 @@ def _bench(args: argparse.Namespace) -> int:
     print(bench_mod.render(figures))
     print(f"[bench] figures: {out}, plot: {out.with_suffix('.png')}", file=sys.stderr)
     return 0
+
+
+def _prefix(text: str) -> str:
+    """The rig's prefix, and keepalived's derived from it, must both be good names."""
+    try:
+        site_prefix(check_prefix(text))
+        return text
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count(text: str) -> int:

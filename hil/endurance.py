@@ -18,6 +18,7 @@ from typing import Any
 
 from hil.rig import Rig, RigOptions
 from hil.scenarios import WritableWatch
+from hil.site import DEFAULT_PREFIX
 
 # the shipped hold_down (no second automatic failover for 300 s) would make this a day long
 HOLD_DOWN_S = 1.0
@@ -32,9 +33,9 @@ def _say(text: str) -> None:
     print(f"[endurance] {text}", file=sys.stderr, flush=True)
 
 
-def run_endurance(n: int, workdir: Path) -> dict[str, Any]:
+def run_endurance(n: int, workdir: Path, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
     """Stops at the first failover that does not complete (counted, never hidden)."""
-    opts = RigOptions(database=True, arbiter={"timing": {"hold_down": HOLD_DOWN_S}})
+    opts = RigOptions(database=True, arbiter={"timing": {"hold_down": HOLD_DOWN_S}}, prefix=prefix)
     rows: list[dict[str, Any]] = []
     with Rig(opts, workdir) as rig:
         rig.wait_ready()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from hil.rig import PROBE_PORT, PY
-from hil.site import Proc, Site
+from hil.site import DEFAULT_PREFIX, Proc, Site, check_prefix
 
 ROUTER_ID = 51
 TOP_PRIORITY = 200
@@ -100,10 +100,16 @@ class Keepalived:
         self.procs = {}
 
 
-def on_pair(workdir: Path, advert_int: float) -> tuple[Site, Keepalived]:
+def site_prefix(prefix: str) -> str:
+    """keepalived's pair gets a prefix of its own, derived from the rig's (``ba`` -> ``bak``), so
+    cleaning up one never touches the other, and two rigs' pairs never meet."""
+    return check_prefix(f"{prefix}k")
+
+
+def on_pair(workdir: Path, advert_int: float, prefix: str = DEFAULT_PREFIX) -> tuple[Site, Keepalived]:
     """A master and a standby with the rig's echo server, keepalived on both, the master
     holding the address, and a client host; the caller tears the site down."""
-    site = Site("bk", ["master", "standby", "client"], workdir)
+    site = Site(site_prefix(prefix), ["master", "standby", "client"], workdir)
     site.build()
     try:
         for name in ("master", "standby"):

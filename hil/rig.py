@@ -28,7 +28,7 @@ from firmware.protocol import derive_key
 from hil import toml_out
 from hil.lifecycle import Built
 from hil.nut import FENCE_USER
-from hil.site import Site
+from hil.site import DEFAULT_PREFIX, Site
 
 log = logging.getLogger("hil")
 
@@ -58,7 +58,7 @@ class RigOptions:
     fence_level2: bool = False  # every server's UPS outlet is a level 2 fence (load.off through upsd)
     stuck_relays: tuple[str, ...] = ()  # these servers' relay contacts are welded: opening them cuts nothing
     monitoring: bool = False  # the appliance's HTTP and SNMP status, a fast heartbeat trap, agents' alert traps
-    prefix: str = "ba"
+    prefix: str = DEFAULT_PREFIX  # namespaces <prefix>-<host>: rigs with different prefixes run side by side
 
 
 def server_names(opts: RigOptions) -> list[str]:

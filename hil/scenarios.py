@@ -20,6 +20,7 @@ from firmware.errors import ArbiterError, ProtocolError
 from firmware.protocol import Frame, Kind, Reply, derive_key, encode, peek_sender
 from hil.report import Report
 from hil.rig import AGENT_PORT, Rig, RigOptions
+from hil.site import DEFAULT_PREFIX
 from host_tools.agent import REFUSED_LOG_EVERY_S
 
 
@@ -1007,14 +1008,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 
 
 def run_scenario(name: str, workdir: Path, options: RigOptions | None = None,
-                 prepare: Callable[[Rig], None] | None = None) -> Report:
-    """``prepare`` runs on the built site before the scenario (the bench limits the appliance's CPU)."""
+                 prepare: Callable[[Rig], None] | None = None, prefix: str = DEFAULT_PREFIX) -> Report:
+    """``prepare`` runs on the built site before the scenario (the bench limits the appliance's CPU);
+    ``prefix`` names the site's namespaces, whatever ``options`` say, so rigs can run side by side."""
     scenario = SCENARIOS[name]
     report = Report(name)
     opts = options or scenario.options
     started = time.monotonic()
     try:
-        with Rig(dataclasses.replace(opts), workdir) as rig:
+        with Rig(dataclasses.replace(opts, prefix=prefix), workdir) as rig:
             if prepare is not None:
                 prepare(rig)
             scenario.run(rig, report)

@@ -34,6 +34,7 @@ from typing import Any
 from hil import netns
 from hil.lifecycle import Built
 
+DEFAULT_PREFIX = "ba"  # the rig's namespace prefix; another prefix lets a second rig run beside it
 SUBNET = "192.0.2"  # TEST-NET-1: documentation addresses, used only inside our namespaces
 VIP = f"{SUBNET}.100/24"
 DEFAULT_HOSTS = ("master", "standby", "arbiter", "client")
@@ -399,10 +400,16 @@ class Site(Built):
         _wait_for(lambda: a.exists() and b.exists(), 5.0, f"socat links {a} and {b}")
 
 
-def _check_names(prefix: str, hosts: list[str]) -> None:
-    """Names end up in namespace names, paths and nft scripts: keep them plain and short."""
+def check_prefix(prefix: str) -> str:
+    """A prefix ends up in namespace names, paths and cgroup names: plain and short."""
     if not NAME_RE.fullmatch(prefix):
         raise ValueError(f"prefix={prefix!r}: must match {NAME_RE.pattern}")
+    return prefix
+
+
+def _check_names(prefix: str, hosts: list[str]) -> None:
+    """Names end up in namespace names, paths and nft scripts: keep them plain and short."""
+    check_prefix(prefix)
     bad = [h for h in hosts if not NAME_RE.fullmatch(h) or h == "lan"]
     if bad or len(set(hosts)) != len(hosts) or not 0 < len(hosts) <= MAX_HOSTS:
         raise ValueError(f"hosts={hosts!r}: need 1..{MAX_HOSTS} distinct names matching "

@@ -24,7 +24,7 @@ from hil.budget import CpuBudget
 from hil.keepalived import Keepalived, on_pair
 from hil.rig import Rig, RigOptions
 from hil.scenarios import noise
-from hil.site import Site
+from hil.site import DEFAULT_PREFIX, Site
 
 LOSS_PERCENT = 5
 FREEZE_EVERY_S = 5.0
@@ -90,12 +90,13 @@ def _hog() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", HOG], start_new_session=True)
 
 
-def arbiter_soak(workdir: Path, seconds: float, budget: bool = False) -> dict[str, Any]:
+def arbiter_soak(workdir: Path, seconds: float, budget: bool = False,
+                 prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
     """The appliance at its shipped defaults on a pair; ``budget``: the appliance and the hog
     share a quarter of one core (hil.budget)."""
     dead = Timing().dead_time
     faults = schedule(seconds, ["master", "standby"], dead / 2)
-    with Rig(RigOptions(), workdir) as rig, CpuBudget(enabled=budget) as cpu:
+    with Rig(RigOptions(prefix=prefix), workdir) as rig, CpuBudget(enabled=budget, prefix=prefix) as cpu:
         rig.wait_ready()
         hog = _hog()
         try:
@@ -120,12 +121,13 @@ def arbiter_soak(workdir: Path, seconds: float, budget: bool = False) -> dict[st
             "budget": cpu.method, **played}
 
 
-def keepalived_soak(workdir: Path, seconds: float, advert_int: float) -> dict[str, Any]:
+def keepalived_soak(workdir: Path, seconds: float, advert_int: float,
+                    prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
     """The same loss, hog and freezes on a keepalived pair; every entry into MASTER state after
     the start is a false takeover (nobody died)."""
     dead = Timing().dead_time
     faults = schedule(seconds, ["master", "standby"], dead / 2)
-    site, ka = on_pair(workdir, advert_int)
+    site, ka = on_pair(workdir, advert_int, prefix)
     try:
         hog = _hog()
         try:

@@ -7,6 +7,7 @@ in firmware/site_state.py). Every branch leaves a one-line human reason.
 The safety rules of the design, and where they live:
 1. dead means silent on every channel ........ ServerObs.alive, phases.normal
 2. fence before promote ....................... operations.start_failover, .fencing
+   (no relay: the standby confirms) .......... eligibility.standby_objects, requests (--force too)
 3. only a healthy, in-sync standby ............ eligibility.why_not_eligible
 4. the standby's own view of the primary ...... eligibility.standby_objects
 5. hold-down, no failback, old primary out .... phases, watching

@@ -1,8 +1,9 @@
 """Operator requests: maintenance, power-on, switchover and manual failover."""
 from __future__ import annotations
 
+from firmware.config import Fencing
 from firmware.decide.continuity import request_rebuild
-from firmware.decide.eligibility import candidates, why_not_eligible
+from firmware.decide.eligibility import candidates, standby_objects, why_not_eligible
 from firmware.decide.operations import start_failover, start_switchover
 from firmware.decide.step import Step, with_, without
 from firmware.model import PowerOn, Request, RequestKind, Verdict
@@ -80,6 +81,11 @@ def _manual_failover(step: Step, server: str | None, force: bool) -> None:
     if problem or server == step.state.primary:
         step.refuse(f"failover to {server}: refused, {problem or 'it is the primary'}")
         return
+    if step.cfg.policy.fencing is Fencing.NONE:  # rule 2: --force cannot stand in for the standby's word
+        objection = standby_objects(obs, step.cfg)
+        if objection:
+            step.refuse(f"failover to {server}: refused, {objection}")
+            return
     start_failover(step, server, "manual-failover")
 
 

@@ -150,6 +150,31 @@ def test_without_fence_relay_the_standby_must_confirm_the_loss():
     assert "promoting standby" in reason
 
 
+@pytest.mark.parametrize("master,rep,words", [
+    (dead("master"), report(hears=None), "standby has not confirmed losing the primary"),
+    (dead("master"), report(hears=False, peer=True), "standby has not confirmed losing the primary"),
+    (server("master"), report(hears=True), "standby still hears the primary"),
+])
+def test_without_fence_relay_a_forced_failover_also_needs_the_standby_to_confirm(master, rep, words):
+    """Rule 2: --force overrides the lag check, never the missing fence: with no relay to cut
+    the old primary, the standby's own word that it lost it is the only guard against two primaries."""
+    cfg = site_config(policy={"fencing": "none"})
+    forced = obs(master, server("standby", rep=rep), requests=(Request(RequestKind.FAILOVER, "standby", force=True),))
+    d = decide(NORMAL, forced, 100.0, cfg)
+    assert d.state.phase is Phase.NORMAL and not any(isinstance(a, Promote) for a in d.actions)
+    [(_, verdict)] = d.verdicts
+    assert not verdict.accepted and verdict.reason.startswith(f"failover to standby: refused, {words}")
+
+
+def test_without_fence_relay_a_forced_failover_promotes_once_the_standby_confirms():
+    cfg = site_config(policy={"fencing": "none"})
+    forced = obs(dead("master"), server("standby", rep=report(hears=False, in_sync=False, lag=9)),
+                 requests=(Request(RequestKind.FAILOVER, "standby", force=True),))
+    st, actions, reason = step(NORMAL, forced, cfg=cfg)
+    assert st.phase is Phase.PROMOTING and [type(a) for a in acting(actions)] == [Promote]
+    assert "manual-failover to standby ordered by an operator" in reason
+
+
 def test_without_fence_relay_the_reason_does_not_claim_a_fence():
     cfg = site_config(policy={"fencing": "none"})
     _, actions, reason = step(NORMAL, obs(dead("master"), server("standby", rep=report(hears=False))), cfg=cfg)

@@ -4,8 +4,9 @@ operator requests, time and appliance restarts, under several site configs.
 The invariants (issue: property tests of decide):
 - every change of phase is in site_state.TRANSITIONS (decide raises TransitionError otherwise);
 - a Promote follows, in the same operation, a confirmed fence of the old primary, or under
-  policy.fencing = none the target's own confirmation that it lost the primary (automatic
-  failover), or for a switchover the old primary's confirmed demotion;
+  policy.fencing = none the target's own confirmation that it lost the primary (an automatic
+  failover or an operator's forced one alike), or for a switchover the old primary's
+  confirmed demotion;
 - no automatic failover starts inside the hold-down after a failover;
 - in observe mode only reporting actions; in maintenance no new operation starts by itself;
 - one promote target per operation.
@@ -118,7 +119,7 @@ class DecideMachine(RuleBasedStateMachine):
             assert ("Demote", old) in self.confirmed, f"promote {target} before {old}'s demotion was confirmed"
         elif self.cfg.policy.fencing == "relay":
             assert ("Fence", old) in self.confirmed, f"promote {target} before {old}'s fence was confirmed"
-        elif after.operation == "failover":  # policy.fencing = none: the target's own word
+        else:  # policy.fencing = none, automatic or forced failover: the target's own word
             assert ("Lost", target) in self.confirmed, f"promote {target} under fencing = none without its confirmation"
 
     @invariant()
@@ -145,13 +146,15 @@ TestDecideMachine.settings = settings(max_examples=2000, stateful_step_count=20,
 def test_the_checks_catch_a_promote_without_its_confirmation():
     """The invariants above can fail: a promote with no confirmed fence, one under fencing =
     none without the standby's word, and a second target in one operation are all caught."""
-    for name, confirmed in (("relay", set()), ("no-fence", {("Fence", "master")})):
+    for name, confirmed, operation in (("relay", set(), "failover"), ("no-fence", {("Fence", "master")}, "failover"),
+                                       ("no-fence", set(), "manual-failover")):
         machine = DecideMachine()
         machine.start(name)
         machine.confirmed = confirmed
-        after = State(phase=Phase.PROMOTING, old="master", target="standby", operation="failover")
+        after = State(phase=Phase.PROMOTING, old="master", target="standby", operation=operation)
         with pytest.raises(AssertionError, match="promote standby"):
             machine._check_promote(after, "standby")
+    after = State(phase=Phase.PROMOTING, old="master", target="standby", operation="failover")
     machine = DecideMachine()
     machine.start("relay")
     machine.confirmed = {("Fence", "master")}

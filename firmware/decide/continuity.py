@@ -5,17 +5,22 @@ Anchors: Patroni's ``synchronous_mode`` (degrade) against ``synchronous_mode_str
 (block), pg_auto_failover's ``number_sync_standbys``.
 
 * A loss counts only once the primary has been seen with a synchronous standby
-  (``sync_seen``): a freshly promoted primary that runs alone was never synchronous, and
-  its standbys come back through rejoin or rebuild, then ``resync``.
+  (``sync_seen``).
+* A primary promoted since the site was last seen synchronous (a failover or a switchover:
+  the promotion leaves ``synchronous_standby_names`` empty unless the agent's
+  ``sync_after_promote`` names standbys) runs on one copy: ``durability-reduced`` at once,
+  and every standby of the site that streams from it (the others, a rejoined or rebuilt old
+  primary, as soon as they do) goes to ``resync``. A site never seen synchronous is left as
+  it runs: the appliance does not make an asynchronous site synchronous.
 * block: commits keep waiting; after ``policy.sync_loss_grace`` one critical
   ``commits-blocked``. degrade: after the grace the primary's agent is told to stop waiting
   (DegradeSync), ``durability-reduced`` goes out, and the lost standbys are ``degraded``:
   while any is, no standby is promoted automatically, because the lost one still believes
   itself synchronous and may miss acknowledged commits, and another one may have been
   named synchronous only now (rule 3).
-* A standby in ``resync`` (a lost one, or a rebuilt one) that streams again with nothing left
-  to replay is named synchronous again (RestoreSync); once the primary confirms,
-  ``durability-restored`` and the block on failover ends.
+* A standby in ``resync`` (a lost one, a rejoined or rebuilt one, one streaming from a primary
+  promoted alone) that streams with nothing left to replay is named synchronous (RestoreSync);
+  once the primary confirms, ``durability-restored`` and the block on failover ends.
 * Rejoin, rebuild and the sync actions are not a phase's actions: their results are matched
   here through ``pending`` (action id, what, server, issued at).
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 from firmware.config import Fencing, SyncLoss
 from firmware.decide.step import Step, drop_condition, with_
 from firmware.model import Action, DegradeSync, Rebuild, Rejoin, RestoreSync, Role, ServerObs
-from firmware.site_state import CondKind, Condition, Phase
+from firmware.site_state import CondKind, Condition, Phase, State
 
 _BLOCKED = Condition(CondKind.COMMITS_BLOCKED)
 _REDUCED = Condition(CondKind.DURABILITY_REDUCED)
@@ -43,6 +48,8 @@ def sync_loss(step: Step) -> None:
         _in_sync(step)
     elif s.sync_seen == s.primary and not s.degraded:
         _out_of_sync(step)
+    elif s.sync_seen:
+        _promoted_alone(step)
     _resync(step)
 
 
@@ -83,6 +90,24 @@ def _out_of_sync(step: Step) -> None:
     step.why(f"{s.primary}: {text}")
 
 
+def _promoted_alone(step: Step) -> None:
+    """A new primary without a synchronous standby: say so once, and have every standby that
+    streams from it named synchronous once it has caught up (``_resync``)."""
+    s = step.state
+    if not _restoring(s):  # resync is what the pending order names, until its result
+        streaming = [x.name for x in step.obs.servers if x.name != s.primary and x.name not in s.fenced
+                     and _streams(x)]
+        step.update(resync=tuple(sorted(set(s.resync) | set(streaming))))
+    if _REDUCED in s.conditions:
+        return
+    waiting = ", ".join(step.state.resync) or "no standby streams from it yet"
+    text = (f"{s.primary} runs without a synchronous standby since its promotion: acknowledged commits are on"
+            f" one machine until a standby is named synchronous once caught up ({waiting})")
+    step.update(conditions=tuple(sorted(set(s.conditions) | {_REDUCED})))
+    step.notify("durability-reduced", s.primary or "", text=text)
+    step.why(text)
+
+
 def _dead_sync_standbys(step: Step) -> list[str]:
     """Standbys silent on every link whose last report said they were synchronous: the primary's
     commits wait for them already, though its sender notices only after wal_sender_timeout."""
@@ -105,13 +130,17 @@ def _streams(srv: ServerObs) -> bool:
 def _resync(step: Step) -> None:
     """Standbys waiting to be synchronous again: named once they stream with nothing to replay."""
     s = step.state
-    if not s.resync or any(what == "sync_restore" for _, what, _, _ in s.pending) or step.held():
+    if not s.resync or _restoring(s) or step.held():
         return
     ready = [n for n in s.resync if _streams(step.obs.server(n))
              and step.obs.server(n).report.repl.lag_bytes == 0]  # type: ignore[union-attr]
     if ready and len(ready) == len(s.resync):
         track(step, RestoreSync(s.primary or "", tuple(ready)), s.primary or "")
         step.why(f"{', '.join(ready)} caught up with {s.primary}: naming it synchronous again")
+
+
+def _restoring(s: State) -> bool:
+    return any(what == "sync_restore" for _, what, _, _ in s.pending)
 
 
 def degraded_blocks(step: Step) -> str:
@@ -194,6 +223,9 @@ def _done(step: Step, what: str, server: str, ok: bool, detail: str) -> None:
     s = step.state
     if what == "rejoin" and not ok:
         _rejoin_failed(step, server, detail)
+    elif what == "rejoin" and s.sync_seen:
+        step.update(resync=with_(s.resync, server))
+        step.why(f"{server}: rejoined as a standby of {s.primary}; it becomes synchronous once caught up")
     elif what == "rebuild":
         if ok:
             step.update(resync=with_(s.resync, server))
@@ -203,8 +235,8 @@ def _done(step: Step, what: str, server: str, ok: bool, detail: str) -> None:
             step.notify("rebuild-failed", server, text=detail)
             step.why(f"{server}: rebuild failed ({detail}); waiting for an operator")
     elif what == "sync_restore" and ok:
-        named = set(s.resync)
-        step.update(resync=(), degraded=tuple(n for n in s.degraded if n not in named))
+        named = set(s.resync)  # the primary confirmed it waits for them: synchronous from now on
+        step.update(resync=(), degraded=tuple(n for n in s.degraded if n not in named), sync_seen=s.primary or "")
         if not step.state.degraded and _REDUCED in s.conditions:
             drop_condition(step, _REDUCED)
             step.notify("durability-restored", s.primary or "", text=detail)

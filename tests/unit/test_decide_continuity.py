@@ -62,11 +62,68 @@ def test_block_keeps_commits_waiting_and_raises_one_critical_alert():
     assert Condition(CondKind.COMMITS_BLOCKED) not in st.conditions
 
 
-def test_a_primary_never_seen_synchronous_has_nothing_to_lose():
-    fresh = State(phase=Phase.NORMAL, primary="standby", seen_run=1, led="ok", sync_seen="master")
-    st, actions, _ = step(fresh, obs(dead("master"), server("standby", rep=report(Role.PRIMARY, in_sync=False))), 100.0)
-    st, actions, _ = step(st, obs(dead("master"), server("standby", rep=report(Role.PRIMARY, in_sync=False))), 200.0)
-    assert acting(actions) == [] and "durability-reduced" not in events(actions) and st.sync_lost_since is None
+THREE = site_config(servers=("master", "standby", "standby2"), policy={"sync_loss": "degrade"})
+
+
+def _promoted(*others, results=()):
+    """After a failover to the standby: it runs as primary, its promotion emptied synchronous_standby_names."""
+    return obs(*others, server("standby", rep=report(Role.PRIMARY, in_sync=False)), results=results)
+
+
+def durability(actions) -> list[str]:
+    return [e for e in events(actions) if e.startswith("durability-")]
+
+
+def _streaming(name: str, lag: int = 0):
+    return server(name, rep=report(Role.STANDBY, in_sync=False, lag=lag, peer=True))
+
+
+def test_a_primary_promoted_alone_is_durability_reduced_at_once_and_nothing_is_degraded():
+    fresh = State(phase=Phase.NORMAL, primary="standby", seen_run=1, led="ok", sync_seen="master", fenced=("master",))
+    st, actions, reason = step(fresh, _promoted(dead("master")), 100.0)
+    assert acting(actions) == [] and durability(actions) == ["durability-reduced"]
+    assert ("standby runs without a synchronous standby since its promotion: acknowledged commits are on one machine"
+            " until a standby is named synchronous once caught up (no standby streams from it yet)") in reason
+    assert st.sync_lost_since is None and st.degraded == () and st.resync == ()
+    st, actions, _ = step(st, _promoted(dead("master")), 200.0)
+    assert acting(actions) == [] and durability(actions) == []  # said once
+
+
+def test_the_standbys_of_a_primary_promoted_alone_are_named_synchronous_once_caught_up():
+    fresh = State(phase=Phase.NORMAL, primary="standby", seen_run=1, led="ok", sync_seen="master", fenced=("master",))
+    st, actions, _ = step(fresh, _promoted(dead("master"), _streaming("standby2", lag=4096)), 100.0, THREE)
+    assert durability(actions) == ["durability-reduced"] and st.resync == ("standby2",) and acting(actions) == []
+    st, actions, reason = step(st, _promoted(dead("master"), _streaming("standby2")), 100.1, THREE)
+    (restore,) = acting(actions)
+    assert isinstance(restore, RestoreSync) and (restore.server, restore.standbys) == ("standby", ("standby2",))
+    assert "standby2 caught up with standby: naming it synchronous again" in reason
+    st, actions, reason = step(st, _promoted(dead("master"), _streaming("standby2"),
+                                             results=(ok(restore.id, "'' -> '\"standby2\"'"),)), 100.2, THREE)
+    assert durability(actions) == ["durability-restored"] and st.resync == () and st.sync_seen == "standby"
+    assert Condition(CondKind.DURABILITY_REDUCED) not in st.conditions
+    # the primary now reports its synchronous standby: nothing more to do
+    synced = server("standby", rep=report(Role.PRIMARY, in_sync=True))
+    st, actions, _ = step(st, obs(dead("master"), _streaming("standby2"), synced), 100.3, THREE)
+    assert acting(actions) == [] and durability(actions) == [] and st.sync_lost_since is None
+
+
+def test_a_rejoined_old_primary_is_named_synchronous_once_caught_up():
+    cfg = site_config(policy={"old_primary": "rejoin-as-standby"})
+    st, rejoin = _returned(cfg)
+    st = dataclasses.replace(st, sync_seen="master")
+    primary = server("standby", rep=report(Role.PRIMARY, in_sync=False))
+    st, actions, reason = step(st, obs(_streaming("master", lag=8192), primary, results=(ok(rejoin.id),)), 101.0, cfg)
+    assert st.resync == ("master",) and "master: rejoined as a standby of standby" in reason
+    st, actions, _ = step(st, obs(_streaming("master"), primary), 102.0, cfg)
+    (restore,) = acting(actions)
+    assert isinstance(restore, RestoreSync) and (restore.server, restore.standbys) == ("standby", ("master",))
+
+
+def test_a_site_never_seen_synchronous_is_left_asynchronous():
+    alone = State(phase=Phase.NORMAL, primary="master", seen_run=1, led="ok")
+    st, actions, _ = step(alone, obs(master(False), _streaming("standby")), 100.0)
+    st, actions, _ = step(st, obs(master(False), _streaming("standby")), 200.0)
+    assert acting(actions) == [] and events(actions) == [] and st.resync == () and st.sync_lost_since is None
 
 
 def test_unknown_sync_state_is_neither_a_loss_nor_a_recovery():

@@ -116,11 +116,12 @@ class Agent:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((a.listen, a.port))
         self.sock.settimeout(0.2)
-        self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None) if a.serial else None
         self._last_link: dict[str, Any] = {}
         self.watched = Watched(a.unobserved_after, time.monotonic())
         self.alert_hook = HookSink(shlex.split(a.alert_hook), env={"ARBITER_ENTERPRISE": a.enterprise_oid}) \
             if a.alert_hook else None
+        # last: its reader thread hands frames to _handle at once, which needs all of the above
+        self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None) if a.serial else None
         with self.lock:
             self._save_state()  # the boot id is spent: the next start must use a higher one
 

@@ -165,15 +165,17 @@ class PgCluster(Built):
 
     def start(self, name: str) -> None:
         """After a simulated power cut the killed postmaster can linger as a zombie, which
-        PostgreSQL's lock check takes for a running server; a reboot leaves no such process,
-        so a pid file naming a dead or zombie process is removed first."""
+        PostgreSQL's lock checks (kill(pid, 0)) take for a running server; a reboot leaves no
+        such process, so each lock file naming a dead or zombie process is removed first: the
+        data directory's postmaster.pid and the socket's .lock, which names the postmaster too
+        (left alone, the server refuses to start: "lock file ... already exists")."""
         node = self.nodes[name]
-        pidfile = self.data(name) / "postmaster.pid"
-        try:
-            if not _alive(int(pidfile.read_text().split("\n", 1)[0])):
-                pidfile.unlink()
-        except (OSError, ValueError):
-            pass
+        for lock in (self.data(name) / "postmaster.pid", *self.socket_dir(name).glob(".s.PGSQL.*.lock")):
+            try:
+                if not _alive(int(lock.read_text().split("\n", 1)[0])):
+                    lock.unlink()
+            except (OSError, ValueError):
+                pass
         self._cmd(node, [f"{self.bindir}/pg_ctl", "start", "-D", str(self.data(name)), "-w", "-t", "60",
                          "-l", str(self.workdir / name / "postgresql.log")])
 
@@ -195,11 +197,11 @@ class PgCluster(Built):
 
         The stale postmaster.pid and socket lock are removed as a reboot would make them harmless: the dead
         postmaster can linger as a zombie whose pid still answers, and the server would refuse
-        to start over a lock file whose owner looks alive."""
+        to start over a lock file whose owner looks alive. They are removed also when the
+        postmaster is dead already: the rig's power cut kills every process of the host's
+        namespace first, and leaving the files then made the next start fail now and then."""
         pid = self.pid(name)
-        if pid is None:
-            return
-        victims = [pid, *_children(pid)]
+        victims = [] if pid is None else [pid, *_children(pid)]
         for p in victims:
             try:
                 os.kill(p, signal.SIGKILL)

@@ -294,3 +294,34 @@ def test_self_fence_stops_the_primary_at_once(make_cluster) -> None:
     assert time.monotonic() - started < 5.0 and cluster.pid("n1") is None
     assert ad["n1"].status().role == "unknown"
     assert ad["n1"].self_fence(5.0) == "database already stopped"
+
+
+def test_a_power_cut_leaves_no_lock_that_stops_the_next_start(make_cluster) -> None:
+    """The rig's power cut kills every process of the host before PgCluster.kill looks, and a
+    killed postmaster can linger as a zombie, which answers kill(pid, 0) as PostgreSQL's lock
+    check sends it: its lock files must not stop the next start ("lock file ... already exists")."""
+    import subprocess
+    from hil.postgres import _alive, _children
+    cluster = make_cluster()
+    locks = [cluster.data("n2") / "postmaster.pid", *cluster.socket_dir("n2").glob(".s.PGSQL.*.lock")]
+    assert len(locks) == 2
+    saved = {lock: lock.read_text() for lock in locks}
+    pid = cluster.pid("n2")
+    victims = [pid, *_children(pid)]
+    for p in victims:
+        os.kill(p, signal.SIGKILL)
+    while any(_alive(p) for p in victims):
+        time.sleep(0.01)
+    cluster.kill("n2")  # finds it dead already
+    assert not any(lock.exists() for lock in locks)
+    # never waited for until the end: a zombie meanwhile, of the postgres user as a postmaster is
+    zombie = subprocess.Popen(["true"], user="postgres")
+    while _alive(zombie.pid):
+        time.sleep(0.01)
+    try:
+        for lock, text in saved.items():  # as a zombie postmaster's would read
+            lock.write_text("\n".join([str(zombie.pid), *text.split("\n")[1:]]))
+        cluster.start("n2")
+        cluster.wait_streaming("n1", "n2")
+    finally:
+        zombie.wait()

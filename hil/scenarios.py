@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from firmware.appliance import SOURCE_RATE_PER_POLL
 from firmware.config import read_key, sections as config_sections
 from firmware.errors import ArbiterError, ProtocolError
+from firmware.mib import notification_name
 from firmware.protocol import Frame, Kind, Reply, derive_key, encode, peek_sender
 from hil.report import Report
 from hil.rig import AGENT_PORT, Rig, RigOptions
@@ -379,6 +381,8 @@ def reinstate(rig: Rig, report: Report) -> None:
     master = next(s for s in st["servers"] if s["name"] == "master")
     report.check("old master rejoined as a standby", master["role"] == "standby" and not master["fenced"])
     report.check("standby stays primary", st["primary"] == "standby")
+    if rig.opts.database:
+        _synchronous_again(rig, report)
     _finish_billing(rig, report)
     _finish_common(rig, report, t0, True)
     report.check("one failover, no failback", report.failovers == 1)
@@ -849,6 +853,43 @@ def sync_standby_lost(rig: Rig, report: Report) -> None:
     _finish_common(rig, report, t0, False, measure_outage=True)
 
 
+def sync_standby_lost_block(rig: Rig, report: Report) -> None:
+    """block: the commits wait while the standby is away and the critical alert arrives; once
+    it is back they go on, and nothing is lost. The standby stays away for less than the
+    billing client's statement_timeout, which would end a waiting commit as not acknowledged."""
+    t0 = _ready_under_load(rig)
+    rig.cut_power("standby")
+    blocked = _wait_event(rig, "commits-blocked", 15.0)
+    report.details["commits_blocked_after_s"] = round(blocked - t0, 3)
+    acked = _ledger_lines(rig)
+    time.sleep(2.0)
+    report.check("no commit acknowledged while the synchronous standby is away", _ledger_lines(rig) == acked)
+    name = notification_name("commits-blocked")
+    report.check(f"alert commits-blocked received as the trap {name}",
+                 _when(lambda: name in rig.alerts(), 5.0) is not None)
+    severity = next((n["varbinds"].get("arbEventSeverity.0", "") for n in rig.traps.received()  # type: ignore[union-attr]
+                     if n["event"] == name), "")
+    report.details["commits_blocked_trap_severity"] = severity
+    report.check("the trap says critical (arbEventSeverity)", severity.startswith("critical"))
+    back = time.monotonic()
+    rig.restore_power("standby")
+    restored = _wait_event(rig, "durability-restored", 30.0)
+    report.details["standby_away_s"] = round(back - t0, 3)
+    report.details["durability_restored_after_power_on_s"] = round(restored - back, 3)
+    report.check("commits go on once it is back", _when(lambda: _ledger_lines(rig) > acked, 5.0) is not None)
+    st = rig.status()
+    report.check("master still primary, no failover", st["primary"] == "master" and st["phase"] == "normal")
+    _finish_billing(rig, report)
+    report.details["billing_stall_s"] = report.details.get("billing_longest_gap_s")
+    _finish_common(rig, report, t0, False, measure_outage=True)
+
+
+def _ledger_lines(rig: Rig) -> int:
+    """Acknowledged commits so far (the load writes its ledger every 0.2 s)."""
+    path = rig.workdir / "ledger.txt"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
 def sync_lost_then_master_dies(rig: Rig, report: Report) -> None:
     """Degraded, the standby boots again but cannot replicate yet (it still reads itself
     synchronous), and the master loses power: no automatic failover; nothing lost."""
@@ -921,6 +962,78 @@ def _watch_stop(rig: Rig, server: str, out: list[float], timeout: float = 30.0) 
         time.sleep(0.01)
 
 
+def rebuild(rig: Rig, report: Report) -> None:
+    """After a failover the old master's WAL is lost (its pg_wal emptied, as when the disk that
+    held it is replaced): its boot cannot recover its database, and pg_rewind has nothing to work
+    from. On power-on the rejoin fails and policy.auto_rebuild rebuilds it with pg_basebackup;
+    then an operator's ``arbiterctl rebuild master`` copies it afresh once more. Each time it
+    comes back as a standby that the new primary waits for (synchronous), under billing load."""
+    t0 = _ready_under_load(rig)
+    rig.cut_power("master")
+    _wait_primary(rig, "standby", timeout=30.0)
+    for segment in Path(rig.pg.data("master"), "pg_wal").glob("0*"):  # type: ignore[union-attr]
+        segment.unlink()
+    ordered = time.monotonic()
+    report.check("power-on accepted", rig.command({"cmd": "power-on", "server": "master"}).get("ok"))
+    report.details["auto"] = _rebuilt(rig, report, ordered, "rebuilt automatically after the failed rejoin")
+    _synchronous_again(rig, report)
+    started = _journal_text(rig, "rebuild-started")
+    report.check("rejoin failed, then the rebuild started by policy.auto_rebuild",
+                 "rejoin failed" in started and "policy.auto_rebuild = true" in started)
+    report.check("pg_rewind failed for its real reason (no checkpoint record left to recover from)",
+                 "pg_rewind" in started and "could not locate a valid checkpoint record" in started)
+    ordered = time.monotonic()
+    answer = rig.command({"cmd": "rebuild", "server": "master"})
+    report.check("arbiterctl rebuild master accepted", answer.get("ok"))
+    report.details["operator"] = _rebuilt(rig, report, ordered, "rebuilt again by the operator's order", skip=1)
+    report.check("pg_basebackup progress lines in the agent's log", "pg_basebackup: " in rig.agent_log("master"))
+    _finish_billing(rig, report)
+    report.details["rebuild_s"] = [report.details[k]["rebuild_s"] for k in ("auto", "operator")]
+    _finish_common(rig, report, t0, True)
+    report.check("one failover", report.failovers == 1)
+
+
+def _rebuilt(rig: Rig, report: Report, ordered: float, what: str, skip: int = 0) -> dict[str, float | None]:
+    """Waits for a rebuild's end and for the rebuilt standby to be synchronous; its timings."""
+    rig.wait_for(lambda st: _events(rig).count("rebuild-done") > skip or _events(rig).count("rebuild-failed"),
+                 180.0, "rebuild done", step=0.1)
+    report.check(f"{what}: rebuild-done", _events(rig).count("rebuild-done") > skip)
+    text = _journal_text(rig, "rebuild-done", skip)
+    took = re.search(r"rebuilt from standby in ([0-9.]+) s", text)
+    done = time.monotonic()
+    synced = rig.wait_for(lambda st: _server(st, "master")["role"] == "standby" and _server(st, "master")["alive"]
+                          and _server(st, "standby")["repl"]["in_sync"] is True and _sync_state(rig) == "sync",
+                          60.0, "master rebuilt and synchronous", step=0.1)
+    report.check(f"{what}: the new primary waits for it (sync_state sync)",
+                 _server(synced, "master")["role"] == "standby" and _sync_state(rig) == "sync")
+    return {"rebuild_s": float(took.group(1)) if took else None, "done_after_order_s": round(done - ordered, 2),
+            "synchronous_after_order_s": round(time.monotonic() - ordered, 2)}
+
+
+def _synchronous_again(rig: Rig, report: Report) -> None:
+    """The new primary ran alone after the failover (its promotion emptied
+    synchronous_standby_names): durability-reduced; once the returned old master has caught up
+    it is named synchronous, PostgreSQL says so, and durability-restored follows."""
+    rig.wait_for(lambda st: _sync_state(rig) == "sync" and "durability-restored" in _events(rig), 30.0,
+                 "old master synchronous, durability restored", step=0.1)
+    after = _events(rig)[_events(rig).index("failover-completed"):]
+    report.check("durability-reduced after the failover, then durability-restored with the old master synchronous",
+                 "durability-reduced" in after and "durability-restored" in after
+                 and after.index("durability-reduced") < after.index("durability-restored"))
+
+
+def _journal_text(rig: Rig, event: str, skip: int = 0) -> str:
+    texts = [str(r.get("text", "")) for r in rig.journal() if r.get("event") == event]
+    return texts[skip] if len(texts) > skip else ""
+
+
+def _sync_state(rig: Rig, standby: str = "master", primary: str = "standby") -> str:
+    """How the primary treats the standby: PostgreSQL's own word (pg_stat_replication)."""
+    rows = rig.pg.sql(primary, "SELECT sync_state FROM pg_stat_replication "  # type: ignore[union-attr]
+                               f"WHERE application_name = '{standby}' AND state = 'streaming'")
+    return str(rows[0][0]) if rows else ""
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("power-loss", "the master loses power under billing load (PostgreSQL, synchronous standby): "
              "fence, promote, move the IP, lose nothing; the second, asynchronous standby is never chosen",
@@ -971,6 +1084,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "the master stops waiting for it; billing stalls at most grace + 1 s; nothing lost",
              sync_standby_lost,
              RigOptions(database=True, arbiter={"policy": {"sync_loss": "degrade", "sync_loss_grace": GRACE}})),
+    Scenario("sync-standby-lost-block", "the synchronous standby loses power, policy.sync_loss = block: commits "
+             "wait and commits-blocked (critical) goes out; they go on once it is back; nothing lost",
+             sync_standby_lost_block,
+             RigOptions(database=True, arbiter={"policy": {"sync_loss": "block", "sync_loss_grace": GRACE}})),
     Scenario("sync-lost-then-master-dies", "degraded after losing the synchronous standby, which comes back unable to "
              "replicate; the master loses power: no automatic failover, operator-needed, nothing lost",
              sync_lost_then_master_dies,
@@ -984,6 +1101,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              isolated_primary,
              RigOptions(database=True, arbiter={"policy": {"fencing": "none"}, "timing": {"self_fence_wait": 5.0}},
                         agent={"isolation_timeout": 1.5, "self_fence_timeout": 2.0}), expect_failover=True),
+    Scenario("rebuild", "the old master's WAL is lost so neither its boot nor pg_rewind can help: on power-on it "
+             "is rebuilt with pg_basebackup (policy.auto_rebuild), then again on an operator's arbiterctl rebuild; "
+             "each time synchronous again; times to rebuild reported",
+             rebuild, RigOptions(database=True, arbiter={"policy": {"auto_rebuild": True, "sync_loss": "degrade"}}),
+             expect_failover=True),
     Scenario("db-crash", "the master's PostgreSQL is killed, its host and agent live: failover after "
              "policy.unhealthy_grace, fenced first; nothing lost", _service_failover(lambda r: r.pg.kill("master")),
              RigOptions(database=True), expect_failover=True),

@@ -125,7 +125,8 @@ class Appliance:
             state = State.from_dict(data.get("site", data))
         except DAMAGE as exc:
             raise DamagedFile(self.store.path, f"{type(exc).__name__}: {exc}") from exc
-        named = {state.primary, state.old, state.target, *state.fenced, *state.rejoining} - {None, ""}
+        op = (state.op.old, state.op.target) if state.op else ()
+        named = {state.primary, *op, *state.fenced, *state.rejoining} - {None, ""}
         unknown = sorted(named - {s.name for s in self.cfg.servers})
         if unknown:
             raise StateError(f"{self.store.path}: the saved state names {', '.join(unknown)}, not in the config's"

@@ -169,7 +169,8 @@ class Daemon:
             if d.state.substance() != self.state.substance() or d.actions:
                 self.app.save_state(d.state)  # before any action runs; it lists the alerts too
             before, self.state = self.state, d.state
-            self.orders.answer(d.verdicts, d.state.target)  # saved first: an accepted order is kept
+            target = d.state.op.target if d.state.op else None
+            self.orders.answer(d.verdicts, target)  # saved first: an accepted order is kept
             self.last_obs = obs
             for warning in d.warnings:
                 self._throttled(logging.WARNING, "{}{}", warning)
@@ -339,7 +340,7 @@ class Daemon:
             return {"ok": True, "reason": state.reason, "phase": state.phase.value,
                     "decided_s_ago": round(self.clock() - self.last_decision_at, 1),
                     "in_phase_s": round(self.clock() - state.since, 1), "primary": state.primary,
-                    "target": state.target}
+                    "target": state.op.target if state.op else None}
         operator = Operator(peer.uid, peer.pid, cmd.sudo_user, peer_loginuid(peer.pid))
         if cmd.name is Name.ACK:
             self.app.notifier.ack()

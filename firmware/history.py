@@ -67,12 +67,13 @@ class History:
             self._operation.timings[step] = took
 
     def _phase(self, before: State, after: State, obs: Observations, now: float) -> None:
+        op = after.op
         self.journal.append({"kind": "phase", "from": before.phase.value, "to": after.phase.value,
                              "after_s": round(now - before.since, 3), "primary": after.primary,
-                             "target": after.target, "operation": after.operation})
-        if after.phase in _OPERATIONS and before.phase not in _OPERATIONS | {Phase.PROMOTING}:
-            self._operation = _Operation(after.operation, after.old, after.target, now,
-                                         {"detection_s": _detection(obs, after.old, now)})
+                             "target": op.target if op else None, "operation": op.kind.value if op else ""})
+        if op and after.phase in _OPERATIONS and before.phase not in _OPERATIONS | {Phase.PROMOTING}:
+            self._operation = _Operation(op.kind.value, op.old, op.target, now,
+                                         {"detection_s": _detection(obs, op.old, now)})
         elif after.phase in (Phase.NORMAL, Phase.HALTED) and self._operation is not None:
             self._finish(after, now)
 

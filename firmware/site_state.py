@@ -103,6 +103,29 @@ def check_transition(old: Phase, new: Phase) -> None:
     if (old, new) not in TRANSITIONS:
         raise TransitionError(f"phase {old.value} -> {new.value} is not in site_state.TRANSITIONS")
 
+
+class OpKind(enum.StrEnum):
+    FAILOVER = "failover"  # automatic: the primary is dead or does not serve
+    MANUAL_FAILOVER = "manual-failover"  # arbiterctl failover --force
+    SWITCHOVER = "switchover"  # planned: demote, sync, promote (operator or UPS policy)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A failover or switchover: begun in NORMAL or HALTED, carried through the busy phases,
+    and kept after it ends as the last one (status shows its target)."""
+
+    kind: OpKind
+    old: str  # the primary being replaced
+    target: str
+    tries: int = 0  # ARP checks of the takeover made so far (VERIFYING)
+
+    @property
+    def failover(self) -> bool:
+        """Ends with a hold-down and counts as a failover; a switchover does neither."""
+        return self.kind is not OpKind.SWITCHOVER
+
+
 @dataclass(frozen=True)
 class UpsSeen:
     """One server's last UPS reading, kept to raise UPS events on real changes only."""
@@ -129,9 +152,7 @@ class State:
     phase: Phase = Phase.STARTING
     since: float = 0.0  # monotonic time the phase began
     primary: str | None = None
-    old: str | None = None  # the primary being replaced
-    target: str | None = None
-    operation: str = ""  # "failover", "manual-failover", "switchover"
+    op: Operation | None = None  # the running operation, or the last one; None before the first
     fenced: tuple[str, ...] = ()  # servers held powered off / kept out of service
     fenced_at: float | None = None  # monotonic time the last fence was confirmed
     rejoining: tuple[str, ...] = ()  # powered on by an operator, to rejoin as standbys
@@ -143,7 +164,6 @@ class State:
     issued_run: int = 0  # the daemon run that issued them
     seen_run: int = 0  # the daemon run that last decided
     next_ref: int = 1
-    verify_tries: int = 0
     conditions: tuple[Condition, ...] = ()  # active alert conditions, sorted
     ups_seen: tuple[UpsSeen, ...] = ()
     ups_handled: str = ""  # the UPS intent already acted on
@@ -173,8 +193,11 @@ class State:
     def from_dict(cls, data: dict[str, Any]) -> State:
         """Reads what this version writes and what earlier versions wrote (conditions as
         "kind:server/channel" text or [kind, server, channel], UPS readings and alerts as
-        lists). A value of the wrong type is a TypeError or ValueError naming the field."""
+        lists, the operation as loose old/target/operation/verify_tries keys). A value of the
+        wrong type is a TypeError or ValueError naming the field."""
         state = decode(cls, _upgraded(data))
+        if state.phase in BUSY and state.op is None:
+            raise ValueError(f"op: phase {state.phase.value} is part of an operation, and none is saved")
         return dataclasses.replace(state, conditions=tuple(sorted(state.conditions)))
 
     def substance(self) -> State:
@@ -207,6 +230,9 @@ def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
         items = out.get(key, [])
         if isinstance(items, list):
             out[key] = [_as_object(item, names) for item in items]
+    if "op" not in out and out.get("operation"):  # the loose keys themselves are left to the codec to drop
+        out["op"] = {"kind": out["operation"], "old": out.get("old"), "target": out.get("target"),
+                     "tries": out.get("verify_tries", 0)}
     return out
 
 

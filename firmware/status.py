@@ -80,7 +80,7 @@ def status_report(view: StatusView) -> dict[str, Any]:
         "phase": state.phase.value,
         "in_phase_s": round(now - state.since, 1),
         "primary": state.primary,
-        "target": state.target,
+        "target": state.op.target if state.op else None,
         "maintenance": state.maintenance,
         "mode": view.mode,
         "hold_down_remaining_s": hold or None,

@@ -2,10 +2,13 @@
 resuming them after an appliance restart (fence, promote, take IP, verify; demote, sync)."""
 from __future__ import annotations
 
+import dataclasses
+
 from firmware.config import Config, Fencing, VipVerify
 from firmware.decide.step import Step, drop_condition, with_
+from firmware.errors import TransitionError
 from firmware.model import Demote, Fence, HoldFence, Promote, ReleaseIp, SetStatus, TakeIp, VerifyIp
-from firmware.site_state import BUSY, CondKind, Condition, Phase, SavedAlert
+from firmware.site_state import BUSY, CondKind, Condition, OpKind, Operation, Phase, SavedAlert
 
 VERIFY_TRIES = 3
 
@@ -29,12 +32,13 @@ def resume(step: Step, unsent: tuple[SavedAlert, ...]) -> None:
         step.why(f"resumed {s.phase.value} after a restart")
 
 
-def start_failover(step: Step, target: str, operation: str, cause: str = "") -> None:
+def start_failover(step: Step, target: str, kind: OpKind, cause: str = "") -> None:
     """``cause``: why a primary that still answers is failed over (its service fails)."""
     old = step.state.primary or ""
-    step.update(old=old, target=target, operation=operation, verify_tries=0)
+    step.update(op=Operation(kind, old, target))
+    operation = kind.value
     step.notify("failover-started", old, text=f"{operation}: {old} -> {target}" + (f" ({cause})" if cause else ""))
-    if operation != "failover":
+    if kind is not OpKind.FAILOVER:
         step.why(f"{operation} to {target} ordered by an operator")
     elif cause:
         step.why(f"{operation}: {cause}; fencing it, then promoting {target}")
@@ -51,7 +55,7 @@ def start_failover(step: Step, target: str, operation: str, cause: str = "") -> 
 
 def start_switchover(step: Step, target: str) -> None:
     old = step.state.primary or ""
-    step.update(old=old, target=target, operation="switchover", verify_tries=0)
+    step.update(op=Operation(OpKind.SWITCHOVER, old, target))
     step.notify("switchover-started", old, text=f"{old} -> {target}")
     step.why(f"switchover: demoting {old}, then promoting {target}")
     step.enter(Phase.DEMOTING, Demote(old), ReleaseIp(old))
@@ -76,6 +80,14 @@ def _outcome(step: Step) -> tuple[bool, str] | None:
     return None
 
 
+def _op(step: Step) -> Operation:
+    """The operation of a busy phase. There always is one (State.from_dict refuses a saved
+    busy phase without it): none is a bug, handled by the daemon as an internal error."""
+    if step.state.op is None:
+        raise TransitionError(f"phase {step.state.phase.value} without an operation")
+    return step.state.op
+
+
 def _phase_timeout(phase: Phase, cfg: Config) -> float:
     t = cfg.timing
     margin = 1.0  # the executor times out first; this guards against a lost result
@@ -85,14 +97,14 @@ def _phase_timeout(phase: Phase, cfg: Config) -> float:
 
 
 def _fail(step: Step, event: str, why: str) -> None:
-    s = step.state
-    failed = "switchover-failed" if s.operation == "switchover" else "failover-failed"
+    op = _op(step)
+    failed = "failover-failed" if op.failover else "switchover-failed"
     if event != failed:
-        step.notify(event, s.old or "", text=why)
-    step.notify(failed, s.target or "", text=why)
+        step.notify(event, op.old, text=why)
+    step.notify(failed, op.target, text=why)
     step.notify("operator-needed", text=why)
     step.enter(Phase.HALTED)
-    step.why(f"{s.operation} {s.old} -> {s.target} stopped: {why}; waiting for an operator")
+    step.why(f"{op.kind} {op.old} -> {op.target} stopped: {why}; waiting for an operator")
 
 
 def _awaited(step: Step, waiting: str, event: str, failure: str) -> str | None:
@@ -110,44 +122,44 @@ def _awaited(step: Step, waiting: str, event: str, failure: str) -> str | None:
 
 
 def fencing(step: Step) -> None:
-    s = step.state
-    detail = _awaited(step, f"fencing {s.old}: waiting for power-off confirmation", "fence-failed",
-                      f"fence of {s.old} not confirmed ({{}}); no promotion")
+    s, op = step.state, _op(step)
+    detail = _awaited(step, f"fencing {op.old}: waiting for power-off confirmation", "fence-failed",
+                      f"fence of {op.old} not confirmed ({{}}); no promotion")
     if detail is None:
         return
-    step.update(fenced=with_(s.fenced, s.old or ""), fenced_at=step.now)
-    step.notify("fence-done", s.old or "", text=detail)
-    step.why(f"{s.old} fenced; promoting {s.target}")
-    step.enter(Phase.PROMOTING, Promote(s.target or ""))
+    step.update(fenced=with_(s.fenced, op.old), fenced_at=step.now)
+    step.notify("fence-done", op.old, text=detail)
+    step.why(f"{op.old} fenced; promoting {op.target}")
+    step.enter(Phase.PROMOTING, Promote(op.target))
 
 
 def promoting(step: Step) -> None:
-    s = step.state
-    if _awaited(step, f"promoting {s.target}", "failover-failed", f"promote of {s.target} failed ({{}})") is None:
+    op = _op(step)
+    if _awaited(step, f"promoting {op.target}", "failover-failed", f"promote of {op.target} failed ({{}})") is None:
         return
-    step.update(primary=s.target)
-    step.why(f"{s.target} is primary; moving the virtual IP")
-    step.enter(Phase.TAKING_IP, TakeIp(s.target or ""))
+    step.update(primary=op.target)
+    step.why(f"{op.target} is primary; moving the virtual IP")
+    step.enter(Phase.TAKING_IP, TakeIp(op.target))
 
 
 def taking_ip(step: Step) -> None:
-    s = step.state
-    if _awaited(step, f"{s.target} taking the virtual IP", "failover-failed",
-                f"{s.target} could not take the virtual IP ({{}})") is None:
+    op = _op(step)
+    if _awaited(step, f"{op.target} taking the virtual IP", "failover-failed",
+                f"{op.target} could not take the virtual IP ({{}})") is None:
         return
     if step.cfg.vip.verify is VipVerify.NONE:
         _complete(step, "takeover not verified (vip.verify = none)")
         return
-    step.update(verify_tries=1)
-    step.enter(Phase.VERIFYING, VerifyIp(s.target or ""))
-    step.why(f"{s.target} holds the virtual IP; checking that only its MAC answers ARP")
+    step.update(op=dataclasses.replace(op, tries=1))
+    step.enter(Phase.VERIFYING, VerifyIp(op.target))
+    step.why(f"{op.target} holds the virtual IP; checking that only its MAC answers ARP")
 
 
 def verifying(step: Step) -> None:
     out = _outcome(step)
-    s = step.state
+    s, op = step.state, _op(step)
     if out is None:
-        step.why(f"verifying that only {s.target} answers ARP for the virtual IP")
+        step.why(f"verifying that only {op.target} answers ARP for the virtual IP")
         return
     ok, detail = out
     result = step.obs.result(s.awaiting[0]) if s.awaiting else None
@@ -155,10 +167,10 @@ def verifying(step: Step) -> None:
         _complete(step, detail)
     elif result is not None and result.code == "split-brain":
         _split_brain(step, detail)
-    elif s.verify_tries < VERIFY_TRIES:
-        step.update(verify_tries=s.verify_tries + 1)
-        step.enter(Phase.VERIFYING, VerifyIp(s.target or ""))
-        step.why(f"ARP check {s.verify_tries} of {VERIFY_TRIES} failed ({detail}); trying again")
+    elif op.tries < VERIFY_TRIES:
+        step.update(op=dataclasses.replace(op, tries=op.tries + 1))
+        step.enter(Phase.VERIFYING, VerifyIp(op.target))
+        step.why(f"ARP check {op.tries} of {VERIFY_TRIES} failed ({detail}); trying again")
     else:
         _fail(step, "failover-failed", f"takeover not verified after {VERIFY_TRIES} ARP checks ({detail})")
 
@@ -166,62 +178,61 @@ def verifying(step: Step) -> None:
 def _split_brain(step: Step, detail: str) -> None:
     """The target is primary, but another host answers for the virtual IP too: alarm, and
     nothing more automatic until an operator has looked (maintenance off resumes)."""
-    s = step.state
-    step.notify("split-brain-suspected", s.target or "", text=detail)
-    step.notify("operator-needed", text=f"split brain suspected after {s.operation} to {s.target}: {detail}")
-    if s.operation != "switchover":
+    s, op = step.state, _op(step)
+    step.notify("split-brain-suspected", op.target, text=detail)
+    step.notify("operator-needed", text=f"split brain suspected after {op.kind} to {op.target}: {detail}")
+    if op.failover:
         step.update(hold_down_until=step.now + step.cfg.timing.hold_down, failovers=s.failovers + 1)
     step.enter(Phase.HALTED)
-    step.why(f"{s.operation} {s.old} -> {s.target}: {s.target} is primary but the virtual IP is answered"
+    step.why(f"{op.kind} {op.old} -> {op.target}: {op.target} is primary but the virtual IP is answered"
              f" by more than one host ({detail}); split brain suspected, waiting for an operator")
 
 
 def _complete(step: Step, detail: str) -> None:
-    s = step.state
-    if s.operation == "switchover":
-        step.notify("switchover-completed", s.target or "", text=detail)
-        step.update(phase=Phase.NORMAL, since=step.now, awaiting=(), primary=s.target)
+    s, op = step.state, _op(step)
+    if not op.failover:
+        step.notify("switchover-completed", op.target, text=detail)
+        step.update(phase=Phase.NORMAL, since=step.now, awaiting=(), primary=op.target)
     else:
-        step.notify("failover-completed", s.target or "", text=detail)
-        step.update(phase=Phase.NORMAL, since=step.now, awaiting=(), primary=s.target,
+        step.notify("failover-completed", op.target, text=detail)
+        step.update(phase=Phase.NORMAL, since=step.now, awaiting=(), primary=op.target,
                     hold_down_until=step.now + step.cfg.timing.hold_down, failovers=s.failovers + 1)
     drop_condition(step, Condition(CondKind.OPERATOR_NEEDED))
-    step.why(f"{s.operation} complete: {s.target} is primary and holds the virtual IP ({detail})")
+    step.why(f"{op.kind} complete: {op.target} is primary and holds the virtual IP ({detail})")
 
 
 def demoting(step: Step) -> None:
-    s = step.state
-    if _awaited(step, f"switchover: demoting {s.old} and releasing its virtual IP", "switchover-failed",
-                f"demote of {s.old} failed ({{}})") is None:
+    op = _op(step)
+    if _awaited(step, f"switchover: demoting {op.old} and releasing its virtual IP", "switchover-failed",
+                f"demote of {op.old} failed ({{}})") is None:
         return
     step.update(phase=Phase.SYNCING, since=step.now, awaiting=())
-    step.why(f"{s.old} demoted; waiting until {s.target} has every transaction")
+    step.why(f"{op.old} demoted; waiting until {op.target} has every transaction")
 
 
 def syncing(step: Step) -> None:
-    s = step.state
-    srv = step.obs.server(s.target or "")
+    s, op = step.state, _op(step)
+    srv = step.obs.server(op.target)
     r = srv.report
     caught_up = r is not None and srv.alive and (r.repl.lag_bytes == 0 or
                                                   (r.repl.lag_bytes is None and r.repl.in_sync is True))
     if caught_up:
-        step.why(f"{s.target} has everything; promoting it")
-        step.enter(Phase.PROMOTING, Promote(s.target or ""))
+        step.why(f"{op.target} has everything; promoting it")
+        step.enter(Phase.PROMOTING, Promote(op.target))
         return
     if step.now - s.since > step.cfg.timing.action_timeout:
-        _fail(step, "switchover-failed", f"{s.target} did not catch up within timing.action_timeout"
+        _fail(step, "switchover-failed", f"{op.target} did not catch up within timing.action_timeout"
                                          f" = {step.cfg.timing.action_timeout} s")
         return
-    step.why(f"waiting for {s.target} to catch up (lag {r.repl.lag_bytes if r else '?'} bytes)")
+    step.why(f"waiting for {op.target} to catch up (lag {r.repl.lag_bytes if r else '?'} bytes)")
 
 
 # What a phase waits for, issued again when the appliance restarts in that phase.
 _REENTER = {
-    Phase.FENCING: lambda st: st.enter(Phase.FENCING, Fence(st.state.old or "")),
-    Phase.PROMOTING: lambda st: st.enter(Phase.PROMOTING, Promote(st.state.target or "")),
-    Phase.TAKING_IP: lambda st: st.enter(Phase.TAKING_IP, TakeIp(st.state.target or "")),
-    Phase.VERIFYING: lambda st: st.enter(Phase.VERIFYING, VerifyIp(st.state.target or "")),
-    Phase.DEMOTING: lambda st: st.enter(Phase.DEMOTING, Demote(st.state.old or ""),
-                                        ReleaseIp(st.state.old or "")),
+    Phase.FENCING: lambda st: st.enter(Phase.FENCING, Fence(_op(st).old)),
+    Phase.PROMOTING: lambda st: st.enter(Phase.PROMOTING, Promote(_op(st).target)),
+    Phase.TAKING_IP: lambda st: st.enter(Phase.TAKING_IP, TakeIp(_op(st).target)),
+    Phase.VERIFYING: lambda st: st.enter(Phase.VERIFYING, VerifyIp(_op(st).target)),
+    Phase.DEMOTING: lambda st: st.enter(Phase.DEMOTING, Demote(_op(st).old), ReleaseIp(_op(st).old)),
     Phase.SYNCING: lambda st: st.update(since=st.now),
 }

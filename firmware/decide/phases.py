@@ -10,7 +10,7 @@ from firmware.decide.operations import (demoting, fencing, promoting, start_fail
                                         start_switchover, syncing, taking_ip, verifying)
 from firmware.decide.step import Step, drop_condition
 from firmware.model import Backup, Role, SetStatus, Shutdown
-from firmware.site_state import CondKind, Condition, Phase
+from firmware.site_state import CondKind, Condition, OpKind, Phase
 from firmware.ups_policy import ups_intent
 
 
@@ -89,7 +89,7 @@ def _primary_dead(step: Step) -> None:
     if blocked:
         _wait_operator(step, f"primary {s.primary} is dead; would fail over to {targets[0]}, but {blocked}")
         return
-    start_failover(step, targets[0], "failover")
+    start_failover(step, targets[0], OpKind.FAILOVER)
 
 
 def _why_none(step: Step) -> str:
@@ -115,7 +115,7 @@ def _primary_failed(step: Step, failing: Failing) -> None:
     if blocked:
         _wait_operator(step, f"{failing.why}; would fail over to {failing.targets[0]}, but {blocked}")
         return
-    start_failover(step, failing.targets[0], "failover", cause=failing.why)
+    start_failover(step, failing.targets[0], OpKind.FAILOVER, cause=failing.why)
 
 
 def _failover_blocked(step: Step) -> str:

@@ -7,7 +7,7 @@ from firmware.decide.eligibility import candidates, standby_objects, why_not_eli
 from firmware.decide.operations import start_failover, start_switchover
 from firmware.decide.step import Step, with_, without
 from firmware.model import PowerOn, Request, RequestKind, Verdict
-from firmware.site_state import Phase
+from firmware.site_state import OpKind, Phase
 
 
 def take_requests(step: Step) -> None:
@@ -86,7 +86,7 @@ def _manual_failover(step: Step, server: str | None, force: bool) -> None:
         if objection:
             step.refuse(f"failover to {server}: refused, {objection}")
             return
-    start_failover(step, server, "manual-failover")
+    start_failover(step, server, OpKind.MANUAL_FAILOVER)
 
 
 def _request_switchover(step: Step, server: str | None) -> None:

@@ -8,7 +8,7 @@ import pytest
 from firmware.decide import decide
 from firmware.model import (ActionResult, Verdict, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
                             Rejoin, ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
-from firmware.site_state import CondKind, Condition, Phase, SavedAlert, State, UpsSeen
+from firmware.site_state import CondKind, Condition, OpKind, Operation, Phase, SavedAlert, State, UpsSeen
 from tests.unit.sitekit import acting, dead, failed, obs, ok, report, server, site_config
 
 CFG = site_config()
@@ -87,7 +87,7 @@ def test_start_up_learns_the_primary_from_reports():
 
 def test_dead_primary_is_fenced_first_and_nothing_else_runs():
     st, actions, reason = fail_over_to_fencing()
-    assert st.phase is Phase.FENCING and st.old == "master" and st.target == "standby"
+    assert st.phase is Phase.FENCING and st.op == Operation(OpKind.FAILOVER, "master", "standby")
     acting = [a for a in actions if not isinstance(a, (Notify, SetStatus))]
     assert acting == [Fence("master", ref=acting[0].ref)] and st.awaiting == (acting[0].id,)
     assert kinds(actions).index("Notify:failover-started") < kinds(actions).index("Fence")
@@ -217,9 +217,9 @@ def test_target_is_in_sync_least_lag_then_priority():
     cfg = site_config(("master", "standby", "standby2"), policy={"lag_limit_bytes": 100})
     st, _, reason = step(NORMAL, obs(dead("master"), server("standby", rep=report(in_sync=False, lag=50)),
                                 server("standby2", rep=report(lag=0))), cfg=cfg)
-    assert st.target == "standby2" and "then promoting standby2" in reason
+    assert st.op.target == "standby2" and "then promoting standby2" in reason
     st, _, reason = step(NORMAL, obs(dead("master"), server("standby"), server("standby2")), cfg=cfg)
-    assert st.target == "standby"  # equal lag: higher priority
+    assert st.op.target == "standby"  # equal lag: higher priority
     assert "then promoting standby" in reason and "standby2" not in reason
 
 
@@ -249,7 +249,7 @@ def test_hold_down_blocks_a_second_automatic_failover():
     assert st2.phase is Phase.NORMAL and "hold-down" in reason and "timing.hold_down" in reason
     assert not any(isinstance(a, Fence) for a in actions)
     st3, _, reason = step(st, o, now=201.0, cfg=cfg)
-    assert st3.phase is Phase.FENCING and st3.old == "standby"
+    assert st3.phase is Phase.FENCING and st3.op.old == "standby"
     assert "standby silent on every link; fencing it, then promoting standby2" in reason
 
 
@@ -288,8 +288,8 @@ def test_restart_in_fencing_reissues_the_fence_and_holds_nothing_else():
 
 
 def test_restart_after_fence_holds_the_fence_and_never_fences_again():
-    st = dataclasses.replace(NORMAL, phase=Phase.PROMOTING, old="master", target="standby",
-                             fenced=("master",), awaiting=("Promote#9",), issued_run=1, operation="failover")
+    st = dataclasses.replace(NORMAL, phase=Phase.PROMOTING, op=Operation(OpKind.FAILOVER, "master", "standby"),
+                             fenced=("master",), awaiting=("Promote#9",), issued_run=1)
     st2, actions, reason = step(st, obs(dead("master"), server("standby"), run=2), now=105)
     assert [type(a) for a in actions if not isinstance(a, (Notify, SetStatus))] == [HoldFence, Promote]
     assert not any(isinstance(a, Fence) for a in actions)
@@ -370,9 +370,8 @@ def test_halt_is_left_only_by_an_operator():
     assert st3.phase is Phase.NORMAL and "operator resumed automatic operation after a halt" in reason
 
 
-VERIFYING = dataclasses.replace(NORMAL, phase=Phase.VERIFYING, old="master", target="standby", primary="standby",
-                                awaiting=("VerifyIp#5",), issued_run=1, operation="failover", fenced=("master",),
-                                verify_tries=1)
+VERIFYING = dataclasses.replace(NORMAL, phase=Phase.VERIFYING, op=Operation(OpKind.FAILOVER, "master", "standby", 1),
+                                primary="standby", awaiting=("VerifyIp#5",), issued_run=1, fenced=("master",))
 
 
 def test_split_brain_suspected_when_two_macs_answer():
@@ -389,7 +388,7 @@ def test_a_wrong_mac_is_retried_whatever_the_words_of_the_detail():
     # the kind of failure comes from its code, not from words such as "two" in a server's name
     wrong = failed("VerifyIp#5", "02:00:00:00:00:01 answers, expected node-two (02:00:00:00:00:02): split?")
     st2, actions, reason = step(VERIFYING, obs(dead("master"), server("standby"), results=(wrong,)))
-    assert st2.phase is Phase.VERIFYING and st2.verify_tries == 2
+    assert st2.phase is Phase.VERIFYING and st2.op.tries == 2
     assert "Notify:split-brain-suspected" not in kinds(actions)
     assert "ARP check 1 of 3 failed" in reason
 
@@ -405,7 +404,7 @@ def _ups(flags: str, runtime: float = 1800):
 def test_low_battery_on_the_primary_starts_a_planned_switchover():
     st = dataclasses.replace(NORMAL, ups_seen=(UpsSeen("master", True, ("OB",), 50.0, 900.0),))
     st2, actions, reason = step(st, obs(server("master", ups=_ups("OB LB", 100)), server("standby", ups=_ups("OL"))))
-    assert st2.phase is Phase.DEMOTING and st2.target == "standby" and st2.operation == "switchover"
+    assert st2.phase is Phase.DEMOTING and st2.op == Operation(OpKind.SWITCHOVER, "master", "standby")
     assert "Notify:ups-low-battery" in kinds(actions) and "switching over to standby" in reason
     _, again, reason = step(st2, obs(server("master", ups=_ups("OB LB", 90)), server("standby", ups=_ups("OL"))),
                             now=100.1)
@@ -478,7 +477,7 @@ CFG3 = site_config(("master", "standby", "standby2"))
 def test_switchover_to_a_named_standby_demotes_then_releases_the_ip(to):
     st, actions, reason = step(NORMAL, obs(server("master"), server("standby"), server("standby2"),
                                            requests=(Request(RequestKind.SWITCHOVER, server=to),)), cfg=CFG3)
-    assert st.phase is Phase.DEMOTING and st.target == to and st.operation == "switchover"
+    assert st.phase is Phase.DEMOTING and (st.op.kind, st.op.target) == (OpKind.SWITCHOVER, to)
     assert [(type(a), a.server) for a in acting(actions)] == [(Demote, "master"), (ReleaseIp, "master")]
     assert kinds(actions)[:3] == ["Notify:switchover-started", "Demote", "ReleaseIp"]
     assert st.awaiting == tuple(a.id for a in acting(actions))
@@ -629,7 +628,7 @@ def test_hold_down_after_a_completed_failover_then_the_next_failover_proceeds():
     assert st2.phase is Phase.NORMAL and not any(isinstance(a, (Fence, Promote)) for a in actions)
     assert "would fail over to standby2" in reason and "timing.hold_down" in reason
     st3, actions, reason = step(st2, o, now=now + CFG3.timing.hold_down + 1, cfg=CFG3)
-    assert st3.phase is Phase.FENCING and (st3.old, st3.target) == ("standby", "standby2")
+    assert st3.phase is Phase.FENCING and (st3.op.old, st3.op.target) == ("standby", "standby2")
     assert [(type(a), a.server) for a in acting(actions)] == [(Fence, "standby")]
     assert "fencing it, then promoting standby2" in reason
 

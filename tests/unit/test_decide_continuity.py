@@ -7,7 +7,7 @@ import dataclasses
 from firmware.decide import decide
 from firmware.model import (Channel, DegradeSync, Fence, LinkObs, LinkState, Rebuild, Rejoin, Request, RequestKind,
                             RestoreSync, ServerObs, Role)
-from firmware.site_state import CondKind, Condition, Phase, State
+from firmware.site_state import CondKind, Condition, OpKind, Operation, Phase, State
 from tests.unit.sitekit import acting, dead, events, failed, obs, ok, report, server, site_config
 
 DEGRADE = site_config(policy={"sync_loss": "degrade", "sync_loss_grace": 2.0})
@@ -266,6 +266,7 @@ def test_a_rebuild_names_a_server_of_the_site_and_waits_for_the_normal_phase():
     servers = (master(True), server("standby"))
     d = decide(SYNCED, obs(*servers, requests=(Request(RequestKind.REBUILD, None, id=1),)), 100.0, DEGRADE)
     assert "rebuild (no server named): refused, not a server of this site" in d.reason and acting(d.actions) == []
-    busy = State(phase=Phase.DEMOTING, primary="master", seen_run=1, led="ok", since=100.0)
+    busy = State(phase=Phase.DEMOTING, primary="master", seen_run=1, led="ok", since=100.0,
+                 op=Operation(OpKind.SWITCHOVER, "master", "standby"))
     d = decide(busy, obs(*servers, requests=(Request(RequestKind.REBUILD, "standby", id=2),)), 100.1, DEGRADE)
     assert "rebuild standby: refused in phase demoting" in d.reason and not any(isinstance(a, Rebuild) for a in d.actions)

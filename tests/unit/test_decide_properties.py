@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from firmware.decide import decide
 from firmware.model import (REPORTING, Action, ActionResult, Demote, Fence, HoldFence, LinkState, Notify,
                             Promote, Request, RequestKind, Role)
-from firmware.site_state import BUSY, Phase, State
+from firmware.site_state import BUSY, OpKind, Operation, Phase, State
 from tests.unit.sitekit import obs, report, server, site_config
 
 NAMES = ("master", "standby", "standby2")
@@ -114,8 +114,9 @@ class DecideMachine(RuleBasedStateMachine):
     def _check_promote(self, after: State, target: str) -> None:
         self.promoted.add(target)
         assert len(self.promoted) == 1, f"two promote targets in one operation: {self.promoted}"
-        old = after.old or ""
-        if after.operation == "switchover":
+        assert after.op is not None, f"promote {target} outside an operation"
+        old = after.op.old
+        if after.op.kind is OpKind.SWITCHOVER:
             assert ("Demote", old) in self.confirmed, f"promote {target} before {old}'s demotion was confirmed"
         elif self.cfg.policy.fencing == "relay":
             assert ("Fence", old) in self.confirmed, f"promote {target} before {old}'s fence was confirmed"
@@ -146,15 +147,15 @@ TestDecideMachine.settings = settings(max_examples=2000, stateful_step_count=20,
 def test_the_checks_catch_a_promote_without_its_confirmation():
     """The invariants above can fail: a promote with no confirmed fence, one under fencing =
     none without the standby's word, and a second target in one operation are all caught."""
-    for name, confirmed, operation in (("relay", set(), "failover"), ("no-fence", {("Fence", "master")}, "failover"),
-                                       ("no-fence", set(), "manual-failover")):
+    for name, confirmed, kind in (("relay", set(), OpKind.FAILOVER), ("no-fence", {("Fence", "master")}, OpKind.FAILOVER),
+                                  ("no-fence", set(), OpKind.MANUAL_FAILOVER)):
         machine = DecideMachine()
         machine.start(name)
         machine.confirmed = confirmed
-        after = State(phase=Phase.PROMOTING, old="master", target="standby", operation=operation)
+        after = State(phase=Phase.PROMOTING, op=Operation(kind, "master", "standby"))
         with pytest.raises(AssertionError, match="promote standby"):
             machine._check_promote(after, "standby")
-    after = State(phase=Phase.PROMOTING, old="master", target="standby", operation="failover")
+    after = State(phase=Phase.PROMOTING, op=Operation(OpKind.FAILOVER, "master", "standby"))
     machine = DecideMachine()
     machine.start("relay")
     machine.confirmed = {("Fence", "master")}

@@ -164,7 +164,7 @@ def test_a_standby_that_does_not_reach_the_clients_is_not_the_target():
     cut = obs(srv("master", reach=False), srv("standby", reach=False), srv("standby2", reach=True))
     st, _, _ = step(NORMAL, cut, 100.0, cfg)
     st, _, reason = step(st, cut, 103.0, cfg)
-    assert st.phase is Phase.FENCING and st.target == "standby2" and "promoting standby2" in reason
+    assert st.phase is Phase.FENCING and st.op.target == "standby2" and "promoting standby2" in reason
 
 
 # ---------------------------------------------------------------- rule 9: the virtual IP audit
@@ -260,7 +260,7 @@ def test_priority_orders_standbys_equally_in_sync():
     low_first = dataclasses.replace(cfg, servers=(cfg.servers[0], dataclasses.replace(cfg.servers[1], priority=1),
                                                   cfg.servers[2]))
     st, _, _ = step(NORMAL, obs(dead("master"), server("standby"), server("standby2")), 100.0, low_first)
-    assert st.target == "standby2"
+    assert st.op.target == "standby2"
 
 
 def test_a_primary_fenced_while_it_answered_has_not_returned_until_it_answers_after_the_fence():

@@ -9,7 +9,7 @@ import pytest
 from firmware import site_state
 from firmware.decide.step import Step
 from firmware.errors import TransitionError
-from firmware.site_state import CondKind, Condition, Phase, State
+from firmware.site_state import CondKind, Condition, OpKind, Operation, Phase, State
 from tests.unit.sitekit import obs, server, site_config
 
 
@@ -65,9 +65,10 @@ def test_a_change_of_phase_outside_the_table_is_refused():
         step.enter(Phase.FENCING)
 
 
-OLD_FILE = {  # written before conditions, alerts and UPS readings were typed (and with a key since dropped)
+OLD_FILE = {  # written before conditions, alerts, UPS readings and the operation were typed (and with a key since dropped)
     "phase": "fencing", "since": 12.5, "primary": "master", "old": "master", "target": "standby",
-    "operation": "failover", "fenced": [], "awaiting": ["Fence#7"], "results": [["Fence#6", False, "timeout"]],
+    "operation": "failover", "verify_tries": 0, "fenced": [], "awaiting": ["Fence#7"],
+    "results": [["Fence#6", False, "timeout"]],
     "conditions": ["server-down:master", "link-down:standby/lan"],
     "ups_seen": [["master", True, ["OB", "LB"], 40, 120.0]],
     "alerts": [["failover-started", "master", "", "failover: master -> standby"]],
@@ -81,13 +82,35 @@ def test_an_old_state_file_loads_every_field_typed():
     assert st.conditions == (Condition(CondKind.LINK_DOWN, "standby", "lan"), Condition(CondKind.SERVER_DOWN, "master"))
     assert st.ups_seen == (site_state.UpsSeen("master", True, ("OB", "LB"), 40.0, 120.0),)
     assert st.alerts == (site_state.SavedAlert("failover-started", "master", "", "failover: master -> standby"),)
+    assert st.op == Operation(OpKind.FAILOVER, "master", "standby", tries=0)
     assert State.from_dict(json.loads(json.dumps(st.to_dict()))) == st  # and today's format reads back the same
 
 
 @pytest.mark.parametrize("field,value,named", [("primary", 5, "primary"), ("fenced", "master", "fenced"),
                                                ("ups_seen", [["master", "yes", [], 1, 1]], "reachable"),
                                                ("conditions", [["no-such-kind", "", ""]], "no-such-kind"),
-                                               ("hold_down_until", True, "hold_down_until")])
+                                               ("hold_down_until", True, "hold_down_until"),
+                                               ("op", {"kind": "failover", "old": 5, "target": "standby"}, "op.old"),
+                                               ("op", {"kind": "sideways", "old": "a", "target": "b"}, "sideways")])
 def test_a_wrongly_typed_field_is_an_error_naming_it(field, value, named):
     with pytest.raises((TypeError, ValueError), match=named):
         State.from_dict({**OLD_FILE, field: value})
+
+
+@pytest.mark.parametrize("saved,op", [
+    ({"phase": "verifying", "old": "master", "target": "standby", "operation": "manual-failover", "verify_tries": 2},
+     Operation(OpKind.MANUAL_FAILOVER, "master", "standby", 2)),
+    ({"phase": "normal", "primary": "standby", "old": "master", "target": "standby", "operation": "switchover"},
+     Operation(OpKind.SWITCHOVER, "master", "standby")),
+    ({"phase": "normal", "primary": "master", "old": None, "target": None, "operation": ""}, None),
+])
+def test_an_old_files_loose_operation_fields_become_one_record(saved, op):
+    st = State.from_dict(saved)
+    assert st.op == op
+    assert State.from_dict(json.loads(json.dumps(st.to_dict()))) == st
+
+
+def test_a_busy_phase_saved_without_its_operation_is_damage():
+    """A fencing or promoting state without the operation could not say whom to fence or promote."""
+    with pytest.raises(ValueError, match="op: phase promoting is part of an operation"):
+        State.from_dict({"phase": "promoting", "primary": "master"})

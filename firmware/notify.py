@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 import queue
 import subprocess
 import threading
@@ -25,6 +24,7 @@ from firmware.config import Config
 from firmware.errors import DamagedFile, StateError
 from firmware.events import EVENTS, UNLIMITED, Severity, event_type
 from firmware.state import DAMAGE, StateStore, write_atomic
+from firmware.subproc import OutputOverflow, run_bounded
 
 log = logging.getLogger("arbiter.alerts")
 
@@ -346,18 +346,20 @@ class HookSink:
 
     def _run_one(self, alert: Alert) -> None:
         try:
-            done = subprocess.run(self.command, env={**os.environ, **self.env, **hook_env(alert)}, timeout=self.timeout,
-                                  stdin=subprocess.DEVNULL, capture_output=True, check=False)
+            done = run_bounded(self.command, self.timeout, {**self.env, **hook_env(alert)})
         except subprocess.TimeoutExpired:
             log.error("alerts.hook %s: killed after %gs on #%d %s", self.command[0], self.timeout,
                       alert.seq, alert.event)
+            return
+        except OutputOverflow as exc:
+            log.error("alerts.hook %s: killed on #%d %s: %s", self.command[0], alert.seq, alert.event, exc)
             return
         except OSError as exc:
             log.error("alerts.hook %s: cannot run (%s)", self.command[0], exc.strerror)
             return
         if done.returncode != 0:
             log.error("alerts.hook %s: exit %d on #%d %s: %s", self.command[0], done.returncode,
-                      alert.seq, alert.event, done.stderr.decode(errors="replace").strip()[-200:])
+                      alert.seq, alert.event, done.stderr.strip()[-200:])
 
     def close(self, timeout: float = 2.0) -> None:
         try:

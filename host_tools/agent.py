@@ -41,8 +41,9 @@ from firmware.protocol import (COMMAND_OPS, COMMAND_POLL_FRESH_S, MAX_FRAME, Ack
                                Reply, poll_nonce)
 from firmware.reach import reaches_any
 from firmware.state import write_atomic
+from firmware.subproc import run_checked
 from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
-from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter, run_checked
+from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter
 
 log = logging.getLogger("arbiter.agent")
 
@@ -305,7 +306,7 @@ class Agent:
         if self.adapter is not None:
             try:
                 log.critical("self-fencing: %s", self.adapter.self_fence(self.cfg.agent.self_fence_timeout))
-            except (ArbiterError, OSError, subprocess.TimeoutExpired) as exc:
+            except (ArbiterError, OSError, subprocess.SubprocessError) as exc:  # the virtual IP goes all the same
                 log.critical("self-fencing: the database did not stop: %s", exc)
         if self.vip is not None:
             self.vip.release()

@@ -41,7 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import Health, ReplicationStatus, run_checked
+from firmware.subproc import run_checked
+from host_tools.replication import Health, ReplicationStatus
 
 _ROLES = ("primary", "standby", "unknown")
 _ACTIONS = frozenset({"promote", "demote", "rejoin", "sync_degrade", "sync_restore", "rebuild", "self_fence"})

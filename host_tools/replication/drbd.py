@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import Health, ReplicationStatus, run_checked
+from firmware.subproc import run_checked
+from host_tools.replication import Health, ReplicationStatus
 
 
 @dataclass(frozen=True)

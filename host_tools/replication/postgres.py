@@ -88,8 +88,9 @@ from collections.abc import Callable
 from typing import Any
 
 from firmware.errors import ActionError, ConfigError
+from firmware.subproc import run_bounded, run_checked
 from firmware.waiting import wait_until
-from host_tools.replication import Health, ReplicationStatus, run_checked
+from host_tools.replication import Health, ReplicationStatus
 
 DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
 
@@ -475,8 +476,7 @@ class PostgresAdapter:
     def self_fence(self, timeout: float) -> str:
         argv = [f"{self.s.bindir}/pg_ctl", "stop", "-D", self._pgdata(), "-m", "immediate", "-w", "-t",
                 str(max(1, int(timeout)))]
-        done = subprocess.run(as_os_user(self.s.os_user, argv), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        done = run_bounded(as_os_user(self.s.os_user, argv), timeout)
         if done.returncode != 0 and "Is server running?" in done.stderr:
             return "database already stopped"
         if done.returncode != 0:
@@ -522,8 +522,8 @@ class PostgresAdapter:
             return None
 
     def _running(self) -> bool:
-        done = subprocess.run(as_os_user(self.s.os_user, [f"{self.s.bindir}/pg_ctl", "status", "-D", self._pgdata()]),
-                              capture_output=True, timeout=self.s.timeout)
+        done = run_bounded(as_os_user(self.s.os_user, [f"{self.s.bindir}/pg_ctl", "status", "-D", self._pgdata()]),
+                           self.s.timeout)
         return done.returncode == 0
 
     def _conf_dir(self) -> Path:

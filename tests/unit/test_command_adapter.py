@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from firmware.errors import ActionError, ConfigError
-from host_tools.replication import Health, ReplicationStatus, make_adapter, run_checked
+from firmware.subproc import run_checked
+from host_tools.replication import Health, ReplicationStatus, make_adapter
 from host_tools.replication.command import CommandAdapter
 
 

@@ -11,6 +11,7 @@ import pytest
 from firmware.events import Severity
 from firmware.notify import AlarmSink, Alert, HookSink, LogSink, Notifier
 from firmware.state import StateStore
+from firmware.waiting import wait_until
 from tests.unit.sitekit import site_config
 
 
@@ -238,6 +239,32 @@ def test_a_hanging_hook_never_blocks_notify_and_is_killed(tmp_path: Path,
     hook.close(timeout=5.0)
     assert not hook.thread.is_alive()
     assert any("killed after 0.3s on #1 server-down" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hook_is_killed_with_its_children_on_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hook script that started a child (a trap sender left running) loses it too at the
+    timeout: killing the script alone, as subprocess.run does, leaves the child behind, one
+    more on every alert. The next alert's hook then runs."""
+    out, pids = tmp_path / "hook.out", tmp_path / "children"
+    hook = HookSink(["sh", "-c", f'echo "$ARBITER_SEQ" >> {out}; [ "$ARBITER_SEQ" = 1 ] || exit 0;'
+                                 f' sleep 30 & echo $! > {pids}; wait'], timeout=0.5)
+    n = make(tmp_path, hook)
+    started = time.monotonic()
+    n.notify("server-down", "master")
+    n.notify("link-down", "standby", "lan")
+    hook.close(timeout=10.0)
+    assert not hook.thread.is_alive() and time.monotonic() - started < 5
+    assert out.read_text().split() == ["1", "2"]
+    assert any("killed after 0.5s on #1 server-down" in r.getMessage() for r in caplog.records)
+    child = int(pids.read_text())
+    assert wait_until(lambda: not _running(child), 2.0, 0.02), "the hook's child outlived its timeout"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_log_sink_writes_one_line_at_the_severity_level(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,34 @@
+"""The one subprocess-with-timeout helper (firmware.subproc), as the alert hook and the
+agent's commands use it; the group kill on timeout is tested through run_checked
+(test_command_adapter) and the alert hook (test_notify)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from firmware.errors import ActionError
+from firmware.subproc import OUTPUT_CAP, OutputOverflow, run_bounded, run_checked
+
+
+def test_exit_code_output_and_environment_come_back_decoded():
+    done = run_bounded([sys.executable, "-c", "import os, sys; print(os.environ['X']); sys.exit(3)"], 5.0, {"X": "é"})
+    assert (done.returncode, done.stdout, done.stderr) == (3, "é\n", "")
+
+
+def test_output_over_the_cap_stops_the_command():
+    with pytest.raises(OutputOverflow, match="on stderr") as caught:
+        run_bounded([sys.executable, "-c", f"import sys; sys.stderr.write('x' * {OUTPUT_CAP + 1}); sys.stderr.flush()"
+                     "; import time; time.sleep(30)"], 10.0)
+    assert caught.value.stream == "stderr" and isinstance(caught.value, subprocess.SubprocessError)
+
+
+@pytest.mark.parametrize("argv,words", [
+    ([sys.executable, "-c", "import sys; print('half done'); sys.exit('disk full')"], "hooks.promote exit 1: disk full"),
+    (["/nonexistent/promote"], "hooks.promote: cannot run"),
+    (["sleep", "5"], "hooks.promote did not finish within agent.command_timeout = 0.2 s"),
+])
+def test_run_checked_says_what_failed_and_the_bound(argv, words):
+    with pytest.raises(ActionError, match=words):
+        run_checked(argv, "hooks.promote", 0.2 if argv[0] == "sleep" else 5.0, bound="agent.command_timeout")

@@ -1,6 +1,7 @@
 """GPIO through gpiozero pin factories: the RPi.GPIO API on Pi 1-4, lgpio on a Pi 5 and
-generic boards, MockFactory only on the HIL rig. A missing library or a wrong board is a
-start-up error naming the setting, never a silent fall back to mock pins.
+generic boards, MockFactory only on the HIL rig (whose bridged factory, board/hil_bridge.py,
+the appliance passes in: this module knows nothing of the rig). A missing library or a
+wrong board is a start-up error naming the setting, never a silent fall back to mock pins.
 """
 from __future__ import annotations
 
@@ -47,14 +48,14 @@ def make_factory(board: BoardSettings) -> Factory:
 class PowerRelay:
     """One server's fence relay and its power readback."""
 
-    def __init__(self, board: Board, name: str, relay: DigitalOutputDevice, sense: DigitalInputDevice | None) -> None:
-        self._board, self._name, self._relay, self._sense = board, name, relay, sense
+    def __init__(self, board: Board, relay: DigitalOutputDevice, sense: DigitalInputDevice | None) -> None:
+        self._board, self._relay, self._sense = board, relay, sense
 
     def cut(self) -> None:
-        self._board.drive(self._name, self._relay, True)
+        self._board.drive(self._relay, True)
 
     def restore(self) -> None:
-        self._board.drive(self._name, self._relay, False)
+        self._board.drive(self._relay, False)
 
     @property
     def is_cut(self) -> bool:
@@ -72,13 +73,11 @@ class PowerRelay:
 class Board:
     def __init__(self, cfg: Config, factory: Factory, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.history: list[tuple[float, str, bool]] = []
         self._pins = PIN_MAPS[cfg.board.kind]
         self._factory = factory
         self._lock = threading.Lock()
         self._outputs: dict[str, DigitalOutputDevice] = {}
         self._relays: dict[str, PowerRelay] = {}
-        self._watchers: list[Callable[[], None]] = []
         try:
             self._set_up(cfg, factory)
         except GPIOZeroError as exc:  # a pin used twice, a board gpiozero does not know, ...
@@ -93,7 +92,7 @@ class Board:
                 sense = DigitalInputDevice(self._pin(srv.power_sense, "power_sense"), pull_up=None,
                                            active_state=not srv.sense_active_low, pin_factory=factory)
             if relay is not None:
-                self._relays[srv.name] = PowerRelay(self, srv.fence_relay, relay, sense)
+                self._relays[srv.name] = PowerRelay(self, relay, sense)
         self._alarm = self._output(cfg.board.alarm_relay) if cfg.board.alarm_relay else None
         self._leds = {status: self._output(pin) for status, pin in STATUS_LEDS.items()}
         self._button = None
@@ -115,13 +114,10 @@ class Board:
         self._outputs[name] = dev
         return dev
 
-    def drive(self, name: str, dev: DigitalOutputDevice, on: bool) -> None:
+    def drive(self, dev: DigitalOutputDevice, on: bool) -> None:
         with self._lock:
             if bool(dev.value) != on:
                 dev.value = on
-                self.history.append((self.clock(), name, on))
-        for watcher in self._watchers:
-            watcher()
 
     def relay(self, server: str) -> PowerRelay:
         try:
@@ -131,32 +127,20 @@ class Board:
 
     def set_alarm(self, on: bool) -> None:
         if self._alarm is not None:
-            self.drive("alarm", self._alarm, on)
+            self.drive(self._alarm, on)
 
     def set_status(self, status: str) -> None:
         if status not in self._leds:
             raise HardwareError(f"status {status!r}: must be one of {', '.join(self._leds)}")
         for name, dev in self._leds.items():
             if name != status:
-                self.drive(STATUS_LEDS[name], dev, False)
-        self.drive(STATUS_LEDS[status], self._leds[status], True)
+                self.drive(dev, False)
+        self.drive(self._leds[status], True)
 
     def on_ack(self, callback: Callable[[], None]) -> None:
         if self._button is not None:
             self._button.when_pressed = lambda: callback()
 
-    def watch(self, callback: Callable[[], None]) -> None:
-        """Called after every output change (the rig's bridge publishes them; the board knows
-        nothing of it)."""
-        self._watchers.append(callback)
-
     def outputs(self) -> dict[str, bool]:
         with self._lock:
             return {name: bool(dev.value) for name, dev in self._outputs.items()}
-
-    def pin_number(self, name: str) -> int:
-        return self._pin(name, name)
-
-    @property
-    def factory(self) -> Factory:
-        return self._factory

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from board.gpio import Board, make_factory
-from board.hil_bridge import HilBridge
+from board.hil_bridge import HilFactory
+from board.pins import PIN_MAPS
 from board.sdnotify import notify as sd_notify
 from firmware import arpcheck
 from firmware.config import Config, read_key, read_secret
@@ -52,9 +53,10 @@ class Appliance:
         self.damaged: list[str] = []  # one line per damaged file: the daemon then halts safely
         self.run_id = self._next_run(state_dir / "runs")
         self.journal = self._set_aside_if_damaged(lambda: Journal(state_dir / "journal.jsonl"))
-        self.board = Board(cfg, make_factory(cfg.board), clock=clock)
-        self.bridge = HilBridge(self.board, Path(cfg.board.hil_gpio_dir)) \
-            if cfg.board.kind == "hil" and cfg.board.hil_gpio_dir else None  # the rig sees the pins
+        # on the rig, mock pins that the rig sees and drives through a directory
+        self.rig_pins = HilFactory(Path(cfg.board.hil_gpio_dir), PIN_MAPS["hil"]) \
+            if cfg.board.kind == "hil" and cfg.board.hil_gpio_dir else None
+        self.board = Board(cfg, self.rig_pins or make_factory(cfg.board), clock=clock)
         master = read_key(cfg.site.key_file)
         codec = Codec(cfg.site.node_id, {s.name: derive_key(master, s.name) for s in cfg.servers}, self.run_id)
         self.poller = Poller(codec, [(s.name, s.serial, s.baudrate, s.address, s.port) for s in cfg.servers],
@@ -217,8 +219,8 @@ class Appliance:
         self.executor.join(2.0)
         self.poller.close()
         self.notifier.close()
-        if self.bridge is not None:
-            self.bridge.close()
+        if self.rig_pins is not None:
+            self.rig_pins.close()
 
 
 def make_notifier(cfg: Config, state_dir: Path, journal: Journal | None,

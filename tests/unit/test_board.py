@@ -1,5 +1,6 @@
 """Board support on gpiozero's mock pins: fail-safe boot, wiring polarity, fence confirmation,
-one status LED at a time, the acknowledge button, and the rig's file bridge."""
+one status LED at a time, the acknowledge button, and the rig's bridged pin factory. What the
+board did is read from the pins' own history (gpiozero's ``MockPin.states``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from board.gpio import Board, make_factory
-from board.hil_bridge import HilBridge, HilGpio
+from board.hil_bridge import HilFactory, HilGpio
 from board.pins import PIN_MAPS
 from firmware.errors import HardwareError
 from tests.unit.sitekit import site_config
@@ -21,7 +22,7 @@ def make_board(tmp_path=None, **server_changes):
                              **({"hil_gpio_dir": str(tmp_path / "gpio")} if tmp_path else {})})
     if server_changes:
         cfg = dataclasses.replace(cfg, servers=tuple(dataclasses.replace(s, **server_changes) for s in cfg.servers))
-    factory = MockFactory()
+    factory = HilFactory(tmp_path / "gpio", PIN_MAPS["hil"]) if tmp_path else MockFactory()
     return Board(cfg, factory), factory, PIN_MAPS["hil"]
 
 
@@ -29,10 +30,16 @@ def level(factory, pins, name) -> bool:
     return bool(factory.pin(pins[name]).state)
 
 
+def levels(factory, pins, name) -> list[bool]:
+    """Every level the pin has had, its first one included."""
+    return [s.state for s in factory.pin(pins[name]).states]
+
+
 def test_boot_never_cuts_power():
     board, factory, pins = make_board()
     assert not level(factory, pins, "relay1") and not level(factory, pins, "relay2")
-    assert not board.relay("master").is_cut and board.history == []
+    assert not board.relay("master").is_cut
+    assert levels(factory, pins, "relay1") == levels(factory, pins, "relay2") == [False]
 
 
 def test_active_low_relay_is_high_at_boot_and_low_when_cut():
@@ -56,7 +63,7 @@ def test_fence_confirmed_when_the_readback_drops():
     t0 = time.monotonic()
     assert board.relay("master").cut_and_confirm(1.0)
     assert 0.04 < time.monotonic() - t0 < 0.9
-    assert [(name, on) for _, name, on in board.history] == [("relay1", True)]
+    assert levels(factory, pins, "relay1") == [False, True] and levels(factory, pins, "relay2") == [False]
 
 
 def test_fence_not_confirmed_when_the_readback_stays_on():
@@ -114,22 +121,41 @@ def test_a_pin_used_twice_is_a_start_up_error_naming_the_board():
 
 def test_rig_bridge_shows_outputs_and_drives_inputs(tmp_path):
     board, factory, pins = make_board(tmp_path)
-    bridge = HilBridge(board, tmp_path / "gpio")
     rig = HilGpio(tmp_path / "gpio")
-    assert rig.output("relay1") is False
-    board.relay("master").cut()
-    assert rig.wait_output("relay1", True, 1.0)
-    rig.set_input("sense1", True)
-    deadline = time.monotonic() + 1.0
-    while board.relay("master").power_on() is not True and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert board.relay("master").power_on() is True
-    bridge.close()
+    try:
+        assert rig.output("relay1") is False
+        board.relay("master").cut()
+        assert rig.wait_output("relay1", True, 1.0)
+        board.set_alarm(True)
+        board.set_alarm(False)
+        assert rig.output("alarm") is False and levels(factory, pins, "alarm") == [False, True, False]
+        rig.set_input("sense1", True)
+        deadline = time.monotonic() + 1.0
+        while board.relay("master").power_on() is not True and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert board.relay("master").power_on() is True
+    finally:
+        factory.close()
+
+
+def test_rig_bridge_overwrites_what_an_earlier_run_left(tmp_path):
+    """An appliance restarted by the rig starts with every output off, and the rig must not
+    see the alarm or a cut relay of the run before."""
+    rig = HilGpio(tmp_path / "gpio")
+    (tmp_path / "gpio" / "out").mkdir(parents=True)
+    for name in ("alarm", "relay1"):
+        (tmp_path / "gpio" / "out" / name).write_text("1")
+    rig.set_input("sense1", True)  # the rig powered the master before the appliance started
+    board, factory, _pins = make_board(tmp_path)
+    try:
+        assert rig.output("alarm") is False and rig.output("relay1") is False
+        assert board.relay("master").power_on() is True  # read before the first cycle, not 2 ms later
+    finally:
+        factory.close()
 
 
 def test_rig_bridge_sees_a_second_change_inside_the_same_clock_tick(tmp_path):
-    board, _factory, _pins = make_board(tmp_path)
-    bridge = HilBridge(board, tmp_path / "gpio")
+    board, factory, _pins = make_board(tmp_path)
     rig = HilGpio(tmp_path / "gpio")
     inputs = tmp_path / "gpio" / "in"
     try:
@@ -143,4 +169,4 @@ def test_rig_bridge_sees_a_second_change_inside_the_same_clock_tick(tmp_path):
         time.sleep(0.1)
         assert board.relay("master").power_on() is False
     finally:
-        bridge.close()
+        factory.close()

@@ -579,7 +579,6 @@ def agent_restart_replay(rig: Rig, report: Report) -> None:
     master = rig.site.ip("master")
     commands = [c for c in captured if c["dst"][0] == master and _head(c)[0] == Kind.COMMAND]  # type: ignore[index]
     report.check("commands to the old master captured", bool(commands))
-    t0 = time.monotonic()
     runs_before = _commands_run(rig)
     rig.restart_agent("master")
     plan = [{"src": None, "dst": c["dst"], "data": c["data"]} for c in commands]

@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from firmware.state import write_atomic
+
 DRIVER = "/lib/nut/dummy-ups"
 FENCE_USER = "fencer"
 FENCE_PASSWORD = "rig-fencer"
@@ -92,10 +94,9 @@ class NutSite:
             extra: dict[str, str] | None = None) -> None:
         """New readings for the driver; it notices the new timestamp within its poll interval."""
         dev = self.workdir / f"{ups}.dev"
-        tmp = dev.with_suffix(".tmp")
-        tmp.write_text(f"ups.status: {status}\nbattery.charge: {charge}\nbattery.runtime: {runtime}\n"
-                       "device.mfr: HIL\ndevice.model: rig\n" + "".join(f"{k}: {v}\n" for k, v in (extra or {}).items()))
-        os.replace(tmp, dev)
+        write_atomic(dev, f"ups.status: {status}\nbattery.charge: {charge}\nbattery.runtime: {runtime}\n"
+                          "device.mfr: HIL\ndevice.model: rig\n" + "".join(f"{k}: {v}\n" for k, v in (extra or {}).items()),
+                     durable=False)
         now = time.time()
         os.utime(dev, (now, now))
 

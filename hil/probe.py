@@ -28,6 +28,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from firmware.state import write_atomic
+
 OUTAGE_INTERVALS = 3  # a gap longer than this many intervals without an answer is an outage
 REPLY_TIMEOUT = 0.05  # a later reply was queued somewhere (ARP resolution): not an answer
 FLAP_WINDOW = 0.05  # two hosts answering this close after each other: both hold the address
@@ -242,9 +244,7 @@ def client(target: str, port: int, interval: float, out: Path, arp: bool,
     if watch:
         watch.join(1.0)
     summary = analyse(prober.records(), interval, list(watch.records) if watch else [], timeout)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out)
+    write_atomic(out, json.dumps(summary, indent=1), durable=False)
 
 
 def main(argv: list[str] | None = None) -> int:

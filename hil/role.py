@@ -6,17 +6,16 @@ command adapter reads (``cat FILE``) and its promote/demote commands rewrite.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
+
+from firmware.state import write_atomic
 
 
 def write_role(path: Path, role: str) -> None:
     if role not in ("primary", "standby"):
         raise SystemExit(f"role must be primary or standby, not {role!r}")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"role": role, "in_sync": True, "lag_bytes": 0, "lag_s": 0.0}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"role": role, "in_sync": True, "lag_bytes": 0, "lag_s": 0.0}), durable=False)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from firmware import config as config_mod
 from firmware import logs
 from firmware.appliance import Appliance
 from firmware.decide import decide
-from firmware.detector import first_lease_end, observe_servers
+from firmware.detector import Stall, first_lease_end, observe_servers
 from firmware.errors import ArbiterError, ConfigError, DamagedFile
 from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
 from firmware.control import Peer
@@ -74,7 +74,7 @@ class Daemon:
         self.last_cycle: float | None = None
         self._last_heartbeat = -float("inf")
         self._prev_cycle_at = self.started_at
-        self._stall_end: float | None = None
+        self._stall: Stall | None = None
         self.metrics = Metrics(self.view)
         self.web = self._web()
         self.snmp = self._snmp()
@@ -242,7 +242,7 @@ class Daemon:
     def _observe(self, now: float) -> Observations:
         records = self.app.poller.snapshot()
         servers = observe_servers(self.cfg, records, now, self.started_at, self.app.power(),
-                                  self.app.ups_latest(), self._resumed_at(now))
+                                  self.app.ups_latest(), self._stalled(now))
         return Observations(servers=servers, results=self.app.executor.results(),
                             requests=self.orders.drain(), run=self.app.run_id,
                             vip_audit=self.app.vip_audit, reach=self.app.reach)
@@ -255,19 +255,18 @@ class Daemon:
             self.app.notifier.heartbeat(f"appliance alive; phase {self.state.phase.value}, "
                                         f"primary {self.state.primary or '-'}")
 
-    def _resumed_at(self, now: float) -> float | None:
-        """The end of the last stall of this loop, while it still matters: a gap between two
-        cycles longer than timing.warn_time means the appliance itself stood still (frozen,
-        starved), and the servers' silence over it is no evidence against them."""
-        gap = now - self._prev_cycle_at
-        self._prev_cycle_at = now
-        if gap > self.cfg.timing.warn_time and self.last_cycle is not None:
+    def _stalled(self, now: float) -> Stall | None:
+        """The last stall of this loop, while it still matters: a gap between two cycles
+        longer than timing.warn_time means the appliance itself stood still (frozen, starved),
+        and the servers' silence over it is no evidence against them."""
+        began, self._prev_cycle_at = self._prev_cycle_at, now
+        if now - began > self.cfg.timing.warn_time and self.last_cycle is not None:
             self._throttled(logging.WARNING, "{}{}", "the decision loop stood still for longer than timing.warn_time"
                             f" = {self.cfg.timing.warn_time:g} s; heartbeat leases restarted at its end")
-            self._stall_end = now
-        if self._stall_end is not None and now - self._stall_end > self.cfg.timing.dead_time:
-            self._stall_end = None
-        return self._stall_end
+            self._stall = Stall(began, now)
+        if self._stall is not None and now - self._stall.ended > self.cfg.timing.dead_time:
+            self._stall = None
+        return self._stall
 
     def _frames_rejected(self) -> None:
         dropped = self.app.poller.dropped()

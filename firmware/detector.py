@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from firmware.config import Config, Timing
 from firmware.model import AgentReport, Channel, LinkObs, LinkState, ServerObs, UpsObs
 
 
+@dataclass(frozen=True)
+class Stall:
+    """The appliance's own loop stood still (SIGSTOP, a starved board) from its cycle at
+    ``began`` to its cycle at ``ended``."""
+    began: float
+    ended: float
+
+
 def link_state(last_seen: float | None, now: float, started_at: float, t: Timing,
-               resumed_at: float | None = None) -> LinkState:
-    """``resumed_at``: the appliance's own loop stood still until then (SIGSTOP, a stalled
-    board): the silence before it is the appliance's, not the server's, so every lease
-    restarts there and a server must stay silent a full dead time after it to be dead."""
-    if last_seen is not None and resumed_at is not None:
-        last_seen = max(last_seen, resumed_at)
+               stall: Stall | None = None) -> LinkState:
+    """``stall``: the silence over it is the appliance's, not the server's, so a lease that
+    still ran when the stall began restarts at its end, and the server must stay silent a
+    full dead time after it to be dead. A link already dead when the stall began stays
+    dead: the stall is no news from it (reviving it made a powered-off old primary look
+    alive, and its last report, primary with the virtual IP, looked like a split brain)."""
+    if last_seen is not None and stall is not None and stall.began - last_seen < t.dead_time:
+        last_seen = max(last_seen, stall.ended)
     if last_seen is None:
         return LinkState.UNKNOWN if now - started_at < t.init_dead else LinkState.DEAD
     silent = now - last_seen
@@ -55,7 +66,7 @@ def latest_report(records: Mapping[Channel, object]) -> AgentReport | None:
 
 def observe_servers(cfg: Config, records: Mapping[str, Mapping[Channel, object]], now: float,
                     started_at: float, power: Mapping[str, tuple[bool, bool | None]],
-                    ups: Mapping[str, UpsObs], resumed_at: float | None = None) -> tuple[ServerObs, ...]:
+                    ups: Mapping[str, UpsObs], stall: Stall | None = None) -> tuple[ServerObs, ...]:
     """Turn the links' raw records into one frozen snapshot per server.
 
     ``records[server][channel]`` has ``last_seen``, ``rtt_s`` and ``report`` (links.LinkRecord);
@@ -71,7 +82,7 @@ def observe_servers(cfg: Config, records: Mapping[str, Mapping[Channel, object]]
                 links.append(LinkObs(channel, LinkState.ABSENT))
                 continue
             last = getattr(rec, "last_seen", None)
-            links.append(LinkObs(channel, link_state(last, now, started_at, cfg.timing, resumed_at), last,
+            links.append(LinkObs(channel, link_state(last, now, started_at, cfg.timing, stall), last,
                                  getattr(rec, "rtt_s", None)))
         relay_cut, power_on = power.get(srv.name, (False, None))
         out.append(ServerObs(srv.name, tuple(links), latest_report(recs), power_on, relay_cut,

@@ -66,13 +66,16 @@ def freeze(site: Site, host: str, seconds: float) -> float:
 
 
 def _play(faults: list[Fault], seconds: float, do_freeze, do_noise) -> dict[str, Any]:
-    """Injects the faults on time; returns what was injected (noise bursts run on a thread of
-    their own, a freeze inline: it is short)."""
+    """Injects the faults on time; returns what was injected, each fault with the wall time it
+    began (the daemon's journal stamps its events in wall time too). Noise bursts run on a
+    thread of their own, a freeze inline: it is short."""
     start = time.monotonic()
     frozen: list[float] = []
     bursts: list[threading.Thread] = []
+    played: list[tuple[float, Fault]] = []
     for f in faults:
         time.sleep(max(0.0, start + f.at - time.monotonic()))
+        played.append((time.time(), f))
         if f.kind == "freeze":
             frozen.append(do_freeze(f.server, f.seconds))
         elif do_noise is not None:
@@ -83,7 +86,25 @@ def _play(faults: list[Fault], seconds: float, do_freeze, do_noise) -> dict[str,
     for t in bursts:
         t.join(NOISE_BURST_S + 5)
     return {"freezes": len(frozen), "longest_freeze_s": round(max(frozen, default=0.0), 3),
-            "noise_bursts": len(bursts)}
+            "noise_bursts": len(bursts), "played": played}
+
+
+LOOK_BACK_S = 1.0  # a fault that ended this long before a server was called dead may have caused it
+
+
+def causes(events: list[dict[str, Any]], played: list[tuple[float, Fault]], event: str) -> dict[str, int]:
+    """For each journal alert ``event`` on a server, the faults on that server that overlapped
+    the second before it ("freeze", "noise", "freeze+noise", or "none": only the loss and the
+    hog were there), counted: which fault the detector mistook for a death."""
+    out: dict[str, int] = {}
+    for e in events:
+        if e.get("event") != event or "wall" not in e:
+            continue
+        near = sorted({f.kind for at, f in played
+                       if f.server == e.get("server") and at <= e["wall"] <= at + f.seconds + LOOK_BACK_S})
+        key = "+".join(near) or "none"
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def _hog() -> subprocess.Popen[bytes]:
@@ -112,9 +133,13 @@ def arbiter_soak(workdir: Path, seconds: float, budget: bool = False,
             hog.wait(5)
         rig.site.clear_faults()
         time.sleep(2.0)
-        events = [r.get("event", "") for r in rig.journal()[before:]]
+        journal = rig.journal()[before:]
+        events = [r.get("event", "") for r in journal]
         st = rig.status()
+    played_faults = played.pop("played")
     return {"seconds": seconds, "false_failovers": events.count("failover-started"),
+            "false_failover_faults": causes(journal, played_faults, "failover-started"),
+            "server_down_faults": causes(journal, played_faults, "server-down"),
             "primary_at_end": st["primary"], "phase_at_end": st["phase"],
             "link_down_alerts": events.count("link-down"), "server_down_alerts": events.count("server-down"),
             "frames_dropped": sum(st.get("frames_dropped", {}).values()), "freeze_s": dead / 2,
@@ -135,6 +160,7 @@ def keepalived_soak(workdir: Path, seconds: float, advert_int: float,
                 site.loss(host, LOSS_PERCENT)
             before = _master_entries(ka)
             played = _play(faults, seconds, lambda s, t: freeze(site, s, t), None)
+            played.pop("played")
         finally:
             hog.kill()
             hog.wait(5)

@@ -3,7 +3,7 @@ parts, the table and the plot."""
 from __future__ import annotations
 
 from hil.bench import merge, plot, render, spread
-from hil.soak import NOISE_BURST_S, schedule
+from hil.soak import NOISE_BURST_S, Fault, causes, schedule
 
 ARBITER = {"runs": 3, "failed_runs": 1, "median_s": 0.25, "max_s": 0.31, "outages": [0.2, 0.25, 0.31],
            "fence_to_writable": {"runs": 3, "median_s": 0.1, "max_s": 0.12},
@@ -55,3 +55,14 @@ def test_plot_writes_a_png(tmp_path):
     plot({"arbiter": ARBITER, "keepalived_0.1": {"outages": [0.3, 0.33]},
           "endurance": {"outages": [0.2, 0.3, 0.25]}}, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_server_called_dead_is_put_down_to_the_faults_on_it_in_the_second_before():
+    freeze, noise = Fault(0, "freeze", "master", 0.1), Fault(0, "noise", "master", NOISE_BURST_S)
+    played = [(100.0, freeze), (99.5, noise), (100.0, Fault(0, "freeze", "standby", 0.1))]
+    events = [{"event": "server-down", "server": "master", "wall": 100.3},  # both on master then
+              {"event": "server-down", "server": "master", "wall": 102.0},  # the burst ended 0.5 s before
+              {"event": "server-down", "server": "master", "wall": 110.0},  # nothing on it: loss, hog
+              {"event": "server-down", "server": "standby", "wall": 99.9},  # before its freeze began
+              {"event": "link-down", "server": "master", "wall": 100.3}]
+    assert causes(events, played, "server-down") == {"freeze+noise": 1, "noise": 1, "none": 2}

@@ -21,6 +21,7 @@ from typing import Any, get_origin, get_type_hints
 
 from board.pins import PIN_MAPS, STATUS_LEDS
 from firmware.errors import ConfigError
+from firmware.realtime import MAX_PRIORITY, REALTIME_PRIORITY
 
 _REQUIRED = object()
 MAX_STANDBYS = 9
@@ -119,6 +120,10 @@ class Site:
                         doc="observe: decide and report, act on nothing")
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"),
                              doc="lowest level written to the log (journald under systemd)")
+    realtime_priority: int = setting(REALTIME_PRIORITY, lo=0, hi=MAX_PRIORITY,
+                                     doc="SCHED_RR priority of arbiterd's heartbeat readers and decision loop, so "
+                                         "a busy board cannot delay a reply past timing.dead_time (0: normal "
+                                         "scheduling; refused by the kernel: a warning, and normal scheduling)")
 
 
 @dataclass(frozen=True, kw_only=True)

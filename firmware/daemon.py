@@ -41,6 +41,7 @@ from firmware.snmp import engine_id
 from firmware.snmp_agent import SnmpResponder
 from firmware.web import StatusWeb
 from firmware.protocol import derive_key
+from firmware.realtime import Realtime
 
 log = logging.getLogger("arbiter")
 
@@ -109,6 +110,7 @@ class Daemon:
 
     def run(self) -> int:
         self._signals()
+        Realtime(self.cfg.site.realtime_priority, "site.realtime_priority").enter()  # the loop's own thread
         self.app.start(self.handle_request)
         if self.web is not None:
             self.web.start()

@@ -26,6 +26,7 @@ import serial
 
 from firmware.errors import ProtocolError
 from firmware.model import AgentReport, Channel, Replication, Role
+from firmware.realtime import NORMAL, Realtime
 from firmware.protocol import MAX_FRAME, Ack, Codec, Command, Deframer, Frame, Kind, Reply, frame_serial
 
 log = logging.getLogger("arbiter.links")
@@ -103,8 +104,8 @@ class SerialPort:
     """One serial cable: a reader thread that reopens the device when it vanishes."""
 
     def __init__(self, url: str, baudrate: int, on_frame: Callable[[bytes], None],
-                 on_error: Callable[[str], None]) -> None:
-        self.url, self.baudrate = url, baudrate
+                 on_error: Callable[[str], None], realtime: Realtime = NORMAL) -> None:
+        self.url, self.baudrate, self._realtime = url, baudrate, realtime
         self._on_frame, self._on_error = on_frame, on_error
         self._port: serial.SerialBase | None = None
         self._lock = threading.Lock()
@@ -121,6 +122,7 @@ class SerialPort:
             return None
 
     def _read_loop(self) -> None:
+        self._realtime.enter()
         warned = False
         while not self._stop.is_set():
             port = self._port
@@ -200,7 +202,7 @@ class Poller:
 
     def __init__(self, codec: Codec, servers: list[tuple[str, str, int, str, int]],
                  clock: Callable[[], float] = time.monotonic, bind: tuple[str, int] = ("0.0.0.0", 0),
-                 source_rate: float = 250.0) -> None:
+                 source_rate: float = 250.0, realtime: Realtime = NORMAL) -> None:
         self._codec = codec
         self._codec_lock = threading.Lock()  # readers on several threads share its replay state
         self._clock = clock
@@ -213,13 +215,14 @@ class Poller:
         self._malformed: dict[str, int] = {}
         self._version_warned: dict[tuple[str, Channel], float] = {}
         self._cmd_seq = 0
+        self._realtime = realtime
         self.limit = RateLimit(source_rate, burst=max(8.0, source_rate / 4))
         self.budget = ReadBudget(source_rate * max(1, sum(1 for s in servers if s[3])))  # every source at its limit
         for name, url, baud, address, port in servers:
             if url:
                 self._links[(name, Channel.SERIAL)] = _Link(Channel.SERIAL, OrderedDict())
                 self._serial[name] = SerialPort(url, baud, lambda raw, n=name: self._receive(n, Channel.SERIAL, raw),
-                                                self._count)
+                                                self._count, realtime)
             if address:
                 self._links[(name, Channel.LAN)] = _Link(Channel.LAN, OrderedDict())
                 self._udp_peer[name] = (address, port)
@@ -287,6 +290,7 @@ class Poller:
     # ------------------------------------------------------------------ receiving
 
     def _udp_loop(self) -> None:
+        self._realtime.enter()
         while not self._stop.is_set():
             try:
                 raw, addr = self._sock.recvfrom(MAX_FRAME + 1)

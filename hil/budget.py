@@ -59,6 +59,10 @@ class CpuBudget:
             (self.group / "cpu.cfs_period_us").write_text(f"{self.period_us}\n")
             (self.group / "cpu.cfs_quota_us").write_text(f"{quota}\n")
             self.method = f"cgroup v1 cpu.cfs_quota_us = {quota} per cpu.cfs_period_us = {self.period_us}"
+            if (self.group / "cpu.rt_runtime_us").exists():  # the real-time threads get the same quarter
+                (self.group / "cpu.rt_period_us").write_text(f"{self.period_us}\n")
+                (self.group / "cpu.rt_runtime_us").write_text(f"{quota}\n")
+                self.method += f", real-time threads cpu.rt_runtime_us = {quota} per {self.period_us}"
         else:
             period = self.period_us / 1e6
             self._hog = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c",

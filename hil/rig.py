@@ -24,6 +24,7 @@ from typing import Any
 from board.hil_bridge import HilGpio
 from firmware.control import request
 from firmware.errors import ArbiterError
+from firmware.realtime import Realtime
 from firmware.protocol import derive_key
 from hil import toml_out
 from hil.lifecycle import Built
@@ -42,6 +43,7 @@ SNMP_PORT = 1161
 COMMUNITY = "rig-monitor"
 HEARTBEAT_S = 1.0
 UNOBSERVED_AFTER_S = 2.0
+PHYSICS_PRIORITY = 50  # above the appliance's and the agents' real-time threads: hardware does not wait
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,10 @@ class Rig(Built):
     # ------------------------------------------------------------------ physics
 
     def _physics(self) -> None:
-        """Relay outputs become power: the fence relay of server i is relay<i>."""
+        """Relay outputs become power: the fence relay of server i is relay<i>. A relay acts
+        at once whatever the load, so this thread runs real-time (what it starts does not): on a
+        loaded rig a normal one took over timing.fence_timeout to cut a server's power."""
+        Realtime(PHYSICS_PRIORITY, "the rig's physics").enter()
         relay = {name: False for name in self.servers}
         next_outlet_look = 0.0
         while not self._stop.is_set():

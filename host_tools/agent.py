@@ -40,6 +40,7 @@ from firmware.links import RateLimit, ReadBudget, SerialPort
 from firmware.protocol import (COMMAND_OPS, COMMAND_POLL_FRESH_S, MAX_FRAME, Ack, Codec, Command, Frame, Kind,
                                Reply, poll_nonce)
 from firmware.reach import reaches_any
+from firmware.realtime import Realtime
 from firmware.state import write_atomic
 from firmware.subproc import run_checked
 from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
@@ -117,12 +118,14 @@ class Agent:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((a.listen, a.port))
         self.sock.settimeout(0.2)
+        self.realtime = Realtime(a.realtime_priority, "agent.realtime_priority")
         self._last_link: dict[str, Any] = {}
         self.watched = Watched(a.unobserved_after, time.monotonic())
         self.alert_hook = HookSink(shlex.split(a.alert_hook), env={"ARBITER_ENTERPRISE": a.enterprise_oid}) \
             if a.alert_hook else None
         # last: its reader thread hands frames to _handle at once, which needs all of the above
-        self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None) if a.serial else None
+        self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None,
+                                 self.realtime) if a.serial else None
         with self.lock:
             self._save_state()  # the boot id is spent: the next start must use a higher one
 
@@ -268,6 +271,7 @@ class Agent:
 
     def _peer_loop(self) -> None:
         """Poll the other servers' agents: the standby's own view of the primary."""
+        self.realtime.enter()
         while not self.stop.is_set():
             now = time.monotonic()
             for peer in self.cfg.peers:
@@ -322,6 +326,7 @@ class Agent:
     # ------------------------------------------------------------------ receiving
 
     def _udp_loop(self) -> None:
+        self.realtime.enter()
         while not self.stop.is_set():
             try:
                 raw, addr = self.sock.recvfrom(MAX_FRAME + 1)

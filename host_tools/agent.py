@@ -142,11 +142,21 @@ class Agent:
         if self.cfg.agent.unobserved_after:
             threads.append(self._watched_loop)
         for target in threads:
-            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+            self._start(target)
         log.info("%s: answering on udp %s:%d%s", self.cfg.agent.name, self.cfg.agent.listen, self.cfg.agent.port,
                  f" and {self.cfg.agent.serial}" if self.serial else "")
         self.stop.wait()
         self.close()
+
+    def _start(self, target: Callable[..., None], *args: Any) -> None:
+        """Every thread of the agent real-time (agent.realtime_priority), not only those that
+        answer: they share one interpreter lock, and a normal thread holding it while a busy
+        server runs something else would hold up the answer too. What they start runs at
+        normal priority (firmware.realtime)."""
+        def run() -> None:
+            self.realtime.enter()
+            target(*args)
+        threading.Thread(target=run, name=target.__name__, daemon=True).start()
 
     def close(self) -> None:
         self.stop.set()
@@ -271,7 +281,6 @@ class Agent:
 
     def _peer_loop(self) -> None:
         """Poll the other servers' agents: the standby's own view of the primary."""
-        self.realtime.enter()
         while not self.stop.is_set():
             now = time.monotonic()
             for peer in self.cfg.peers:
@@ -326,7 +335,6 @@ class Agent:
     # ------------------------------------------------------------------ receiving
 
     def _udp_loop(self) -> None:
-        self.realtime.enter()
         while not self.stop.is_set():
             try:
                 raw, addr = self.sock.recvfrom(MAX_FRAME + 1)
@@ -436,7 +444,7 @@ class Agent:
                     entry = {"done": True, "ok": False, "detail": f"unknown op {cmd.op!r}"}
                 else:
                     entry = {"done": False, "ok": False, "detail": "running"}
-                    threading.Thread(target=self._execute, args=(cmd.id, cmd.op, cmd.args), daemon=True).start()
+                    self._start(self._execute, cmd.id, cmd.op, cmd.args)
                 self.commands[cmd.id] = entry
                 while len(self.commands) > KEEP_COMMANDS:
                     self.commands.popitem(last=False)

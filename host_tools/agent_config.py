@@ -35,10 +35,10 @@ class AgentSection:
                               doc="remembers the boot counter and executed command ids across restarts")
     peer_interval: float = setting(0.04, lo=0.005, hi=10.0, unit="s", doc="time between polls of the [[peers]]")
     realtime_priority: int = setting(REALTIME_PRIORITY, lo=0, hi=MAX_PRIORITY,
-                                     doc="SCHED_RR priority of the threads that answer the appliance and poll the"
-                                         " peers, so a busy server cannot delay a reply past the appliance's"
-                                         " dead time; what they start (commands, the database) runs at normal"
-                                         " priority (0: normal scheduling; refused by the kernel: a warning)")
+                                     doc="SCHED_RR priority of the agent's threads, so a busy server cannot delay a"
+                                         " reply past the appliance's dead time; what they start (commands, the"
+                                         " database) runs at normal priority (0: normal scheduling; refused by"
+                                         " the kernel: a warning)")
     peer_dead_time: float = setting(0.2, lo=0.02, hi=120.0, unit="s",
                                     doc="no reply from the primary's agent this long: it is not heard")
     command_timeout: float = setting(60.0, lo=0.1, hi=3600.0, unit="s", doc="longest run of a hook")

@@ -12,8 +12,10 @@ send (ReadBudget), so a flood costs little and never starves the serial links' r
 """
 from __future__ import annotations
 
+import io
 import logging
 import secrets
+import select
 import socket
 import threading
 import time
@@ -100,6 +102,18 @@ class RateLimit:
         return True
 
 
+SERIAL_WRITE_TIMEOUT_S = 0.01  # the longest a frame may wait for room on the line
+
+
+def _has_room(port: serial.SerialBase) -> bool:
+    """Whether the line takes bytes now (a port without a descriptor, loop://, always does)."""
+    try:
+        fd = port.fileno()
+    except (io.UnsupportedOperation, AttributeError):
+        return True
+    return bool(select.select([], [fd], [], 0)[1])
+
+
 class SerialPort:
     """One serial cable: a reader thread that reopens the device when it vanishes."""
 
@@ -117,7 +131,8 @@ class SerialPort:
 
     def _open(self) -> serial.SerialBase | None:
         try:
-            return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05)
+            return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05,
+                                         write_timeout=SERIAL_WRITE_TIMEOUT_S)
         except (serial.SerialException, OSError, ValueError):
             return None
 
@@ -165,12 +180,18 @@ class SerialPort:
                 pass
 
     def write(self, raw: bytes) -> None:
+        """Never holds up the caller, the decision loop: on a line that does not drain (its far
+        end reads nothing, as a powered-off server's socat cable on the rig; flow control holding
+        it) the frame is lost, as on a cable to nobody. A blocking write froze the whole loop."""
         with self._lock:
             port = self._port
         if port is None:
             return
         try:
-            port.write(frame_serial(raw))
+            if _has_room(port):
+                port.write(frame_serial(raw))
+        except serial.SerialTimeoutException:
+            pass  # part of the frame went out; the far end's deframer drops it as noise
         except (serial.SerialException, OSError):
             self._drop_port()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.links import Poller
+from firmware.links import Poller, SerialPort
 from firmware.model import Channel
 from firmware.protocol import Codec, Kind, decode, derive_key
 from tests.integration.loopback import free_port
@@ -227,3 +227,26 @@ def test_a_malformed_but_signed_reply_does_not_stop_the_agent(site, tmp_path):
     time.sleep(0.2)
     poll_for(poller, 1.0)
     assert fresh(poller, Channel.LAN), "the agent must still answer on UDP"
+
+
+def test_a_cable_nobody_reads_never_holds_up_the_writer(tmp_path):
+    """A powered-off server's end of a socat cable reads nothing: once the buffers are full a
+    blocking write would freeze the decision loop (seen on the rig after a power loss); the
+    frames are lost instead, each write returning at once."""
+    cable = Cable(tmp_path)
+    cable.plug()
+    port = SerialPort(str(cable.a), 115200, on_frame=lambda raw: None, on_error=lambda reason: None)
+    try:
+        deadline = time.monotonic() + 5
+        while port._port is None:
+            assert time.monotonic() < deadline, "the port did not open"
+            time.sleep(0.01)
+        slowest, t0 = 0.0, time.monotonic()
+        for _ in range(1000):  # 1000 frames of ~300 bytes: several times what the cable buffers
+            start = time.monotonic()
+            port.write(b"p" * 300)
+            slowest = max(slowest, time.monotonic() - start)
+        assert slowest < 0.1 and time.monotonic() - t0 < 5.0, (slowest, time.monotonic() - t0)
+    finally:
+        port.close()
+        cable.pull()

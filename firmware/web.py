@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -35,7 +36,7 @@ class StatusWeb:
         self.metrics = metrics
         self.history = history
         self.page = resources.files("firmware").joinpath("static/status.html").read_bytes()
-        server_class = _Server6 if ":" in address else ThreadingHTTPServer
+        server_class = _Server6 if ":" in address else _Server
         self.server = server_class((address, port), self._handler_class())
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
@@ -102,7 +103,19 @@ class StatusWeb:
         return Handler
 
 
-class _Server6(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that left before its answer (a monitor's timeout ran out while the appliance
+        stood still, then it answers a backlog) is routine: one debug line, not a traceback on
+        stderr per request."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("HTTP client %s left before its answer (%s)", client_address[0], error)
+        else:
+            log.error("HTTP request from %s failed", client_address[0], exc_info=True)
+
+
+class _Server6(_Server):
     address_family = socket.AF_INET6
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -107,3 +108,24 @@ def test_server_alive_is_one_zero_or_minus_one_for_unknown():
     text = m.render().decode()
     assert 'arbiter_server_alive{server="master"} 0.0' in text
     assert 'arbiter_server_alive{server="standby"} -1.0' in text
+
+
+def test_a_client_that_left_before_its_answer_is_a_debug_line_not_a_traceback(capsys, caplog):
+    w = StatusWeb("127.0.0.1", 0, lambda: VIEW, Metrics(lambda: VIEW), lambda n: [])
+    try:
+        for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "Connection reset by peer")):
+            try:
+                raise error
+            except ConnectionError:
+                with caplog.at_level(logging.DEBUG, logger="arbiter.http"):
+                    w.server.handle_error(None, ("192.0.2.14", 49792))
+        try:
+            raise ValueError("a bug")
+        except ValueError:
+            w.server.handle_error(None, ("192.0.2.14", 49793))
+    finally:
+        w.server.server_close()
+    assert capsys.readouterr().err == ""
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "arbiter.http"]
+    assert [lv for lv, _ in levels] == [logging.DEBUG, logging.DEBUG, logging.ERROR]
+    assert "left before its answer" in levels[0][1] and "192.0.2.14" in levels[2][1]

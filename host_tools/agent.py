@@ -65,7 +65,9 @@ class Watched:
 
     def __init__(self, after: float, now: float) -> None:
         self.after = after
-        self.polled = now  # start-up counts as a poll: the appliance gets ``after`` to find us
+        # Start-up counts as a poll: the appliance gets ``after`` to find us, and if it does not
+        # (it is dead, or came up later than that) the alert is true, not a boot artefact.
+        self.polled = now
         self.raised = False
 
     def check(self, now: float) -> str | None:

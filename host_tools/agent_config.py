@@ -45,7 +45,10 @@ class AgentSection:
     unobserved_after: float = setting(10.0, lo=0.0, hi=3600.0, unit="s",
                                       doc="no valid poll from the appliance for this long: raise agent-unobserved"
                                           " (the appliance is dead, hung or cut off: nobody watches this server);"
-                                          " agent-observed when polls come back (0: never)")
+                                          " agent-observed when polls come back (0: never). Counted from the"
+                                          " agent's start as well: a server that boots while nothing polls it"
+                                          " raises it too, since an appliance that never comes back must not"
+                                          " go unnoticed")
     alert_hook: str = setting("", doc="command run for the agent's own alerts, with ARBITER_EVENT, ARBITER_SEVERITY,"
                                       " ARBITER_SERVER, ARBITER_TEXT, ARBITER_EVENT_NUMBER and ARBITER_ENTERPRISE in"
                                       " its environment (e.g. snmptrap to the manager); empty: the log only")

@@ -13,7 +13,7 @@ import pytest
 
 from firmware.config import Alerts, Config, Site, SnmpAgent, SnmpManager, Vip
 from firmware.events import EVENTS
-from firmware.mib import notification_name
+from firmware.mib import SERVER_COLUMNS, SERVER_TABLE_ARC, notification_name, status_oid
 from firmware.notify import Alert
 from firmware.site_state import Phase, State
 from firmware.snmp import SnmpSink, engine_id
@@ -228,6 +228,27 @@ def test_snmpget_and_snmpwalk_v2c_read_the_status_objects(responder: dict) -> No
     responder["box"]["view"] = dataclasses.replace(VIEW, state=State(phase=Phase.TAKING_IP, primary="standby"))
     out = net_snmp("snmpget", port, "BILLMASTER-ARBITER-MIB::arbPhase.0", "BILLMASTER-ARBITER-MIB::arbPrimary.0")
     assert "takingIp(5)" in out and "STRING: standby" in out
+
+
+def test_a_walk_ends_with_end_of_mib_view_as_rfc_3416_says(responder: dict) -> None:
+    """Nothing follows arbStatus in the view a poller is given: the GETNEXT past its last object
+    answers with the name asked for and endOfMibView (RFC 3416, 4.2.2), which snmpwalk prints as
+    "No more variables left in this MIB View" and still exits 0; v1 gets noSuchName instead
+    (RFC 3584), printed "End of MIB"."""
+    port = responder["port"]
+    last = f".{status_oid('1.3.6.1.4.1.64400')}.{SERVER_TABLE_ARC}.1.{SERVER_COLUMNS[-1][1]}.2"
+
+    def run(tool: str, version: str, oid: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tool, version, "-c", COMMUNITY, "-On", "-t", "1", "-r", "1", f"127.0.0.1:{port}", oid],
+                              capture_output=True, text=True, timeout=20, check=False)
+
+    walk = run("snmpwalk", "-v2c", f".{status_oid('1.3.6.1.4.1.64400')}")
+    assert walk.returncode == 0 and walk.stdout.splitlines()[-2].startswith(f"{last} = Gauge32: ")
+    assert walk.stdout.splitlines()[-1] == (f"{last} = No more variables left in this MIB View "
+                                            "(It is past the end of the MIB tree)")
+    after_last = run("snmpgetnext", "-v2c", last)
+    assert after_last.stdout.strip().startswith(f"{last} = No more variables left in this MIB View")
+    assert "End of MIB" in run("snmpwalk", "-v1", f".{status_oid('1.3.6.1.4.1.64400')}").stdout
 
 
 def test_v3_sha256_aes256_reads_and_nothing_else_does(responder: dict) -> None:

@@ -88,7 +88,10 @@ def status_report(view: StatusView) -> dict[str, Any]:
         "last_failover": view.last_failover,
         "uptime_s": round(now - view.started, 1),
         "alarm": {"severity": severity, "acked": acked},
-        "vip": {"address": view.vip, "held_by": [s.name for s in view.obs.servers if s.report and s.report.vip]
+        # a server silent on every link holds nothing any more as far as anyone knows: its last
+        # report (a powered-off old primary's "I hold the VIP") is not shown as news
+        "vip": {"address": view.vip, "held_by": [s.name for s in view.obs.servers
+                                                 if s.report and s.report.vip and s.alive is not False]
                 if view.obs else []},
         "last_reason": state.reason,
         "frames_dropped": view.frames_dropped,

@@ -12,11 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from firmware.metrics import Metrics
-from firmware.model import Channel, LinkObs, LinkState, Observations
+from firmware.model import Channel, LinkObs, LinkState, Observations, Role
 from firmware.site_state import Phase, State
 from firmware.status import StatusView, status_report
 from firmware.web import StatusWeb
-from tests.unit.sitekit import dead, server
+from tests.unit.sitekit import dead, report, server
 
 OBS = Observations(servers=(dataclasses.replace(server("master"), links=(
     LinkObs(Channel.SERIAL, LinkState.UP, 99.9, 0.0004), LinkObs(Channel.LAN, LinkState.DEAD, 90.0))),
@@ -64,6 +64,14 @@ def test_status_is_the_status_report(web):
     data = json.loads(body)
     assert data == json.loads(json.dumps(status_report(VIEW))) and data["failovers"] == 2
     assert data["vip"] == {"address": "192.0.2.100/24", "held_by": ["master"]}
+
+
+def test_a_server_silent_on_every_link_is_not_shown_holding_the_virtual_ip():
+    """A powered-off old primary's last report still says it holds the address; the page and
+    status showed it so beside the new primary's."""
+    fenced = Observations(servers=(dead("master", report(Role.PRIMARY)), server("standby", rep=report(Role.PRIMARY))))
+    data = status_report(dataclasses.replace(VIEW, obs=fenced, state=State(phase=Phase.NORMAL, primary="standby")))
+    assert data["vip"]["held_by"] == ["standby"]
 
 
 def test_metrics_parse_and_carry_the_site(web):

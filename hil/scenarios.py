@@ -9,6 +9,7 @@ import dataclasses
 import os
 import random
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -654,6 +655,94 @@ def arbiter_down(rig: Rig, report: Report) -> None:
     report.check("every agent says it is watched again", len(observed) == len(rig.servers))
     report.check("heartbeat traps resume", _count(rig, "arbHeartbeat") > beats)
     _finish_common(rig, report, t0, False)
+
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+SHOWN_WITHIN_S = 2.0
+PRIMARY_SHOWN_BY = ("page", "status", "metrics", "snmpwalk")
+FAILOVERS_SHOWN_BY = (("metrics_failovers", 0, 1), ("snmp_failovers", 0, 1), ("page_failovers", "0", "1"))  # before, after
+
+
+def _journal_mono(rig: Rig, match: Callable[[dict], bool]) -> float | None:
+    """The appliance's monotonic stamp of the first journal record that matches (the machine's
+    clock, the one the monitor stamps with too)."""
+    return next((r["mono"] for r in rig.journal() if match(r)), None)
+
+
+def _takeover_times(rig: Rig, target: str) -> tuple[float | None, float | None]:
+    """(the appliance first names ``target`` primary: its promotion is done; the takeover is
+    complete: the virtual IP moved and verified), as the journal has them."""
+    named = _journal_mono(rig, lambda r: r.get("kind") == "phase" and r.get("primary") == target)
+    _when(lambda: _journal_mono(rig, lambda r: r.get("kind") == "failover") is not None, 10.0, 0.1)
+    return named, _journal_mono(rig, lambda r: r.get("kind") == "failover" and bool(r.get("completed")))
+
+
+def _last_shown(changes: list[dict]) -> dict[str, object]:
+    """What each of the monitor's sources showed last."""
+    return {c["source"]: c["value"] for c in changes}
+
+
+def monitoring(rig: Rig, report: Report) -> None:
+    """A power-loss failover seen from a monitoring station on the client host: the status
+    page in chromium, /status, /metrics and snmpwalk show the new primary within 2 s of the
+    takeover's completion, /health stays or returns to 200 under the new primary, and
+    failovers_total and arbFailovers count it."""
+    from hil.monitor import first_shown, read_changes
+    rig.wait_ready()
+    changes_file = rig.monitor_changes  # the rig started the station, chromium and all, before the appliance
+
+    def showing(value: str, after: float) -> dict[str, float | None]:
+        changes = read_changes(changes_file)
+        return {s: first_shown(changes, s, value, after) for s in PRIMARY_SHOWN_BY}
+
+    shown_master = _when(lambda: None not in showing("master", 0.0).values(), 60.0, 0.2)
+    report.check("every source shows the master first", shown_master is not None)
+    rig.wait_ready()
+    _settle(rig, 2.0)
+    last = _last_shown(read_changes(changes_file))
+    report.check("/health 200 and no failover counted before the fault", last.get("health") == 200 and all(
+        last.get(source) == before for source, before, _ in FAILOVERS_SHOWN_BY))
+    t0 = time.monotonic()
+    rig.cut_power("master")
+    _wait_primary(rig, "standby")
+    _detection(rig, report, t0)
+    named, done = _takeover_times(rig, "standby")
+    report.check("the takeover's completion is in the journal", named is not None and done is not None)
+    named, done = named or time.monotonic(), done or time.monotonic()
+    report.details["takeover_done_after_fault_s"] = round(done - t0, 3)
+    report.details["promoted_before_takeover_done_s"] = round(done - named, 3)
+    _when(lambda: None not in showing("standby", t0).values(), SHOWN_WITHIN_S + 3.0, 0.1)
+    time.sleep(1.0)  # the page has drawn the history of the failover for the screenshot
+    rig.stop_monitor()
+    changes = read_changes(changes_file)
+    shown = {s: first_shown(changes, s, "standby", t0) for s in PRIMARY_SHOWN_BY}
+    report.details["shown_after_takeover_s"] = {s: None if t is None else round(t - done, 3) for s, t in shown.items()}
+    report.details["shown_after_promotion_s"] = {s: None if t is None else round(t - named, 3)
+                                                 for s, t in shown.items()}
+    for source, t in shown.items():
+        report.check(f"{source} shows the new primary within {SHOWN_WITHIN_S:g} s of the takeover",
+                     t is not None and t - done <= SHOWN_WITHIN_S)
+    counted = {s: first_shown(changes, s, after, t0) for s, _, after in FAILOVERS_SHOWN_BY}
+    report.details["failover_counted_after_takeover_s"] = {s: None if t is None else round(t - done, 3)
+                                                           for s, t in counted.items()}
+    for source, t in counted.items():
+        report.check(f"{source} counts the failover within {SHOWN_WITHIN_S:g} s of the takeover",
+                     t is not None and t - done <= SHOWN_WITHIN_S)
+    health = [c for c in changes if c["source"] == "health" and c["t"] >= t0]
+    report.details["health_after_fault"] = [[round(c["t"] - done, 3), c["value"]] for c in health]
+    report.check("/health 200 under the new primary", _last_shown(changes).get("health") == 200)
+    _settle(rig, 2.0)
+    st = rig.status()
+    report.check("still normal under the new primary, nothing halted", st["phase"] == "normal"
+                 and st["primary"] == "standby")
+    saved = rig.screenshot.exists() and rig.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.check("screenshot of the page saved", saved)
+    if saved:
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(rig.screenshot, REPORTS / "status-page.png")
+    _finish_common(rig, report, t0, True)
+
+
 # ---------------------------------------------------------------------- service failures (issue 13)
 
 
@@ -1071,6 +1160,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("arbiter-down", "arbiterd is frozen (SIGSTOP): the agents' unobserved alerts reach snmptrapd, the "
              "heartbeat traps stop, /health fails; after SIGCONT everything recovers without a failover",
              arbiter_down, RigOptions(monitoring=True)),
+    Scenario("monitoring", "the master loses power while a monitoring station polls /health, /status, /metrics "
+             "and snmpwalk and watches the status page in chromium: all show the new primary within 2 s",
+             monitoring, RigOptions(monitoring=True, browser=True), expect_failover=True),
     Scenario("ups-drain", "the master's UPS drains to low battery: planned switchover to the standby before "
              "the master's power drops; nothing lost", ups_drain, RigOptions(database=True)),
     Scenario("rogue-host", "a host on the LAN replays captured frames, forwards each command to the wrong server "

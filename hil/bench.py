@@ -9,6 +9,9 @@ Parts (``arbiter-hil bench --parts``), each a figure set in the JSON:
 * ``cost``: CPU seconds per hour and peak RSS of the daemon process alone while it watches
   a calm site, with 2 servers and with 10. The rig's GPIO bridge runs as a thread inside the
   daemon (board/hil_bridge.py); its CPU time is read from its own /proc task and subtracted.
+* ``monitored``: the same daemon-alone CPU seconds per hour and RSS on a pair with its HTTP
+  status and SNMP responder on, first unpolled, then with /health, /status, /metrics and an
+  snmpwalk of the status objects each once a second (hil.monitor on the client host).
 * ``soak``, ``soak-keepalived``: hil.soak for ``--soak-seconds``, the appliance, and
   keepalived at advert_int 0.1 (two parts, so that each fits in one hold of the test lock).
 * ``budget``: the appliance on a quarter of one core (hil.budget): power-loss runs and a
@@ -37,7 +40,7 @@ from hil.scenarios import run_scenario
 from hil.site import DEFAULT_PREFIX, Site, cleanup_stale
 from hil.soak import arbiter_soak, keepalived_soak
 
-PARTS = ("outage", "cost", "soak", "soak-keepalived", "budget", "endurance")
+PARTS = ("outage", "cost", "monitored", "soak", "soak-keepalived", "budget", "endurance")
 ADVERTS = (1.0, 0.1)
 SOAK_ADVERT = 0.1
 STEPS = ("detection_s", "fence_s", "promote_s", "take_ip_s", "verify_s")
@@ -131,7 +134,7 @@ def arbiter_cost(workdir: Path, seconds: float, standbys: int, prefix: str = DEF
         load0 = os.getloadavg()[0]
         time.sleep(seconds)
         (p1, b1), t1 = (_cpu_seconds(pid), _cpu_seconds(pid, tid)), time.monotonic()
-        rss = _peak_rss_mib(pid)
+        rss = _rss_mib(pid, "VmHWM")
     hour = 3600 / (t1 - t0)
     return {"servers": standbys + 1, "cpu_s_per_hour": round((p1 - p0 - (b1 - b0)) * hour, 1),
             "percent_of_one_core": round((p1 - p0 - (b1 - b0)) / (t1 - t0) * 100, 2),
@@ -139,30 +142,36 @@ def arbiter_cost(workdir: Path, seconds: float, standbys: int, prefix: str = DEF
             "measured_s": round(t1 - t0, 1), "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
-def monitored_cost(workdir: Path, seconds: float = 60.0, prefix: str = DEFAULT_PREFIX) -> dict[str, float]:
-    """arbiterd's CPU seconds over ``seconds`` on a calm site with its HTTP status and SNMP
-    responder on: first with nobody polling, then with /health, /status, /metrics and an
-    snmpwalk of arbStatus each once a second (hil.monitor on the client host). The rig's
-    GPIO bridge thread inside the process is left out, as in arbiter_cost."""
+def monitored_cost(workdir: Path, seconds: float, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+    """The daemon process alone on a calm pair with its HTTP status and SNMP responder on:
+    ``seconds`` with nobody polling, then ``seconds`` with /health, /status, /metrics and an
+    snmpwalk of arbStatus (GETNEXT, one request per object) each once a second from the
+    client host (hil.monitor). CPU as in arbiter_cost, RSS (VmRSS) at the end of each half."""
     with Rig(RigOptions(monitoring=True, prefix=prefix), workdir) as rig:
         rig.wait_ready(timeout=60.0)
         pid, tid = rig.arbiter_pid, rig.gpio.bridge_thread()
+        if tid is None:
+            raise RuntimeError("the GPIO bridge thread wrote no thread id: cannot tell its CPU time from the daemon's")
         time.sleep(2.0)
-        quiet = _cpu_over(pid, tid, seconds)
+        quiet = _cpu_per_hour(pid, tid, seconds)
+        quiet_rss = _rss_mib(pid, "VmRSS")
         rig.start_monitor(browser=False, interval=1.0)
         time.sleep(2.0)
-        polled = _cpu_over(pid, tid, seconds)
+        polled = _cpu_per_hour(pid, tid, seconds)
+        polled_rss, peak = _rss_mib(pid, "VmRSS"), _rss_mib(pid, "VmHWM")
         rig.stop_monitor()
-    return {"measured_s": seconds, "cpu_s_unpolled": round(quiet, 2), "cpu_s_polled_every_second": round(polled, 2),
-            "cpu_share_polled": round(polled / seconds, 4), "polling_cost_cpu_s": round(polled - quiet, 2)}
+    return {"servers": 2, "measured_s": seconds, "cpu_s_per_hour_unpolled": quiet, "cpu_s_per_hour_polled": polled,
+            "rss_mib_unpolled": round(quiet_rss, 1), "rss_mib_polled": round(polled_rss, 1),
+            "peak_rss_mib": round(peak, 1)}
 
 
-def _cpu_over(pid: int, bridge: int | None, seconds: float) -> float:
+def _cpu_per_hour(pid: int, bridge: int, seconds: float) -> float:
+    """The process's CPU seconds per hour over the next ``seconds``, the bridge thread's taken out."""
     def daemon() -> float:
-        return _cpu_seconds(pid) - (_cpu_seconds(pid, bridge) if bridge is not None else 0.0)
-    cpu0 = daemon()
+        return _cpu_seconds(pid) - _cpu_seconds(pid, bridge)
+    (cpu0, t0) = daemon(), time.monotonic()
     time.sleep(seconds)
-    return daemon() - cpu0
+    return round((daemon() - cpu0) * 3600 / (time.monotonic() - t0), 1)
 
 
 def _cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -171,9 +180,10 @@ def _cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _peak_rss_mib(pid: int) -> float:
+def _rss_mib(pid: int, field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of the process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -210,6 +220,8 @@ def run_bench(parts: list[str], workdir: Path, *, runs: int, soak_s: float, budg
                 figures[f"keepalived_{advert:g}"] = keepalived_outages(runs, workdir, advert, prefix)
         elif part == "cost":
             figures["cost"] = [arbiter_cost(workdir / f"cost-{n}", cost_s, n - 1, prefix) for n in (2, 10)]
+        elif part == "monitored":
+            figures["monitored_cost"] = monitored_cost(workdir / "monitored", cost_s, prefix)
         elif part == "soak":
             figures["soak_arbiter"] = arbiter_soak(workdir / "soak", soak_s, prefix=prefix)
         elif part == "soak-keepalived":
@@ -263,6 +275,11 @@ def render(f: dict[str, Any]) -> str:
     for c in f.get("cost", []):
         rows.append((f"daemon CPU s/hour, {c['servers']} servers", _cell(c["cpu_s_per_hour"]), "-", "-", "-"))
         rows.append((f"daemon peak RSS MiB, {c['servers']} servers", _cell(c["peak_rss_mib"]), "-", "-", "-"))
+    m = f.get("monitored_cost")
+    if m:
+        for label, key in (("not polled", "unpolled"), ("HTTP+SNMP polled 1/s", "polled")):
+            rows.append((f"daemon CPU s/hour, {label}", _cell(m[f"cpu_s_per_hour_{key}"]), "-", "-", "-"))
+            rows.append((f"daemon RSS MiB, {label}", _cell(m[f"rss_mib_{key}"]), "-", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     steps = fig("arbiter", "steps_median_s")

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--endurance", type=_count, default=0, metavar="N",
                        help="N failovers in a row on one site (default %(default)s: not run)")
     bench.add_argument("--cost-seconds", type=float, default=60.0,
-                       help="how long the daemon's CPU time is measured, per site size (default %(default)g)")
+                       help="how long the daemon's CPU time is measured, per site size and per half of "
+                            "the monitored part (default %(default)g)")
     bench.add_argument("--parts", default="", help=f"comma-separated subset of {', '.join(bench_mod.PARTS)} (default: all; "
                                                    "endurance only with --endurance N)")
     bench.add_argument("--json", metavar="FILE", default="reports/bench.json",

@@ -42,11 +42,14 @@ def test_table_shows_what_ran_and_dashes_for_the_rest():
     soak = {"seconds": 600, "false_failovers": 0, "freezes": 120, "freeze_s": 0.1, "noise_bursts": 40}
     ka = {"seconds": 600, "false_takeovers": 7, "freezes": 120, "freeze_s": 0.1}
     text = render({"arbiter": ARBITER, "soak_arbiter": soak, "soak_keepalived_0.1": {**ka, "noise_bursts": 0},
-                   "cost": [{"servers": 2, "cpu_s_per_hour": 60.5, "peak_rss_mib": 30.1}]})
+                   "cost": [{"servers": 2, "cpu_s_per_hour": 60.5, "peak_rss_mib": 30.1}],
+                   "monitored_cost": {"cpu_s_per_hour_unpolled": 70.2, "cpu_s_per_hour_polled": 95.4,
+                                      "rss_mib_unpolled": 48.0, "rss_mib_polled": 49.5}})
     lines = {line.split("  ")[0]: line for line in text.splitlines()}
     assert "0.25" in lines["median outage (s)"] and "0.31" in lines["max outage (s)"]
     assert lines["soak: false failovers / takeovers"].split()[-1] == "7"
     assert "60.5" in lines["daemon CPU s/hour, 2 servers"]
+    assert "95.4" in lines["daemon CPU s/hour, HTTP+SNMP polled 1/s"] and "48.0" in lines["daemon RSS MiB, not polled"]
     assert "promote 0.05" in text and "endurance" not in text
 
 

@@ -1083,8 +1083,10 @@ def rebuild(rig: Rig, report: Report) -> None:
 
 def _rebuilt(rig: Rig, report: Report, ordered: float, what: str, skip: int = 0) -> dict[str, float | None]:
     """Waits for a rebuild's end and for the rebuilt standby to be synchronous; its timings."""
-    rig.wait_for(lambda st: _events(rig).count("rebuild-done") > skip or _events(rig).count("rebuild-failed"),
-                 180.0, "rebuild done", step=0.1)
+    st = rig.wait_for(lambda st: _events(rig).count("rebuild-done") > skip or "rebuild-failed" in _events(rig)
+                      or st.get("phase") == "halted", 180.0, "rebuild done", step=0.1)
+    if st.get("phase") == "halted":  # nothing more will happen: say why at once
+        raise RuntimeError(f"halted while waiting for the rebuild: {st.get('reason', '')[:300]}")
     report.check(f"{what}: rebuild-done", _events(rig).count("rebuild-done") > skip)
     text = _journal_text(rig, "rebuild-done", skip)
     took = re.search(r"rebuilt from standby in ([0-9.]+) s", text)

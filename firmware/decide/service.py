@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from firmware.decide.eligibility import candidates
-from firmware.decide.step import Step, drop_condition
+from firmware.decide.step import Step, drop_condition, heard_since_fence
 from firmware.model import AgentReport, ReleaseIp, Role, ServerObs, TakeIp
 from firmware.site_state import CondKind, Condition, Phase
 
@@ -154,7 +154,7 @@ def audit_vip(step: Step) -> None:
     step.update(vip_audit_at=a.at)
     server_of = {srv.mac: srv.name for srv in step.cfg.servers if srv.mac}
     strangers = sorted(m for m in a.macs if m not in server_of)
-    flagged = {x.name for x in step.obs.servers if x.alive and x.report is not None and x.report.vip}
+    flagged = {x.name for x in step.obs.servers if heard_since_fence(s, x) and x.report is not None and x.report.vip}
     rogues = sorted(({server_of[m] for m in a.macs if m in server_of} | flagged) - {s.primary})
     claims = [n for n in rogues if (r := step.obs.server(n).report) is not None and r.role is Role.PRIMARY]
     if strangers or claims:

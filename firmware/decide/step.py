@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from firmware.config import Config, SiteMode
-from firmware.model import Action, Notify, Observations, Verdict
+from firmware.model import Action, LinkState, Notify, Observations, ServerObs, Verdict
 from firmware.site_state import Condition, Phase, SavedAlert, State, check_transition
 
 T = TypeVar("T")
@@ -86,3 +86,16 @@ def with_(items: tuple[str, ...], item: str) -> tuple[str, ...]:
 
 def without(items: tuple[T, ...], item: T) -> tuple[T, ...]:
     return tuple(x for x in items if x != item)
+
+
+def heard_since_fence(state: State, srv: ServerObs) -> bool:
+    """Whether a server counts as answering. A fenced one counts only with a reply newer than
+    its fence: one fenced while it still answered (its service failed) keeps live-looking
+    links for a dead time, and for another after each stall of the appliance's loop, with
+    its last report (primary role, virtual IP held) from before the fence."""
+    if not srv.alive:
+        return False
+    if srv.name not in state.fenced or state.fenced_at is None:
+        return True
+    return any(x.last_seen is None or x.last_seen > state.fenced_at for x in srv.links
+               if x.state in (LinkState.UP, LinkState.LATE))

@@ -8,7 +8,7 @@ import dataclasses
 from firmware.config import OldPrimary
 from firmware.decide.continuity import track
 from firmware.decide.eligibility import candidates, lag_ok
-from firmware.decide.step import Step, with_, without
+from firmware.decide.step import Step, heard_since_fence, with_, without
 from firmware.model import LinkState, Rejoin, Role, UpsObs
 from firmware.site_state import CondKind, Condition, Phase, UpsSeen
 from firmware.ups_policy import ups_events
@@ -121,9 +121,7 @@ def _returning(step: Step) -> None:
     s = step.state
     for name in s.fenced:
         srv = step.obs.server(name)
-        fresh = s.fenced_at is None or any(x.last_seen is None or x.last_seen > s.fenced_at for x in srv.links
-                                           if x.state in (LinkState.UP, LinkState.LATE))
-        if srv.alive and fresh and name not in s.returned:
+        if heard_since_fence(s, srv) and name not in s.returned:
             step.update(returned=with_(step.state.returned, name))
             step.notify("old-primary-returned", name)
             if step.cfg.policy.old_primary is OldPrimary.REJOIN_AS_STANDBY and s.primary and not step.held():

@@ -276,6 +276,24 @@ def test_a_primary_fenced_while_it_answered_has_not_returned_until_it_answers_af
     assert "old-primary-returned" in events(actions)
 
 
+def test_the_audit_takes_no_flag_from_a_fenced_old_primary_before_it_answers_after_the_fence():
+    """Its links look alive for a dead time after the fence (and after each stall of the
+    appliance's loop), with its last report from before: primary role, address held."""
+    from firmware.model import Channel, LinkObs, LinkState
+
+    def master(last_seen: float) -> ServerObs:
+        rep = dataclasses.replace(report(Role.PRIMARY), vip=True)
+        return ServerObs("master", (LinkObs(Channel.SERIAL, LinkState.UP, last_seen),
+                                    LinkObs(Channel.LAN, LinkState.UP, last_seen)), rep)
+    st = dataclasses.replace(NORMAL, primary="standby", fenced=("master",), fenced_at=100.0, returned=("master",))
+    o = obs(master(99.9), srv("standby", role=Role.PRIMARY, vip=True))
+    st2, actions, _ = step(st, audited(o, 100.5, "standby"), 101.0)
+    assert st2.phase is Phase.NORMAL and "split-brain-suspected" not in events(actions) and not acting(actions)
+    o = obs(master(100.8), srv("standby", role=Role.PRIMARY, vip=True))  # it really answers again, claiming the address
+    st2, actions, reason = step(st, audited(o, 100.5, "standby"), 101.0)
+    assert st2.phase is Phase.HALTED and "master (claims the primary role)" in reason
+
+
 def test_the_spell_starts_when_the_agent_saw_the_service_fail():
     """A hang is seen when a check times out, but began when that check started."""
     rep = dataclasses.replace(report(Role.PRIMARY), healthy=False, unhealthy_s=0.3, detail="no answer within 0.3 s")

@@ -78,6 +78,7 @@ _TABLE = (
               "a server other than the primary holds the virtual IP; it is told to release it"),
     EventType(41, "vip-lost", Severity.MAJOR, "nobody answers for the virtual IP; the primary is told to take it again"),
     EventType(42, "vip-restored", Severity.CLEAR, "only the primary holds the virtual IP again", ("vip-rogue", "vip-lost")),
+    EventType(43, "standby-available", Severity.CLEAR, "a standby may take over again", ("standby-down",)),
     # continuity: losing the synchronous standby, fencing levels, standby rebuild (numbered from 50)
     EventType(50, "durability-reduced", Severity.MAJOR, "synchronous standby lost: the primary's commits no longer"
               " wait for it (policy.sync_loss = degrade); no automatic failover until it is in sync again"),

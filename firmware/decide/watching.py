@@ -7,10 +7,10 @@ import dataclasses
 
 from firmware.config import OldPrimary
 from firmware.decide.continuity import track
-from firmware.decide.eligibility import candidates, lag_ok
+from firmware.decide.eligibility import candidates, lag_ok, why_not_candidate
 from firmware.decide.step import Step, heard_since_fence, with_, without
 from firmware.model import LinkState, Rejoin, Role, UpsObs
-from firmware.site_state import CondKind, Condition, Phase, UpsSeen
+from firmware.site_state import BUSY, CondKind, Condition, Phase, UpsSeen
 from firmware.ups_policy import ups_events
 
 
@@ -57,34 +57,51 @@ def _links_and_servers(step: Step) -> list[Condition]:
 
 
 def _standbys(step: Step) -> list[Condition]:
+    """Lagging standbys, and no standby at all. The target of a running operation is not judged
+    for lag: its stream ends when the old primary is fenced or demoted, which is the operation."""
+    s = step.state
+    promoting = s.op.target if s.op is not None and s.phase in BUSY else None
     conds = []
     for srv in step.obs.servers:
         r = srv.report
-        if srv.alive and r and r.role is Role.STANDBY and srv.name not in step.state.fenced:
+        if srv.alive and r and r.role is Role.STANDBY and srv.name not in s.fenced and srv.name != promoting:
             if not lag_ok(r, step.cfg):
                 conds.append(Condition(CondKind.STANDBY_LAGGING, srv.name))
-    primary = step.state.primary
-    if primary and step.state.phase is Phase.NORMAL and not candidates(step.obs, step.cfg, step.state):
-        conds.append(Condition(CondKind.STANDBY_DOWN))
+    down = Condition(CondKind.STANDBY_DOWN)
+    if not s.primary or s.phase is not Phase.NORMAL:  # judged in normal only, held as it was meanwhile
+        return conds + ([down] if down in s.conditions else [])
+    if not candidates(step.obs, step.cfg, s):
+        conds.append(down)
     return conds
+
+
+def _no_standby(step: Step) -> str:
+    """Why no server may take over, server by server (after a failover: the old primary is fenced)."""
+    return "; ".join(f"{srv.name}: {why_not_candidate(srv, step.cfg, step.state.fenced)}"
+                     for srv in step.obs.servers if srv.name != step.state.primary)
 
 
 # The kinds watched here, with the events that raise and clear them.
 _RAISE = {CondKind.SERVER_DOWN: "server-down", CondKind.LINK_DOWN: "link-down",
           CondKind.STANDBY_LAGGING: "standby-lagging", CondKind.STANDBY_DOWN: "standby-down"}
 _CLEAR = {CondKind.SERVER_DOWN: "server-up", CondKind.LINK_DOWN: "link-up",
-          CondKind.STANDBY_LAGGING: "standby-in-sync"}
+          CondKind.STANDBY_LAGGING: "standby-in-sync", CondKind.STANDBY_DOWN: "standby-available"}
 
 
 def _raise(step: Step, c: Condition) -> None:
-    step.notify(_RAISE[c.kind], c.server, c.channel)
-    step.why(f"{c.server or 'site'}: {c.kind.value.replace('-', ' ')}{' on ' + c.channel if c.channel else ''}")
+    text = _no_standby(step) if c.kind is CondKind.STANDBY_DOWN else ""
+    step.notify(_RAISE[c.kind], c.server, c.channel, text)
+    step.why(f"{c.server or 'site'}: {c.kind.value.replace('-', ' ')}{' on ' + c.channel if c.channel else ''}"
+             f"{' (' + text + ')' if text else ''}")
 
 
 def _clear(step: Step, c: Condition) -> None:
     if c.kind in _CLEAR:
-        step.notify(_CLEAR[c.kind], c.server, c.channel)
-        step.why(f"{c.server}: {_CLEAR[c.kind].replace('-', ' ')}{' on ' + c.channel if c.channel else ''}")
+        text = (f"{', '.join(candidates(step.obs, step.cfg, step.state))} may take over"
+                if c.kind is CondKind.STANDBY_DOWN else "")
+        step.notify(_CLEAR[c.kind], c.server, c.channel, text)
+        step.why(f"{c.server or 'site'}: {_CLEAR[c.kind].replace('-', ' ')}{' on ' + c.channel if c.channel else ''}"
+                 f"{' (' + text + ')' if text else ''}")
 
 
 def _ups(step: Step) -> None:

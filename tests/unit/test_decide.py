@@ -617,6 +617,50 @@ def test_no_eligible_standby_while_the_primary_is_alive_is_alerted_once():
     assert "Notify:standby-down" not in kinds(actions)
 
 
+def test_standby_down_says_why_and_clears_once_a_standby_may_take_over():
+    st, actions, reason = step(NORMAL, obs(server("master"), dead("standby")))
+    down = next(a for a in actions if isinstance(a, Notify) and a.event == "standby-down")
+    assert down.text == "standby: it is not answering" and "site: standby down (standby: it is not answering)" in reason
+    st, actions, reason = step(st, obs(server("master"), server("standby")), now=101)
+    assert kinds(actions).count("Notify:standby-available") == 1
+    assert "site: standby available (standby may take over)" in reason
+    assert Condition(CondKind.STANDBY_DOWN) not in st.conditions
+    _, actions, _ = step(st, obs(server("master"), server("standby")), now=102)
+    assert "Notify:standby-available" not in kinds(actions)
+
+
+def test_after_a_failover_standby_down_names_the_fenced_old_primary_and_clears_when_it_rejoins():
+    servers = (dead("master"), server("standby"))
+    st, now = complete_failover(servers)
+    st, actions, reason = step(st, obs(*servers), now + 0.1)
+    down = [a for a in actions if isinstance(a, Notify) and a.event == "standby-down"]
+    assert [a.text for a in down] == ["master: it is fenced"] and "master: it is fenced" in reason
+    back = (server("master", rep=report(Role.STANDBY)), server("standby", rep=report(Role.PRIMARY)))
+    st = dataclasses.replace(st, fenced=(), rejoining=())  # the operator's power-on and the rejoin are done
+    st, actions, _ = step(st, obs(*back), now + 0.2)
+    assert kinds(actions).count("Notify:standby-available") == 1
+    assert Condition(CondKind.STANDBY_DOWN) not in st.conditions
+
+
+def test_standby_down_is_held_through_an_operation_not_cleared_by_it():
+    st, _, _ = step(NORMAL, obs(server("master"), server("standby", rep=report(in_sync=False, lag=None))))
+    assert Condition(CondKind.STANDBY_DOWN) in st.conditions
+    o = obs(server("master"), server("standby", rep=report(in_sync=False, lag=None)),
+            requests=(Request(RequestKind.FAILOVER, "standby", force=True),))
+    st, actions, _ = step(st, o, now=101)
+    assert st.phase is not Phase.NORMAL and "Notify:standby-available" not in kinds(actions)
+    assert Condition(CondKind.STANDBY_DOWN) in st.conditions
+
+
+def test_the_failover_target_losing_its_stream_mid_failover_is_no_lag_alert():
+    """Fencing the old primary ends the target's replication; that is the failover, not a lag."""
+    st, _, _ = fail_over_to_fencing()
+    servers = (dead("master"), server("standby", rep=report(in_sync=False, lag=None)))
+    st, actions, _ = step(st, obs(*servers, results=tuple(ok(i) for i in st.awaiting)), now=100.1)
+    assert st.phase is not Phase.NORMAL and st.op is not None and st.op.target == "standby"
+    assert "Notify:standby-lagging" not in kinds(actions)
+
+
 # ---------------------------------------------------------------- after a real failover: hold-down, no failback
 
 

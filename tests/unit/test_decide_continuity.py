@@ -57,7 +57,7 @@ def test_block_keeps_commits_waiting_and_raises_one_critical_alert():
     st, actions, _ = step(st, obs(master(False), dead("standby")), 110.0, BLOCK)
     assert "commits-blocked" not in events(actions)
     st, actions, reason = step(st, obs(master(True), standby_back()), 111.0, BLOCK)
-    assert events(actions) == ["server-up", "durability-restored"]
+    assert events(actions) == ["server-up", "standby-available", "durability-restored"]
     assert "master: synchronous standby back; commits no longer wait" in reason
     assert Condition(CondKind.COMMITS_BLOCKED) not in st.conditions
 

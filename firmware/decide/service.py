@@ -46,7 +46,7 @@ def primary_failing(step: Step, primary: ServerObs) -> Failing | None:
         return None
     reach = {x.name: x.report.reach for x in step.obs.servers if x.report is not None}
     standbys = candidates(step.obs, step.cfg, step.state)
-    return _health(step, primary.name, r, tuple(n for n in standbys if reach[n] is not False)) \
+    return _health(step, primary, r, tuple(n for n in standbys if reach[n] is not False)) \
         or _reachability(step, primary.name, r.reach, tuple(n for n in standbys if reach[n] is True))
 
 
@@ -60,10 +60,12 @@ def _forget_old_primaries(step: Step, primary: str) -> None:
                 unreachable=s.unreachable if s.unreachable and s.unreachable[0] == primary else None)
 
 
-def _health(step: Step, primary: str, r: AgentReport, targets: tuple[str, ...]) -> Failing | None:
-    """The spell starts when the agent saw the service start failing (``unhealthy_s`` ago: a
-    hang is seen only once a check times out, but it began when that check did)."""
-    s, p, detail = step.state, step.cfg.policy, r.detail
+def _health(step: Step, srv: ServerObs, r: AgentReport, targets: tuple[str, ...]) -> Failing | None:
+    """The spell starts when the agent saw the service start failing: ``unhealthy_s`` before
+    its reply arrived (a hang is seen only once a check times out, but it began when that
+    check did). Counted from the arrival, not from this cycle, so a late cycle (a loaded
+    appliance) does not lengthen the grace; the reply's own transit only errs on the safe side."""
+    s, p, primary, detail = step.state, step.cfg.policy, srv.name, r.detail
     cond = Condition(CondKind.SERVICE_DEGRADED, primary)
     if r.healthy:
         step.update(unhealthy=None)  # any healthy report restarts the count: a flap never adds up
@@ -80,7 +82,9 @@ def _health(step: Step, primary: str, r: AgentReport, targets: tuple[str, ...]) 
                 step.why(f"{primary}: service health check passes again; service-restored once it holds"
                          f" policy.health_restore = {p.health_restore:g} s")
         return None
-    since = s.unhealthy[1] if s.unhealthy else step.now - (r.unhealthy_s or 0.0)
+    arrived = max((x.last_seen for x in srv.links if x.last_seen is not None and x.last_seen <= step.now),
+                  default=step.now)
+    since = s.unhealthy[1] if s.unhealthy else arrived - (r.unhealthy_s or 0.0)
     step.update(unhealthy=(primary, since), restoring=None)
     if cond not in s.conditions:
         step.notify("service-degraded", primary, text=detail)

@@ -301,3 +301,13 @@ def test_the_spell_starts_when_the_agent_saw_the_service_fail():
     assert st.unhealthy == ("master", 99.7)
     st, _, _ = step(st, obs(server("master", rep=dataclasses.replace(rep, unhealthy_s=3.0)), srv("standby")), 102.7)
     assert st.phase is Phase.FENCING
+
+
+def test_the_spell_counts_from_the_reply_not_from_a_late_cycle():
+    """A loaded appliance that decides 0.4 s after the reply came does not add 0.4 s to the grace."""
+    from firmware.model import Channel, LinkObs, LinkState
+    rep = dataclasses.replace(report(Role.PRIMARY), healthy=False, unhealthy_s=0.3, detail="connection refused")
+    master = ServerObs("master", (LinkObs(Channel.SERIAL, LinkState.UP, 99.6),
+                                  LinkObs(Channel.LAN, LinkState.UP, 99.5)), rep)
+    st, _, _ = step(NORMAL, obs(master, srv("standby")), 100.0)
+    assert st.unhealthy == ("master", 99.3)

@@ -7,10 +7,23 @@ outcome is unknown to the client, as in production). A commit that returned with
 PostgreSQL's warning that the wait for synchronous replication was cancelled is not
 acknowledged either: the server says itself that it may not have been replicated.
 
+The client bounds its waits on a dead server as a production front end does, at socket
+level: a connection's TCP handshake gets ``connect_timeout`` seconds (0.25 s by default, as a
+Java client's socket connect timeout; libpq's own connect_timeout counts whole seconds, at
+least 2, for the whole start-up) and is then abandoned and tried again. On a LAN a live
+server answers a SYN in well under a millisecond; a SYN sent to a fenced server's dark NIC
+would otherwise wait for TCP's one-second retransmission, and go on waiting after the virtual
+IP has moved. The rest of the start-up (authentication, a backend forked on a loaded server)
+gets the statement bound. A statement in flight to a server that went dark is given up by
+the DSN's socket options (tcp_user_timeout, keepalives), which take precedence over this
+module's defaults. Transactions run in autocommit: each is one INSERT, whose completion is
+its commit's acknowledgement.
+
 The ledger is appended in memory and written with fsync every ``flush_every`` seconds and
 at stop, so a killed load loses at most that much of its own record (never the server's).
-Run as ``python -m hil.billing --dsn DSN --ledger FILE --rate HZ`` until SIGTERM; a summary
-(acked, errors, longest gap) goes to the ledger's name with .json.
+Run as ``python -m hil.billing --dsn DSN --ledger FILE --rate HZ [--connect-timeout S]``
+until SIGTERM; a summary (acked, errors, longest gap and when it ended) goes to the ledger's
+name with .json.
 """
 from __future__ import annotations
 
@@ -25,9 +38,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from host_tools.replication.postgres import wait_async
+
 NOT_REPLICATED = "might not have been replicated"
 SESSION = ("-c synchronous_commit=on -c statement_timeout=10000")
 KEEPALIVE = "keepalives_idle=1 keepalives_interval=1 keepalives_count=2 tcp_user_timeout=3000"
+CONNECT_TIMEOUT_S = 0.25
+HANDSHAKE = 2  # libpq's CONNECTION_STARTED: waiting for the TCP handshake
+STATEMENT_WAIT_S = 11.0  # past the session's statement_timeout: the server gives up first
 
 
 @dataclass(frozen=True)
@@ -37,13 +55,18 @@ class LoadSummary:
     errors: int
     longest_gap_s: float  # longest time between two acknowledged commits (the outage seen)
     ran_s: float
+    longest_gap_end: float | None = None  # monotonic time of the commit that ended it
 
 
 class BillingLoad:
-    def __init__(self, dsn: str, ledger: Path, rate_hz: float, flush_every: float = 0.2) -> None:
+    def __init__(self, dsn: str, ledger: Path, rate_hz: float, flush_every: float = 0.2,
+                 connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
         if not 0 < rate_hz <= 10_000:
             raise ValueError(f"rate_hz = {rate_hz!r}: must be above 0 and at most 10000")
+        if not 0 < connect_timeout <= 60:
+            raise ValueError(f"connect_timeout = {connect_timeout!r}: must be above 0 and at most 60 s")
         self.dsn = dsn
+        self.connect_timeout = connect_timeout
         self.ledger = ledger
         self.interval = 1.0 / rate_hz
         self.flush_every = flush_every
@@ -54,6 +77,7 @@ class BillingLoad:
         self._conn: Any = None
         self._acked = self._uncertain = self._errors = 0
         self._longest = 0.0
+        self._longest_end: float | None = None
         self._last_ack: float | None = None
         self._started = 0.0
 
@@ -93,11 +117,11 @@ class BillingLoad:
         import psycopg2
         try:
             conn = self._connect()
+            del conn.notices[:]
             with conn.cursor() as cur:
                 cur.execute("INSERT INTO billing (id, amount_cents) VALUES (%s, %s)", (tx_id, len(tx_id)))
-            del conn.notices[:]
-            conn.commit()
-        except psycopg2.Error:
+                wait_async(conn, time.monotonic() + STATEMENT_WAIT_S)
+        except (psycopg2.Error, TimeoutError):
             self._errors += 1
             self._uncertain += 1
             self._disconnect()
@@ -110,7 +134,9 @@ class BillingLoad:
 
     def _ack(self, tx_id: str) -> None:
         now = time.monotonic()
-        self._longest = max(self._longest, now - (self._last_ack if self._last_ack is not None else self._started))
+        gap = now - (self._last_ack if self._last_ack is not None else self._started)
+        if gap > self._longest:
+            self._longest, self._longest_end = gap, now
         self._last_ack = now
         self._acked += 1
         self._pending.append(tx_id)
@@ -118,7 +144,14 @@ class BillingLoad:
     def _connect(self) -> Any:
         import psycopg2
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(f"{self.dsn} {KEEPALIVE}", options=SESSION)
+            conn = psycopg2.connect(f"{KEEPALIVE} {self.dsn}", options=SESSION, async_=True)  # the DSN's own win
+            try:
+                wait_async(conn, time.monotonic() + self.connect_timeout, lambda: conn.info.status != HANDSHAKE)
+                wait_async(conn, time.monotonic() + STATEMENT_WAIT_S)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def _disconnect(self) -> None:
@@ -140,7 +173,8 @@ class BillingLoad:
 
     def summary(self) -> LoadSummary:
         ran = (time.monotonic() - self._started) if self._started else 0.0
-        return LoadSummary(self._acked, self._uncertain, self._errors, round(self._longest, 4), round(ran, 3))
+        return LoadSummary(self._acked, self._uncertain, self._errors, round(self._longest, 4), round(ran, 3),
+                           self._longest_end)
 
     # ------------------------------------------------------------------ checking
 
@@ -169,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--ledger", required=True, type=Path)
     parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
+                        help="seconds a connection's TCP handshake may take before it is abandoned and tried again")
     args = parser.parse_args(argv)
-    load = BillingLoad(args.dsn, args.ledger, args.rate)
+    load = BillingLoad(args.dsn, args.ledger, args.rate, connect_timeout=args.connect_timeout)
     signal.signal(signal.SIGTERM, lambda *_: load._stop.set())
     signal.signal(signal.SIGINT, lambda *_: load._stop.set())
     load.run()

@@ -50,7 +50,7 @@ def _fmt(value: Any) -> str:
 _DETAILS = (("fence_to_writable_s", "fence to standby accepting writes (s)"),
             ("billing_longest_gap_s", "billing load's longest gap (s)"),
             ("service_outage_s", "fault to the service back on the virtual IP (s)"),
-            ("within_target", "service outage within policy.unhealthy_grace + 1.0 s"),
+            ("within_target", "service and client outages within policy.unhealthy_grace + 1.0 s"),
             ("switchover_s", "switchover done after on-battery (s)"))
 
 

@@ -87,6 +87,7 @@ class Rig(Built):
         self.traps = None
         self.pg = None
         self._probe_out = workdir / "probe.json"
+        self.billing_summary: dict[str, Any] = {}  # hil.billing's summary, once stop_billing has run
 
     # ------------------------------------------------------------------ building
 
@@ -152,8 +153,9 @@ class Rig(Built):
         self.pg.__enter__()
 
     def start_billing(self, rate_hz: float = 50.0) -> None:
-        # a billing client that bounds its waits on a dead server, as a production one should
-        dsn = (f"host={self.vip_ip} port=5432 user=postgres dbname=postgres connect_timeout=1 "
+        # a billing client that bounds its waits on a dead server, as a production one should: a
+        # connection attempt by hil.billing's own deadline, a statement in flight by these options
+        dsn = (f"host={self.vip_ip} port=5432 user=postgres dbname=postgres "
                "tcp_user_timeout=1000 keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=2")
         self._procs["billing"] = self.site.spawn(
             "client", [PY, "-m", "hil.billing", "--dsn", dsn, "--ledger", str(self.workdir / "ledger.txt"),
@@ -167,6 +169,7 @@ class Rig(Built):
         proc.wait(15)
         summary_file = self.workdir / "ledger.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        self.billing_summary = summary
         primary = self.status()["primary"]
         acked, lost, _ = verify(self.pg.dsn(primary), self.workdir / "ledger.txt")  # type: ignore[union-attr]
         return acked, lost, summary.get("longest_gap_s")
@@ -510,6 +513,10 @@ class Rig(Built):
         ptys) is torn down last even if a second Ctrl-C lands in the middle."""
         self._stop.set()
         try:
+            try:
+                self._stop_watchers()
+            except Exception:  # teardown goes on whatever one part did
+                log.exception("teardown")
             for part in (self.nut, self.pg, self.traps):
                 if part is not None:
                     try:
@@ -518,3 +525,12 @@ class Rig(Built):
                         log.exception("teardown")
         finally:
             self.site.teardown()
+
+    def _stop_watchers(self) -> None:
+        """The appliance and the agents stop before what they watch: PostgreSQL or upsd stopped
+        under them would end every run with alerts of the teardown's own making
+        (service-degraded, ups-monitoring-lost) in the logs and the journal."""
+        arbiter = self._procs.get("arbiter")
+        agents = [p for s in self.servers for p in self.site.procs.get(s, []) if p.name == f"agent-{s}"]
+        for proc in ([arbiter] if arbiter is not None else []) + agents:
+            proc.kill()

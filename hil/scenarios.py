@@ -248,6 +248,10 @@ def standby_down(rig: Rig, report: Report) -> None:
     st = rig.status()
     report.check("master still primary", st["primary"] == "master")
     report.check("standby not fenced", not next(s for s in st["servers"] if s["name"] == "standby")["fenced"])
+    report.check("alert standby-down", "standby-down" in _events(rig))
+    rig.restore_power("standby")
+    rig.wait_for(lambda st: _server(st, "standby")["alive"] and "standby-available" in _events(rig), 20.0,
+                 "standby back and standby-available")
     _finish_common(rig, report, t0, False)
     report.check("alert server-down", "server-down" in _events(rig))
 
@@ -767,12 +771,11 @@ def _service_failover(inject: Callable[[Rig], object]) -> Callable[[Rig, Report]
     """The master's host and agent live, its database does not serve: after
     policy.unhealthy_grace it is failed over like a dead one, fenced first.
 
-    Two figures: ``outage_s`` is the billing load's longest gap between two acknowledged
-    commits (what this client saw, its own reconnection included: a connection attempt sent
-    into the fenced master's dark NIC waits for TCP's one-second SYN retransmission), or the
-    probe's if longer; ``service_outage_s`` runs from the fault to the first probe answered by
-    the standby on the virtual IP, which it holds only once promoted: the service's own
-    outage, reported beside its target (grace + 1.0 s)."""
+    Target: outage <= policy.unhealthy_grace + 1.0 s, for two figures. ``outage_s`` is what the
+    billing client saw (its longest gap between two acknowledged commits, its reconnections
+    included), or the probe's outage if longer; ``service_outage_s`` runs from the fault to the
+    first probe answered by the standby on the virtual IP, which it holds only once promoted.
+    ``timeline_s`` says where the time went, in seconds after the fault."""
     def after(rig: Rig, report: Report) -> None:
         events = _events(rig)
         report.check("alert service-degraded before the failover",
@@ -783,20 +786,44 @@ def _service_failover(inject: Callable[[Rig], object]) -> Callable[[Rig, Report]
         grace = _setting(rig, "policy", "unhealthy_grace")
         injected: list[float] = []
         _failover_fault(lambda r: (injected.append(time.monotonic()), inject(r)), after)(rig, report)
+        if not injected:
+            return
         gap = report.details.get("billing_longest_gap_s")
         report.details["probe_outage_s"] = report.outage_s
         report.outage_s = max(report.outage_s or 0.0, gap or 0.0)
-        back = next((h["from"] for h in report.details["probe"]["hosts"] or [] if h["host"] == "standby"), None)
-        service = None if back is None or not injected else round(back - injected[0], 3)
+        timeline = _service_timeline(rig, report, injected[0])
+        report.details["timeline_s"] = timeline
+        service = timeline.get("standby answers on the virtual IP")
         report.details["service_outage_s"] = service
         report.details["unhealthy_grace_s"] = grace
         report.details["failover_text"] = next((r.get("text", "") for r in rig.journal()
                                                 if r.get("event") == "failover-started"), None)
-        # the target is a figure, as the other timings are (the bench gathers them): under CPU
-        # contention the promote and take-IP commands alone can take a second here
-        report.details["service_outage_target_s"] = grace + 1.0
-        report.details["within_target"] = service is not None and service <= grace + 1.0
+        target = grace + 1.0
+        report.details["service_outage_target_s"] = target
+        # a figure, not a check, as the other timings are: on a machine shared with other test
+        # runs the promotion alone has taken 0.8 s, and the health checks' cadence stretches
+        report.details["within_target"] = service is not None and service <= target and report.outage_s <= target
     return run
+
+
+def _service_timeline(rig: Rig, report: Report, fault: float) -> dict[str, float | None]:
+    """Seconds after the fault to each step of a service failover, on the machine's monotonic
+    clock (the appliance's journal, the rig's relay watch, the standby's own socket, the
+    client's probe and its billing load all read the same one)."""
+    def alert(event: str) -> float | None:
+        return next((r["mono"] for r in rig.journal() if r.get("event") == event and r.get("mono", 0) >= fault),
+                    None)
+    fenced = rig.first("relay-cut", "master", after=fault)
+    to_writable = report.details.get("fence_to_writable_s")
+    hosts = report.details["probe"]["hosts"] or []
+    at = {"service-degraded raised": alert("service-degraded"),
+          "failover started (grace over)": alert("failover-started"),
+          "master fenced": fenced,
+          "standby writable (promoted)": None if fenced is None or to_writable is None else fenced + to_writable,
+          "standby answers on the virtual IP": next((h["from"] for h in hosts if h["host"] == "standby"), None),
+          "billing: first commit after its longest gap": rig.billing_summary.get("longest_gap_end"),
+          "failover completed (ARP verified)": alert("failover-completed")}
+    return {k: None if t is None else round(t - fault, 3) for k, t in at.items()}
 
 
 def db_flap(rig: Rig, report: Report) -> None:

@@ -331,10 +331,10 @@ class PostgresAdapter:
         except psycopg2.Error as exc:
             return Health(False, f"{where}: {_first_line(exc)}")
         try:
-            _wait_async(conn, deadline)
+            wait_async(conn, deadline)
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
-                _wait_async(conn, deadline)
+                wait_async(conn, deadline)
                 cur.fetchone()
             return Health(True)
         except TimeoutError:
@@ -560,12 +560,14 @@ class PostgresAdapter:
         run_checked(as_os_user(self.s.os_user, argv), what, self.s.timeout + 5)
 
 
-def _wait_async(conn: Any, deadline: float) -> None:
-    """Drive a non-blocking psycopg2 connection until its operation is done, or TimeoutError."""
+def wait_async(conn: Any, deadline: float, until: Callable[[], bool] = lambda: False) -> None:
+    """Drive a non-blocking psycopg2 connection until its operation is done (or ``until()``
+    holds, a step of it), or TimeoutError at the monotonic ``deadline`` (libpq's own
+    connect_timeout counts whole seconds, at least 2)."""
     import psycopg2.extensions as ext
     while True:
         state = conn.poll()
-        if state == ext.POLL_OK:
+        if state == ext.POLL_OK or until():
             return
         left = deadline - time.monotonic()
         if left <= 0:

@@ -33,7 +33,6 @@ from firmware.model import UpsObs, VipAudit
 from firmware.notify import AlarmSink, HookSink, JournalSink, LogSink, Notifier, Sink
 from firmware.protocol import Codec, derive_key
 from firmware.site_state import State
-from firmware.snmp import SnmpSink
 from firmware.state import DAMAGE, StateStore, kernel_boot_id
 from firmware.ups import UpsWatch, cut_outlet
 
@@ -234,6 +233,9 @@ def make_notifier(cfg: Config, state_dir: Path, journal: Journal | None,
     if cfg.alerts.hook:
         sinks.append(HookSink(shlex.split(cfg.alerts.hook)))
     if cfg.alerts.managers:
+        # pysnmp (~12 MiB) only for a site with managers; imported here, at start-up, since the
+        # traps of a failover must not wait for it
+        from firmware.snmp import SnmpSink
         sinks.append(SnmpSink(cfg, Path(state_dir)))
     return Notifier(cfg, sinks, Path(state_dir))
 

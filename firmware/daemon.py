@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from board.sdnotify import watchdog_interval, watchdog_timeout
 from firmware import add_version
@@ -35,13 +35,14 @@ from firmware.model import Observations, Verdict
 from firmware.notify import Throttle
 from firmware.site_state import Phase, State
 from firmware.history import History
-from firmware.metrics import Metrics
 from firmware.status import StatusView, status_report
-from firmware.snmp import engine_id
-from firmware.snmp_agent import SnmpResponder
-from firmware.web import StatusWeb
 from firmware.protocol import derive_key
 from firmware.realtime import Realtime
+
+if TYPE_CHECKING:
+    from firmware.metrics import Metrics
+    from firmware.snmp_agent import SnmpResponder
+    from firmware.web import StatusWeb
 
 log = logging.getLogger("arbiter")
 
@@ -76,7 +77,7 @@ class Daemon:
         self._last_heartbeat = -float("inf")
         self._prev_cycle_at = self.started_at
         self._stall: Stall | None = None
-        self.metrics = Metrics(self.view)
+        self.metrics: Metrics | None = None  # with the HTTP page only: nobody else reads them
         self.web = self._web()
         self.snmp = self._snmp()
         self.last_decision_at = self.started_at
@@ -86,10 +87,17 @@ class Daemon:
         self._errors: dict[str, Throttle] = {}
         self._progress_logged: dict[str, float] = {}
 
+    # The status page, its metrics and the SNMP responder are imported only when configured:
+    # prometheus_client, http.server and pysnmp's command responder cost ~15 MiB each that a
+    # site without them should not carry. Either way they load here, at start-up.
+
     def _web(self) -> StatusWeb | None:
         h = self.cfg.http
         if not h.address:
             return None
+        from firmware.metrics import Metrics
+        from firmware.web import StatusWeb
+        self.metrics = Metrics(self.view)
         try:
             return StatusWeb(h.address, h.port, self.view, self.metrics, lambda n: self.app.journal.tail(n))
         except OSError as exc:
@@ -98,6 +106,8 @@ class Daemon:
     def _snmp(self) -> SnmpResponder | None:
         if not self.cfg.snmp.address:
             return None
+        from firmware.snmp import engine_id
+        from firmware.snmp_agent import SnmpResponder
         responder = SnmpResponder(self.cfg.snmp, self.cfg.alerts.enterprise_oid, self.view,
                                   engine_id(self.cfg, ".q"))
         responder.start()
@@ -187,7 +197,8 @@ class Daemon:
             self._frames_rejected()
             self._heartbeat(now)
             self.last_cycle = self.clock()
-            self.metrics.cycle_seconds.observe(self.last_cycle - now)
+            if self.metrics is not None:
+                self.metrics.cycle_seconds.observe(self.last_cycle - now)
             self._bugs = 0
             return True
         except ArbiterError as exc:

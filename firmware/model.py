@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 class Channel(str, enum.Enum):
@@ -84,9 +85,11 @@ class ServerObs:
     relay_open: bool = False  # the fence relay holds the power off
     ups: UpsObs | None = None
 
-    @property
+    @cached_property
     def alive(self) -> bool | None:
-        """True if any link is up or late; False only if every configured link is dead."""
+        """True if any link is up or late; False only if every configured link is dead.
+        Computed once per snapshot (decide asks it dozens of times a cycle); the snapshot is
+        frozen, so the answer cannot go stale."""
         states = [link.state for link in self.links if link.state is not LinkState.ABSENT]
         if any(s in (LinkState.UP, LinkState.LATE) for s in states):
             return True

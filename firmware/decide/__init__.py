@@ -24,8 +24,6 @@ switchover, and resuming them after a restart).
 """
 from __future__ import annotations
 
-import dataclasses
-
 from firmware.config import Config
 from firmware.decide.continuity import results
 from firmware.decide.operations import resume
@@ -41,7 +39,7 @@ __all__ = ["Decision", "decide"]
 
 def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision:
     unsent = state.alerts if state.seen_run != obs.run else ()  # saved, perhaps never sent
-    step = Step(dataclasses.replace(state, alerts=()), obs, now, cfg)
+    step = Step(state.evolve(alerts=()) if state.alerts else state, obs, now, cfg)
     resume(step, unsent)
     take_requests(step)
     watch(step)

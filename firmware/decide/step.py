@@ -47,10 +47,17 @@ class Step:
 
     def update(self, **changes: object) -> None:
         """Every change of the state goes through here; a change of phase is checked against
-        the transition table."""
+        the transition table. Most parts restate what they found each cycle, mostly the values
+        the state already has: then the state is kept as it is (same type and value, so the
+        copy would be equal, and serialise the same)."""
+        state = self.state
         if "phase" in changes:
-            check_transition(self.state.phase, changes["phase"])  # type: ignore[arg-type]
-        self.state = dataclasses.replace(self.state, **changes)
+            check_transition(state.phase, changes["phase"])  # type: ignore[arg-type]
+        for name, value in changes.items():
+            old = getattr(state, name)
+            if value is not old and (type(value) is not type(old) or value != old):
+                self.state = state.evolve(**changes)
+                return
 
     def enter(self, phase: Phase, *waits: Action) -> None:
         issued = tuple(self.act(a).id for a in waits)

@@ -13,7 +13,7 @@ Frame layout (all integers big-endian)::
     5+n         1     receiver id length r (1..32)
     6+n         r     receiver id, ASCII: the one node this frame is meant for
     6+n+r       8     boot id: grows with every restart of the sender (the appliance: its run id)
-    14+n+r      8     sequence number: grows with every frame the sender sends this receiver in this boot
+    14+n+r      8     sequence number: grows with every frame the sender sends in this boot
     22+n+r      2     payload length m (0..MAX_PAYLOAD)
     24+n+r      m     payload: compact UTF-8 JSON object (fields per kind below)
     24+n+r+m    32    HMAC-SHA256 over every byte before it, keyed with the link's key
@@ -44,11 +44,10 @@ resynchronises at the next zero after noise. On UDP one datagram carries one raw
 Checks, in this order, so that nothing unauthenticated changes any state: size, magic,
 version; the sender against the link it came in on (a serial port or a UDP source address
 belongs to one server) and the key that sender has; the MAC; the receiver is this node;
-then replay. Replay: a sender numbers its frames per receiver, and a receiver keeps, per
-sender, the highest boot id seen and a 64-frame window of sequence numbers in that boot (as
-IPsec does). An older boot, a repeated or a too-old sequence number is rejected; so is a
-boot id above MAX_BOOT_ID or more than MAX_BOOT_JUMP past the known one, so no frame can
-lock a sender out for ever. On a sender's
+then replay. Replay: a receiver keeps, per sender, the highest boot id seen and a 64-frame
+window of sequence numbers in that boot (as IPsec does). An older boot, a repeated or a
+too-old sequence number is rejected; so is a boot id above MAX_BOOT_ID or more than
+MAX_BOOT_JUMP past the known one, so no frame can lock a sender out for ever. On a sender's
 first frame of a boot, every older sequence number counts as seen.
 
 Freshness: a reply is believed only when it echoes the nonce of a poll sent recently on that
@@ -450,23 +449,19 @@ class Codec:
         self.sender = me
         self.boot_id = boot_id
         self._keys = keys
-        self._seq: dict[str, int] = {}  # receiver -> the last sequence number sent to it
+        self._seq = 0
         self._guard = ReplayGuard()
         self.dropped: dict[str, int] = {}
         self.last_error: ProtocolError | None = None
 
-    def make(self, kind: Kind, to: str, payload: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        """A signed frame for ``to`` (KeyError for a node this codec has no key for).
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
-        Sequence numbers count per receiver, as a security association does: a receiver's
-        window then holds the last REPLAY_WINDOW frames sent to it, however many other
-        nodes the sender talks to. With one counter for all, an appliance polling ten
-        servers on two links moved every window 20 a cycle, so a serial frame three cycles
-        behind the LAN's was refused as too old."""
-        key = self._keys[to]
-        seq = self._seq.get(to, 0) + 1
-        self._seq[to] = seq
-        return seq, encode(Frame(kind, self.sender, to, self.boot_id, seq, payload or {}), key)
+    def make(self, kind: Kind, to: str, payload: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """A signed frame for ``to`` (KeyError for a node this codec has no key for)."""
+        seq = self.next_seq()
+        return seq, encode(Frame(kind, self.sender, to, self.boot_id, seq, payload or {}), self._keys[to])
 
     def read(self, raw: bytes, expect: str | None = None) -> Frame | None:
         """Authenticate, parse and replay-check a raw frame; None (and counted) if bad.

@@ -27,6 +27,7 @@ from firmware import config as config_mod
 from firmware import logs
 from firmware.appliance import Appliance
 from firmware.decide import decide
+from firmware.decide.eligibility import as_primary_sees
 from firmware.detector import Stall, first_lease_end, observe_servers
 from firmware.errors import ArbiterError, ConfigError, DamagedFile
 from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
@@ -256,9 +257,10 @@ class Daemon:
         records = self.app.poller.snapshot()
         servers = observe_servers(self.cfg, records, now, self.started_at, self.app.power(),
                                   self.app.ups_latest(), self._stalled(now))
-        return Observations(servers=servers, results=self.app.executor.results(),
-                            requests=self.orders.drain(), run=self.app.run_id,
-                            vip_audit=self.app.vip_audit, reach=self.app.reach)
+        obs = Observations(servers=servers, results=self.app.executor.results(),
+                           requests=self.orders.drain(), run=self.app.run_id,
+                           vip_audit=self.app.vip_audit, reach=self.app.reach)
+        return as_primary_sees(obs, self.state.primary)  # as decide judges it, so status shows the same
 
     def _heartbeat(self, now: float) -> None:
         """From the loop, so a stuck loop stops them: a manager then knows nobody watches."""

@@ -53,7 +53,8 @@ class LinkRecord:
 def report_of(reply: Reply) -> AgentReport:
     """A reply as the detector's report."""
     return AgentReport(role=Role(reply.role), healthy=reply.healthy, vip=reply.vip,
-                       repl=Replication(reply.in_sync, reply.lag_bytes, reply.lag_s, reply.peer_alive),
+                       repl=Replication(reply.in_sync, reply.lag_bytes, reply.lag_s, reply.peer_alive,
+                                         reply.sync_standbys),
                        hears_primary=reply.hears_primary, detail=reply.detail, reach=reply.reach,
                        unhealthy_s=reply.unhealthy_s)
 

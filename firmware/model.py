@@ -40,6 +40,7 @@ class Replication:
     lag_bytes: int | None = None
     lag_s: float | None = None
     peer_alive: bool | None = None  # a standby still receives the primary's stream
+    sync_standbys: tuple[str, ...] | None = None  # a primary's: standbys holding every acknowledged commit
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,12 @@ Payloads:
 * poll    ``{"n": nonce}``: a random 64-bit integer, fresh for every poll
 * reply   ``{"re": the poll's nonce, "role": str, "healthy": bool, "vip": bool,
             "repl": {"in_sync": bool|null, "lag_bytes": int|null, "lag_s": float|null,
-                     "peer_alive": bool|null}, "hears_primary": bool|null, "detail": str,
-            "reach": bool|null, "unhealthy_s": float|null}`` (reach: a ping target answered;
-            absent or null: not probed. unhealthy_s: how long the service has failed its
-            health check, from the start of the first failing check; null while healthy)
+                     "peer_alive": bool|null, "sync": [str]|null}, "hears_primary": bool|null,
+            "detail": str, "reach": bool|null, "unhealthy_s": float|null}`` (reach: a ping
+            target answered; absent or null: not probed. unhealthy_s: how long the service
+            has failed its health check, from the start of the first failing check; null
+            while healthy. sync, from a primary: the servers holding every commit it
+            acknowledges, at most MAX_SYNC names; absent or null: its adapter does not say)
   (``Reply``)
 * command ``{"id": str, "op": str, "args": {...}}`` with ``op`` one of COMMAND_OPS; the
   frame's receiver is the target server and its boot id the appliance's run (``Command``)
@@ -94,6 +96,7 @@ _KEY_LABEL = b"billmaster-arbiter/v2/"
 COMMAND_OPS = ("promote", "demote", "take_ip", "release_ip", "backup", "shutdown", "rejoin",
                "sync_degrade", "sync_restore", "rebuild")
 ROLES = ("primary", "standby", "unknown")
+MAX_SYNC = 8  # names in a reply's repl.sync
 
 
 class Kind(enum.IntEnum):
@@ -246,11 +249,13 @@ class Reply:
     detail: str = ""
     reach: bool | None = None  # a ping target answered; None: none configured or not probed
     unhealthy_s: float | None = None  # how long the service has failed its health check; None: healthy
+    sync_standbys: tuple[str, ...] | None = None  # a primary's standbys holding every acknowledged commit
 
     def payload(self) -> dict[str, Any]:
         return {"re": self.re, "role": self.role, "healthy": self.healthy, "vip": self.vip,
                 "repl": {"in_sync": self.in_sync, "lag_bytes": self.lag_bytes, "lag_s": self.lag_s,
-                         "peer_alive": self.peer_alive},
+                         "peer_alive": self.peer_alive,
+                         "sync": None if self.sync_standbys is None else list(self.sync_standbys[:MAX_SYNC])},
                 "hears_primary": self.hears_primary, "detail": self.detail[:200], "reach": self.reach,
                 "unhealthy_s": self.unhealthy_s}
 
@@ -281,9 +286,22 @@ class Reply:
                        hears_primary=field_of(payload, "hears_primary", (bool, _NONE)),
                        detail=field_of(payload, "detail", (str,), "")[:200],
                        reach=field_of(payload, "reach", (bool, _NONE)),
-                       unhealthy_s=_duration(field_of(payload, "unhealthy_s", (int, float, _NONE))))
+                       unhealthy_s=_duration(field_of(payload, "unhealthy_s", (int, float, _NONE))),
+                       sync_standbys=_names(field_of(repl, "sync", (list, _NONE))))
         except ValueError as exc:
             raise ProtocolError("bad-reply", str(exc)) from exc
+
+
+def _names(value: list[Any] | None) -> tuple[str, ...] | None:
+    """At most MAX_SYNC server names (1..MAX_ID ASCII characters), or None; ValueError otherwise."""
+    if value is None:
+        return None
+    if len(value) > MAX_SYNC:
+        raise ValueError(f"sync: {len(value)} names, more than {MAX_SYNC}")
+    for name in value:
+        if not (isinstance(name, str) and name.isascii() and 1 <= len(name) <= MAX_ID):
+            raise ValueError(f"sync: {name!r} is not a server name (1 to {MAX_ID} ASCII characters)")
+    return tuple(value)
 
 
 def _duration(value: float | None) -> float | None:

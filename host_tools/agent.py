@@ -416,6 +416,7 @@ class Agent:
         detail = st.detail if health.ok else f"unhealthy: {health.detail}; {st.detail}"
         return Reply(re=nonce, role=st.role, healthy=health.ok, vip=bool(self.vip is not None and self.vip.held()),
                      in_sync=st.in_sync, lag_bytes=st.lag_bytes, lag_s=st.lag_s, peer_alive=st.peer_alive,
+                     sync_standbys=st.sync_standbys,
                      hears_primary=self.hears_primary(), reach=self.reach, unhealthy_s=self.unhealthy_s(),
                      detail=f"self-fenced: {self.self_fenced}" if self.self_fenced else self.progress or detail)
 

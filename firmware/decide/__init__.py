@@ -9,6 +9,7 @@ The safety rules of the design, and where they live:
 2. fence before promote ....................... operations.start_failover, .fencing
    (no relay: the standby confirms) .......... eligibility.standby_objects, requests (--force too)
 3. only a healthy, in-sync standby ............ eligibility.why_not_eligible
+   (in sync as the primary sees it) .......... eligibility.as_primary_sees
 4. the standby's own view of the primary ...... eligibility.standby_objects
 5. hold-down, no failback, old primary out .... phases, watching
 6. bad safety settings stop start-up .......... firmware.config
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from firmware.config import Config
 from firmware.decide.continuity import results
+from firmware.decide.eligibility import as_primary_sees
 from firmware.decide.operations import resume
 from firmware.decide.phases import PHASES, status_led
 from firmware.decide.requests import take_requests
@@ -39,7 +41,7 @@ __all__ = ["Decision", "decide"]
 
 def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision:
     unsent = state.alerts if state.seen_run != obs.run else ()  # saved, perhaps never sent
-    step = Step(state.evolve(alerts=()) if state.alerts else state, obs, now, cfg)
+    step = Step(state.evolve(alerts=()) if state.alerts else state, as_primary_sees(obs, state.primary), now, cfg)
     resume(step, unsent)
     take_requests(step)
     watch(step)

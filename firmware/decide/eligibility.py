@@ -1,11 +1,41 @@
 """Which standby may take over, and which is best (safety rules 3 and 4)."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from firmware.config import Config, Fencing
 from firmware.model import AgentReport, Observations, Role, ServerObs
 from firmware.site_state import State
+
+
+def as_primary_sees(obs: Observations, primary: str | None) -> Observations:
+    """Each standby's ``in_sync`` as the primary's latest report judges it, when that report
+    lists the standbys holding every commit it acknowledges (``repl.sync_standbys``); the last
+    report of a primary that died counts too, since it names who held its acknowledged commits
+    when it stopped. A standby's own view is a copy of the primary's setting that the
+    appliance's sync orders do not reach (it would keep a rejoined standby "not in sync"
+    for ever, and a standby dropped by the primary "in sync"); it counts only when no primary
+    report has such a list."""
+    holders = None
+    if primary is not None:
+        report = next((s.report for s in obs.servers if s.name == primary), None)
+        if report is not None and report.role is Role.PRIMARY:
+            holders = report.repl.sync_standbys
+    if holders is None:
+        return obs
+    servers = tuple(_judged(s, s.name in holders) if s.name != primary else s for s in obs.servers)
+    if all(a is b for a, b in zip(servers, obs.servers)):
+        return obs
+    return dataclasses.replace(obs, servers=servers)
+
+
+def _judged(srv: ServerObs, in_sync: bool) -> ServerObs:
+    r = srv.report
+    if r is None or r.role is not Role.STANDBY or r.repl.in_sync is in_sync:
+        return srv
+    report = dataclasses.replace(r, repl=dataclasses.replace(r.repl, in_sync=in_sync))
+    return dataclasses.replace(srv, report=report)
 
 
 def lag_ok(r: AgentReport, cfg: Config) -> bool:

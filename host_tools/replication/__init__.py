@@ -22,6 +22,7 @@ class ReplicationStatus:
     lag_s: float | None = None
     peer_alive: bool | None = None  # standby: the stream from the primary is alive
     detail: str = ""
+    sync_standbys: tuple[str, ...] | None = None  # primary: standbys holding every acknowledged commit
 
 
 @dataclass(frozen=True)

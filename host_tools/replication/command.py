@@ -6,7 +6,10 @@ Contract:
 * ``status``: a command that prints ONE JSON object on stdout and exits 0, with keys
   ``role`` ("primary" | "standby" | "unknown"), ``in_sync`` (bool or null), ``lag_bytes``
   (int or null), ``lag_s`` (number or null), ``peer_alive`` (bool or null: a standby still
-  receives the primary's stream), ``detail`` (text, optional). Anything else (non-zero exit,
+  receives the primary's stream), ``detail`` (text, optional), ``sync_standbys`` (optional,
+  on a primary: the list of servers, by their appliance names, that hold every commit it
+  acknowledges; the appliance then judges each standby in sync by this list, not by the
+  standby's own ``in_sync``). Anything else (non-zero exit,
   no JSON, a wrong type) is reported as role "unknown" with the reason in ``detail``.
 * ``health`` (optional): a command that exits 0 while the service works (a query answered,
   a test transaction done) and non-zero when it does not; its first line of stderr (or
@@ -91,7 +94,7 @@ class CommandAdapter:
                 raise ValueError(f"role {role!r}")
             return ReplicationStatus(role, _opt(data.get("in_sync"), bool), _opt(data.get("lag_bytes"), int),
                                      _opt(data.get("lag_s"), float), _opt(data.get("peer_alive"), bool),
-                                     str(data.get("detail", ""))[:200])
+                                     str(data.get("detail", ""))[:200], _names(data.get("sync_standbys")))
         except ActionError as exc:
             return ReplicationStatus("unknown", detail=str(exc))
         except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400 digits: no float holds it
@@ -145,3 +148,11 @@ def _opt(value: object, kind: type) -> object:
                                  or not math.isfinite(value)):
         raise TypeError(f"expected a finite number or null, not {value!r}")
     return kind(value)
+
+
+def _names(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(n, str) and n for n in value):
+        raise TypeError(f"sync_standbys: expected a list of server names or null, not {value!r}")
+    return tuple(value)

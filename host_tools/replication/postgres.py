@@ -25,6 +25,17 @@ What the agent reports, and why:
   a commit may have been acknowledged by another standby alone, whatever this one's stream
   looks like: the answer is unknown (None), and the appliance does not promote it on its
   own (an operator can, with ``arbiterctl failover --force``).
+  That copy is only as good as its last copying: the appliance's RestoreSync and DegradeSync
+  change the primary's setting alone (ALTER SYSTEM is not replicated), so a standby rejoined
+  or rebuilt from a primary promoted alone goes on reading itself "not named". The
+  primary's own view therefore comes first (below); the standby's copy is what the
+  appliance uses only when no primary reports one.
+* ``sync_standbys`` on a primary: the standbys that hold every commit it acknowledges, by
+  its own ``synchronous_standby_names`` (named, with every candidate confirming, as above)
+  and its own WAL positions (``SyncHolders``). The appliance judges a standby in sync by
+  this list while the primary's report has one, the last report of a dead primary too:
+  nothing but a change of that setting (the appliance's own DegradeSync, which it tracks,
+  or a person) lets a primary acknowledge a commit without a standby it names so.
 
 * health: a NEW connection and ``SELECT 1``, both within the agent's ``health_timeout``
   (non-blocking libpq, so the deadline is ours and not libpq's two-second minimum). A new
@@ -95,11 +106,14 @@ from host_tools.replication import Health, ReplicationStatus
 DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
 
 _PRIMARY_SQL = """
-SELECT application_name, state, sync_state,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint,
-       extract(epoch FROM replay_lag)::float8
-FROM pg_stat_replication
+SELECT r.application_name, r.state, r.sync_state,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), r.flush_lsn)::bigint,
+       extract(epoch FROM r.replay_lag)::float8,
+       pg_wal_lsn_diff(r.flush_lsn, '0/0')::bigint,
+       current_setting('synchronous_standby_names'), pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_replication AS r ON true
 """
+SYNC_SETTLE_S = 1.0  # a changed synchronous_standby_names reaches every backend and WAL sender well within this
 
 _STANDBY_SQL = """
 SELECT r.status,
@@ -236,6 +250,50 @@ def standby_holds_every_ack(sync_names: str, name: str) -> bool | None:
     return True
 
 
+class SyncHolders:
+    """Which standbys hold every commit the primary acknowledges, from the primary's own
+    setting and WAL positions, read at each status call.
+
+    A standby named so that it must confirm every commit (``standby_holds_every_ack``) holds
+    the commits acknowledged after it was named. Those acknowledged before were flushed here
+    at a WAL position no later than the current one at the time it was named; a reload reaches
+    each backend and WAL sender on its own time, so that position is taken ``settle`` seconds
+    after the name was first seen (the "arm" position). Once the standby has flushed past it,
+    it holds every acknowledged commit, and goes on holding them while it stays named: a
+    standby that disconnects then makes commits wait, not go on without it. A name dropped
+    from the setting starts afresh when it comes back; so does every name after the agent
+    restarts (it cannot know what happened while it was not looking).
+    """
+
+    def __init__(self, settle: float = SYNC_SETTLE_S) -> None:
+        self.settle = settle
+        self.forget()
+
+    def forget(self) -> None:
+        """While this server is a standby: a later promotion starts afresh."""
+        self._seen: dict[str, float] = {}  # name -> when first seen named
+        self._arm: dict[str, int] = {}  # name -> WAL position it must flush past
+        self._holding: set[str] = set()
+
+    def update(self, sync_names: str, current_lsn: int, flushed: dict[str, int | None],
+               now: float) -> tuple[str, ...]:
+        """``flushed``: each connected standby's flush position (None: not known yet)."""
+        named = {n for n in parse_sync_names(sync_names)[1]
+                 if n != "*" and standby_holds_every_ack(sync_names, n) is True}
+        for gone in set(self._seen) - named:
+            self._seen.pop(gone)
+            self._arm.pop(gone, None)
+            self._holding.discard(gone)
+        for name in named:
+            first = self._seen.setdefault(name, now)
+            if name not in self._arm and now - first >= self.settle:
+                self._arm[name] = current_lsn
+            flush = flushed.get(name)
+            if name in self._arm and flush is not None and flush >= self._arm[name]:
+                self._holding.add(name)
+        return tuple(sorted(self._holding))
+
+
 def cluster_state(controldata: str) -> str:
     """The "Database cluster state" line of pg_controldata's output ("" if it has none)."""
     for line in controldata.splitlines():
@@ -284,6 +342,7 @@ class PostgresAdapter:
         self.s = settings
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._holders = SyncHolders()
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> PostgresAdapter:
@@ -316,8 +375,10 @@ class PostgresAdapter:
     def status(self) -> ReplicationStatus:
         import psycopg2
         try:
-            in_recovery = self._query("SELECT pg_is_in_recovery()")[0][0]
-            return self._standby_status() if in_recovery else self._primary_status()
+            if self._query("SELECT pg_is_in_recovery()")[0][0]:
+                self._holders.forget()
+                return self._standby_status()
+            return self._primary_status()
         except psycopg2.Error as exc:
             return ReplicationStatus("unknown", detail=f"postgres at {self.s.host}:{self.s.port}: "
                                                        f"{_first_line(exc)}")
@@ -346,14 +407,17 @@ class PostgresAdapter:
             conn.close()
 
     def _primary_status(self) -> ReplicationStatus:
-        rows = self._query(_PRIMARY_SQL)
+        all_rows = self._query(_PRIMARY_SQL)
+        sync_names, current_lsn = all_rows[0][6], all_rows[0][7]
+        rows = [r for r in all_rows if r[0] is not None]  # no standby connected: one row of NULLs
         streaming = [r for r in rows if r[1] == "streaming"]
         sync = [r for r in streaming if r[2] in ("sync", "quorum")]
         best = min(sync or streaming, key=lambda r: r[3] if r[3] is not None else 2 ** 62, default=None)
+        holders = self._holders.update(sync_names, current_lsn, {r[0]: r[5] for r in rows}, time.monotonic())
         detail = ", ".join(f"{r[0]} {r[1]}/{r[2]}" for r in rows) or "no standby connected"
         return ReplicationStatus("primary", in_sync=bool(sync), lag_bytes=None if best is None else best[3],
                                  lag_s=None if best is None else (best[4] or 0.0), peer_alive=bool(streaming),
-                                 detail=detail[:200])
+                                 detail=detail[:200], sync_standbys=holders)
 
     def _standby_status(self) -> ReplicationStatus:
         status, age, lag_bytes, lag_s, sync_names, cluster_name, paused = self._query(_STANDBY_SQL)[0]

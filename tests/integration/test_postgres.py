@@ -153,6 +153,12 @@ def test_kill_promote_rejoin_under_billing_load(make_cluster, capsys) -> None:
     while (rows := (cluster.sql("n1", count)[0][0], cluster.sql("n2", count)[0][0]))[0] != rows[1]:
         assert time.monotonic() < deadline, f"rejoined standby did not catch up: n1 {rows[0]}, n2 {rows[1]} rows"
         time.sleep(0.05)
+    # The new primary runs alone; its RestoreSync names n1, whose own copy of the setting is
+    # what it was given by pg_rewind: only the primary can say n1 now holds every commit.
+    assert ad["n2"].status().sync_standbys == ()
+    ad["n2"].sync_restore(["n1"])
+    listed = wait_status(ad["n2"], lambda s: s.sync_standbys == ("n1",), 10, "new primary naming n1 a holder")
+    assert listed.in_sync and ad["n1"].status().in_sync is not True
     with capsys.disabled():
         print(f"\n[postgres] kill -> promoted and accepting writes through the adapter: {promoted_s:.3f} s; "
               f"billing load: {acked} acked, {lost} lost, longest gap {summary.longest_gap_s:.3f} s")
@@ -235,7 +241,7 @@ def _insert_in_background(cluster: PgCluster, node: str, row: str) -> threading.
 def test_sync_loss_degrade_names_a_caught_up_standby_then_restore(make_cluster) -> None:
     cluster = make_cluster()
     ad = adapters(cluster)
-    wait_status(ad["n1"], lambda s: s.in_sync, 10, "primary with its sync standby")
+    wait_status(ad["n1"], lambda s: s.in_sync and s.sync_standbys == ("n2",), 10, "n2 holding every commit")
     cluster.sql("n1", "INSERT INTO billing VALUES ('before-loss', 1)")
     wait_status(ad["n3"], lambda s: s.lag_bytes == 0, 5, "async standby caught up")
     cluster.kill("n2")
@@ -244,13 +250,15 @@ def test_sync_loss_degrade_names_a_caught_up_standby_then_restore(make_cluster) 
     assert waiting.is_alive(), "a commit must wait while its synchronous standby is gone"
     detail = ad["n1"].sync_degrade(["n2"])
     assert detail == "synchronous_standby_names '\"n2\"' -> '\"n3\"'"
+    assert ad["n1"].status().sync_standbys == ()  # n3 named now: commits before may be on n2 alone
     waiting.join(5.0)
     assert not waiting.is_alive(), "the caught-up n3 now confirms the commit"
     assert cluster.sql("n3", "SELECT count(*) FROM billing WHERE id = 'during-loss'") == [(1,)]
     cluster.start("n2")
     cluster.wait_streaming("n1", "n2")
     assert ad["n1"].sync_restore(["n2"]) == "synchronous_standby_names '\"n3\"' -> 'FIRST 2 (\"n3\", \"n2\")'"
-    status = wait_status(ad["n1"], lambda s: s.in_sync, 10, "both synchronous")
+    status = wait_status(ad["n1"], lambda s: s.in_sync and s.sync_standbys == ("n2", "n3"), 10,
+                         "both synchronous, and both holding every commit")
     assert "n2 streaming/sync" in status.detail and "n3 streaming/sync" in status.detail
 
 

@@ -35,6 +35,11 @@ def test_full_status_object(tmp_path: Path) -> None:
                                                                       "dgmgrl: apply lag 0 s")
 
 
+def test_a_primary_may_name_the_standbys_holding_every_commit(tmp_path: Path) -> None:
+    doc = {"role": "primary", "in_sync": True, "sync_standbys": ["db2", "db3"]}
+    assert _status_of(tmp_path, json.dumps(doc)).sync_standbys == ("db2", "db3")
+
+
 def test_nulls_and_missing_keys_are_unknown_values(tmp_path: Path) -> None:
     status = _status_of(tmp_path, '{"role": "primary", "in_sync": null}')
     assert status == ReplicationStatus("primary", None, None, None, None, "")
@@ -49,6 +54,8 @@ def test_nulls_and_missing_keys_are_unknown_values(tmp_path: Path) -> None:
     ('{"role": "standby", "lag_bytes": true}', 0, "expected a finite number"),
     ('{"role": "standby", "lag_bytes": 1e999}', 0, "expected a finite number"),
     ('{"role": "standby", "lag_bytes": 1%s}' % ("0" * 400), 0, "too large"),
+    ('{"role": "primary", "sync_standbys": "db2"}', 0, "sync_standbys: expected a list"),
+    ('{"role": "primary", "sync_standbys": [""]}', 0, "sync_standbys: expected a list"),
 ])
 def test_bad_output_is_role_unknown_with_the_reason(tmp_path: Path, stdout: str, code: int, expect: str) -> None:
     status = _status_of(tmp_path, stdout, code)

@@ -270,3 +270,32 @@ def test_a_rebuild_names_a_server_of_the_site_and_waits_for_the_normal_phase():
                  op=Operation(OpKind.SWITCHOVER, "master", "standby"))
     d = decide(busy, obs(*servers, requests=(Request(RequestKind.REBUILD, "standby", id=2),)), 100.1, DEGRADE)
     assert "rebuild standby: refused in phase demoting" in d.reason and not any(isinstance(a, Rebuild) for a in d.actions)
+
+
+def _primary_listing(*holders: str, alive: bool = True):
+    rep = dataclasses.replace(report(Role.PRIMARY, in_sync=True, hears=None),
+                              repl=dataclasses.replace(report(Role.PRIMARY).repl, sync_standbys=holders))
+    return server("master", rep=rep) if alive else dead("master", rep)
+
+
+def test_a_standby_the_primary_names_as_holding_every_commit_is_promoted_whatever_its_own_copy_says():
+    """A rejoined or rebuilt standby reads itself "not named" from its copy of the setting,
+    which the appliance's RestoreSync changed on the primary alone."""
+    rejoined = server("standby", rep=report(Role.STANDBY, in_sync=False, peer=True))
+    st, actions, _ = step(SYNCED, obs(_primary_listing("standby"), rejoined), 100.0)
+    assert acting(actions) == []
+    gone = server("standby", rep=report(Role.STANDBY, in_sync=False, peer=False))
+    st, actions, reason = step(st, obs(_primary_listing("standby", alive=False), gone), 101.0)
+    assert st.phase is Phase.FENCING and any(isinstance(a, Fence) for a in actions), reason
+
+
+def test_a_standby_the_primary_does_not_name_is_not_promoted_though_its_own_copy_says_in_sync():
+    """The primary's setting changed (DegradeSync, a person), the standby's copy did not."""
+    stale = server("standby", rep=report(Role.STANDBY, in_sync=True, peer=False))
+    st, actions, reason = step(SYNCED, obs(_primary_listing(alive=False), stale), 100.0)
+    assert not any(isinstance(a, Fence) for a in actions) and st.phase is Phase.NORMAL
+    assert "operator-needed" in events(actions)
+    assert "not in sync (in_sync=False" in reason
+    without_list = server("master", rep=report(Role.PRIMARY, in_sync=True, hears=None))
+    st, actions, _ = step(SYNCED, obs(dead("master", without_list.report), stale), 100.0)
+    assert st.phase is Phase.FENCING  # no list from the primary: the standby's own view counts

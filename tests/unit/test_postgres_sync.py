@@ -1,9 +1,10 @@
-"""Which PostgreSQL standby holds every acknowledged commit, from its own settings alone."""
+"""Which PostgreSQL standby holds every acknowledged commit: from its own copy of the settings,
+and from the primary's setting and WAL positions (``SyncHolders``)."""
 from __future__ import annotations
 
 import pytest
 
-from host_tools.replication.postgres import cluster_state, standby_holds_every_ack
+from host_tools.replication.postgres import SyncHolders, cluster_state, standby_holds_every_ack
 
 
 @pytest.mark.parametrize("names, me, holds", [
@@ -33,3 +34,27 @@ def test_cluster_state_is_read_from_pg_controldata():
     assert cluster_state(CONTROLDATA) == "shut down in recovery"
     assert cluster_state(CONTROLDATA.replace("shut down in recovery", "in production")) == "in production"
     assert cluster_state("pg_control version number: 1300\n") == ""
+
+
+def test_a_named_standby_holds_every_commit_once_it_has_flushed_past_where_the_setting_had_settled():
+    h = SyncHolders(settle=1.0)
+    assert h.update("", 100, {"db2": 100}, 0.0) == ()  # asynchronous: nobody holds every commit
+    assert h.update("db2", 200, {"db2": 200}, 10.0) == ()  # named now: commits before may be missing
+    assert h.update("db2", 300, {"db2": 300}, 10.5) == ()  # the reload may not have reached every sender
+    assert h.update("db2", 400, {"db2": 399}, 11.0) == ()  # armed at 400: not flushed past it yet
+    assert h.update("db2", 500, {"db2": 400}, 11.1) == ("db2",)
+    assert h.update("db2", 600, {}, 12.0) == ("db2",)  # disconnected: commits now wait for it
+    assert h.update("db2", 700, {"db2": None}, 12.1) == ("db2",)
+
+
+def test_a_name_dropped_or_not_confirming_every_commit_starts_afresh():
+    h = SyncHolders(settle=1.0)
+    for t in (0.0, 1.0):
+        h.update("db2", 100, {"db2": 100}, t)
+    assert h.update("db2", 100, {"db2": 100}, 1.1) == ("db2",)
+    assert h.update("", 200, {"db2": 200}, 2.0) == ()  # degraded: commits no longer wait for it
+    assert h.update("db2", 300, {"db2": 300}, 3.0) == ()
+    assert h.update("ANY 1 (db2, db3)", 400, {"db2": 400, "db3": 400}, 9.0) == ()  # either one may confirm
+    h.forget()  # this server became a standby
+    assert h.update("FIRST 2 (db2, db3)", 500, {"db2": 500, "db3": 500}, 20.0) == ()
+    assert h.update("FIRST 2 (db2, db3)", 600, {"db2": 600, "db3": 599}, 21.0) == ("db2",)

@@ -267,7 +267,8 @@ def reply_payloads(re, finite: bool = True):
     maybe_bool = st.none() | st.booleans() | junk
     repl = st.fixed_dictionaries({}, optional={
         "in_sync": maybe_bool, "lag_bytes": st.none() | st.integers(0, 2**63) | junk,
-        "lag_s": st.none() | st.floats(0, 1e6) | junk, "peer_alive": maybe_bool})
+        "lag_s": st.none() | st.floats(0, 1e6) | junk, "peer_alive": maybe_bool,
+        "sync": st.none() | st.lists(st.sampled_from(["standby", "db3"])) | junk})
     fields = {"role": st.sampled_from(ROLES) | junk, "vip": st.booleans() | junk, "repl": repl | junk,
               "hears_primary": maybe_bool, "reach": maybe_bool, "detail": st.text(max_size=40) | junk,
               "unhealthy_s": st.none() | st.floats(0, 1e6) | junk}

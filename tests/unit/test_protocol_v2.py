@@ -383,7 +383,8 @@ IDS = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, ma
 @given(st.builds(Reply, re=U64, healthy=st.booleans(), role=st.sampled_from(ROLES), vip=st.booleans(),
                  in_sync=OPT_BOOL, lag_bytes=st.none() | st.integers(0, 2**63),
                  lag_s=st.none() | st.floats(0, 1e9, allow_nan=False), peer_alive=OPT_BOOL,
-                 hears_primary=OPT_BOOL, detail=st.text(max_size=200), reach=OPT_BOOL))
+                 hears_primary=OPT_BOOL, detail=st.text(max_size=200), reach=OPT_BOOL,
+                 sync_standbys=st.none() | st.lists(IDS, max_size=3).map(tuple)))
 def test_a_reply_survives_the_wire_field_for_field(reply):
     key = derive_key(MASTER_KEY, "standby")
     raw = encode(Frame(Kind.REPLY, "standby", "arbiter", 1, 1, reply.payload()), key)
@@ -474,3 +475,10 @@ def test_10_the_read_budget_bounds_the_datagrams_handled_a_second():
     for _ in range(1000):
         budget.spend()
     assert time.monotonic() - started >= 0.17 and budget.pauses >= 9
+
+
+@pytest.mark.parametrize("sync", [[""], ["x" * 33], [1], ["é"], ["s"] * 9, "standby"])
+def test_a_reply_naming_its_synchronous_standbys_wrongly_is_refused(sync):
+    with pytest.raises(ProtocolError) as exc:
+        Reply.parse({"re": 1, "healthy": True, "role": "primary", "repl": {"sync": sync}})
+    assert exc.value.reason == "bad-reply" and "sync" in str(exc.value)

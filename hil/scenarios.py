@@ -1092,7 +1092,7 @@ def rebuild(rig: Rig, report: Report) -> None:
     report.check("power-on accepted", rig.command({"cmd": "power-on", "server": "master"}).get("ok"))
     report.details["auto"] = _rebuilt(rig, report, ordered, "rebuilt automatically after the failed rejoin")
     _synchronous_again(rig, report)
-    started = _journal_text(rig, "rebuild-started")
+    started = report.details["rebuild_started"] = _journal_text(rig, "rebuild-started")
     report.check("rejoin failed, then the rebuild started by policy.auto_rebuild",
                  "rejoin failed" in started and "policy.auto_rebuild = true" in started)
     report.check("pg_rewind failed for its real reason (no checkpoint record left to recover from)",

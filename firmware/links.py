@@ -72,13 +72,21 @@ class ReadBudget:
         self.pauses = 0
 
     def spend(self) -> None:
+        wait = self.take()
+        if wait:
+            time.sleep(wait)
+
+    def take(self) -> float:
+        """Count one datagram; the seconds to leave the socket unread if that used up this
+        tick's share, else 0 (for a reader that serves the serial links meanwhile)."""
         now = time.monotonic()
         if now >= self._tick_end:
             self._left, self._tick_end = self.per_tick, now + self.tick
         self._left -= 1
-        if self._left <= 0:
-            self.pauses += 1
-            time.sleep(max(0.0, self._tick_end - now))
+        if self._left > 0:
+            return 0.0
+        self.pauses += 1
+        return max(0.0, self._tick_end - now)
 
 
 class RateLimit:
@@ -116,17 +124,13 @@ def _descriptor(port: serial.SerialBase) -> int | None:
         return None
 
 
-def _has_room(port: serial.SerialBase) -> bool:
-    """Whether the line takes bytes now (a port without a descriptor, loop://, always does)."""
-    fd = _descriptor(port)
-    return fd is None or bool(select.select([], [fd], [], 0)[1])
-
-
 class SerialPort:
-    """One serial cable: a reader thread that reopens the device when it vanishes."""
+    """One serial cable whose device is reopened when it vanishes. With ``thread`` (the
+    agent's use) it has a reader thread of its own; without, the owner's reader waits on
+    ``descriptor()`` and calls ``read()`` (the appliance reads every link from one thread)."""
 
     def __init__(self, url: str, baudrate: int, on_frame: Callable[[bytes], None],
-                 on_error: Callable[[str], None], realtime: Realtime = NORMAL) -> None:
+                 on_error: Callable[[str], None], realtime: Realtime = NORMAL, thread: bool = True) -> None:
         self.url, self.baudrate, self._realtime = url, baudrate, realtime
         self._on_frame, self._on_error = on_frame, on_error
         self._port: serial.SerialBase | None = None
@@ -134,8 +138,15 @@ class SerialPort:
         self._stop = threading.Event()
         self._deframer = Deframer()
         self._counted: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._read_loop, name=f"serial-{url}", daemon=True)
-        self._thread.start()
+        self._warned = False
+        self._next_open = 0.0
+        self._thread: threading.Thread | None = None
+        self.has_reader = thread
+        if thread:
+            self._thread = threading.Thread(target=self._read_loop, name=f"serial-{url}", daemon=True)
+            self._thread.start()
+        else:
+            self.descriptor()  # open now if it is there, as a reader thread would at once
 
     def _open(self) -> serial.SerialBase | None:
         try:
@@ -144,33 +155,60 @@ class SerialPort:
         except (serial.SerialException, OSError, ValueError):
             return None
 
+    def _ensure_open(self) -> serial.SerialBase | None:
+        """The open port; a closed one is tried again every REOPEN_EVERY_S, never waited for."""
+        port = self._port
+        if port is not None or self._stop.is_set():
+            return port
+        now = time.monotonic()
+        if now < self._next_open:
+            return None
+        port = self._open()
+        if port is None:
+            if not self._warned:
+                log.warning("serial %s: cannot open; retrying every %.1f s", self.url, REOPEN_EVERY_S)
+                self._warned = True
+            self._next_open = now + REOPEN_EVERY_S
+            return None
+        if self._warned:
+            log.info("serial %s: open again", self.url)
+        self._warned = False
+        with self._lock:
+            self._port = port
+        return port
+
+    def descriptor(self) -> int | None:
+        """What to wait on for reading; None while the device is closed (or has no descriptor)."""
+        port = self._ensure_open()
+        return None if port is None else _descriptor(port)
+
+    def read(self, waited: bool = True) -> None:
+        """Read what has arrived and hand on its frames. ``waited``: the caller saw the
+        descriptor ready; otherwise wait up to READ_WAIT_S for something to arrive."""
+        port = self._port
+        if port is None:
+            return
+        try:
+            fd = _descriptor(port) if waited else None
+            data = _read_ready(fd) if fd is not None else _read_some(port)
+        except (serial.SerialException, OSError, TypeError):
+            self._drop_port()
+            return
+        self._feed(data)
+
     def _read_loop(self) -> None:
         self._realtime.enter()
-        warned = False
         while not self._stop.is_set():
-            port = self._port
-            if port is None:
-                port = self._open()
-                if port is None:
-                    if not warned:
-                        log.warning("serial %s: cannot open; retrying every %.1f s", self.url, REOPEN_EVERY_S)
-                        warned = True
-                    self._stop.wait(REOPEN_EVERY_S)
-                    continue
-                if warned:
-                    log.info("serial %s: open again", self.url)
-                warned = False
-                with self._lock:
-                    self._port = port
-            try:
-                data = _read_some(port)
-            except (serial.SerialException, OSError, TypeError):
-                self._drop_port()
+            if self._ensure_open() is None:
+                self._stop.wait(max(0.0, self._next_open - time.monotonic()))
                 continue
-            if data:
-                for raw in self._deframer.feed(data):
-                    self._on_frame(raw)
-                self._report_deframer_errors()
+            self.read(waited=False)
+
+    def _feed(self, data: bytes) -> None:
+        if data:
+            for raw in self._deframer.feed(data):
+                self._on_frame(raw)
+            self._report_deframer_errors()
 
     def _report_deframer_errors(self) -> None:
         for reason, n in self._deframer.errors.items():
@@ -196,16 +234,20 @@ class SerialPort:
         if port is None:
             return
         try:
-            if _has_room(port):
+            fd = _descriptor(port)
+            if fd is None:  # a pyserial URL (loop://): its own write, with its write timeout
                 port.write(frame_serial(raw))
-        except serial.SerialTimeoutException:
-            pass  # part of the frame went out; the far end's deframer drops it as noise
+            else:  # pyserial's descriptor is non-blocking: one write, what does not fit is lost
+                os.write(fd, frame_serial(raw))
+        except (serial.SerialTimeoutException, BlockingIOError):
+            pass  # none or part of the frame went out; the far end's deframer drops a part as noise
         except (serial.SerialException, OSError):
             self._drop_port()
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(1.0)
+        if self._thread is not None:
+            self._thread.join(1.0)
         self._drop_port()
 
 
@@ -219,6 +261,11 @@ def _read_some(port: serial.SerialBase) -> bytes:
         return port.read(max(1, port.in_waiting or 1))
     if not select.select([fd], [], [], READ_WAIT_S)[0]:
         return b""
+    return _read_ready(fd)
+
+
+def _read_ready(fd: int) -> bytes:
+    """All there is on a descriptor that select found ready: one read."""
     try:
         data = os.read(fd, 4096)
     except BlockingIOError:  # readiness without data (the descriptor is non-blocking): look again
@@ -270,17 +317,17 @@ class Poller:
             if url:
                 self._links[(name, Channel.SERIAL)] = _Link(Channel.SERIAL, OrderedDict())
                 self._serial[name] = SerialPort(url, baud, lambda raw, n=name: self._receive(n, Channel.SERIAL, raw),
-                                                self._count, realtime)
+                                                self._count, realtime, thread="://" in url)
             if address:
                 self._links[(name, Channel.LAN)] = _Link(Channel.LAN, OrderedDict())
                 self._udp_peer[name] = (address, port)
                 self._by_addr[(address, port)] = name
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(bind)
-        self._sock.settimeout(0.2)
+        self._sock.setblocking(False)  # read only when ready; a send never waits for buffer room
         self._stop = threading.Event()
-        self._udp_thread = threading.Thread(target=self._udp_loop, name="udp", daemon=True)
-        self._udp_thread.start()
+        self._reader = threading.Thread(target=self._read_loop, name="links", daemon=True)
+        self._reader.start()
 
     # ------------------------------------------------------------------ sending
 
@@ -337,23 +384,53 @@ class Poller:
 
     # ------------------------------------------------------------------ receiving
 
-    def _udp_loop(self) -> None:
+    def _read_loop(self) -> None:
+        """One thread reads every link: a select over the UDP socket and every serial device
+        (a pyserial URL without a descriptor has a thread of its own). The replies to a
+        cycle's polls arrive together, so one wake-up often serves several of them, where a
+        thread per link woke, took the interpreter lock and ran cold once per frame. While
+        the LAN has used up its read budget its socket is left out of the select, so a flood
+        still never holds up the serial links."""
         self._realtime.enter()
+        udp = self._sock.fileno()
+        lan_paused_until = 0.0
         while not self._stop.is_set():
+            ports = {fd: port for port in self._serial.values()
+                     if not port.has_reader and (fd := port.descriptor()) is not None}
+            wait = READ_WAIT_S
+            now = time.monotonic()
+            if now >= lan_paused_until:
+                ports_and_lan: list[int] = [*ports, udp]
+            else:
+                ports_and_lan, wait = list(ports), min(wait, lan_paused_until - now)
             try:
-                raw, addr = self._sock.recvfrom(MAX_FRAME + 1)
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
+                ready = select.select(ports_and_lan, [], [], wait)[0]
+            except (OSError, ValueError):  # a descriptor closed under the select: look again
                 if self._stop.is_set():
                     return
                 continue
-            self.budget.spend()
+            for fd in ready:
+                if fd == udp:
+                    lan_paused_until = self._read_udp()
+                else:
+                    ports[fd].read()
+
+    def _read_udp(self) -> float:
+        """Every datagram waiting, within the read budget; when the budget is spent, until
+        when to leave the socket unread (0.0 if it was not)."""
+        while True:
+            try:
+                raw, addr = self._sock.recvfrom(MAX_FRAME + 1)
+            except OSError:  # nothing more waiting (BlockingIOError), or the socket closed
+                return 0.0
+            pause = self.budget.take()
             name = self._by_addr.get((addr[0], addr[1]))
             if name is None:
                 self._count("unknown-peer")
             elif self.limit.allow(name):
                 self._receive(name, Channel.LAN, raw)
+            if pause:
+                return time.monotonic() + pause
 
     def _receive(self, name: str, channel: Channel, raw: bytes) -> None:
         with self._codec_lock:
@@ -431,7 +508,7 @@ class Poller:
 
     def close(self) -> None:
         self._stop.set()
+        self._reader.join(1.0)
         for port in self._serial.values():
             port.close()
         self._sock.close()
-        self._udp_thread.join(1.0)

@@ -179,6 +179,7 @@ class SnmpSink:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self._sending = 0  # deliveries in flight, on the loop's thread
         self.thread = threading.Thread(target=self._run, name="snmp", daemon=True)
         self.thread.start()
         self.ready.wait(10.0)
@@ -262,7 +263,13 @@ class SnmpSink:
                 backoff = min(backoff * 2, self.backoff_max)
 
     async def _deliver(self, mgr: _Manager, data: dict[str, Any], kind: str) -> bool:
-        """One trap or one inform (with its retries); True once the manager has it."""
+        """One trap or one inform (with its retries); True once the manager has it.
+
+        The dispatcher's timer (it times out informs) runs only while something is in
+        flight: pysnmp starts it with the first transport and then ticks ten times a second
+        for ever."""
+        self._sending += 1
+        self._timer(run=True)
         try:
             target = await UdpTransportTarget.create((mgr.cfg.host, mgr.cfg.port),
                                                      timeout=self.alerts.inform_timeout,
@@ -271,10 +278,27 @@ class SnmpSink:
                                                           kind, *self._varbinds(data), lookupMib=False)
         except Exception as exc:  # pysnmp raises broadly (resolution, socket, encoding)
             error, status = exc, 0
+        finally:
+            self._sending -= 1
+            if not self._sending:
+                self._timer(run=False)
         if error or status:
             self._log_failure(mgr, data, kind, f"{error or status}")
             return False
         return True
+
+    def _timer(self, run: bool) -> None:
+        """Start or stop the dispatcher's timer as pysnmp's asyncio dispatcher itself does
+        (its ``loopingcall`` running ``handle_timeout``); before the first delivery there is
+        no dispatcher, and registering the first transport starts the timer."""
+        dispatcher = self.engine.transport_dispatcher
+        if dispatcher is None:
+            return
+        if run and dispatcher.loopingcall is None:
+            dispatcher.loopingcall = asyncio.ensure_future(dispatcher.handle_timeout(), loop=self.loop)
+        elif not run and dispatcher.loopingcall is not None:
+            dispatcher.loopingcall.cancel()
+            dispatcher.loopingcall = None
 
     def _log_failure(self, mgr: _Manager, data: dict[str, Any], kind: str, why: str) -> None:
         held = self.errors[mgr.name].ready()

@@ -274,3 +274,19 @@ def test_staging_ignores_the_machines_net_snmp_files(tmp_path: Path, monkeypatch
     monkeypatch.setenv("SNMP_PERSISTENT_DIR", str(damaged))
     monkeypatch.setenv("SNMPCONFPATH", str(damaged))
     stage_mibs(tmp_path / "staged", MIB_DIR, "BILLMASTER-ARBITER-MIB::arbLinkDown")
+
+
+def test_the_dispatchers_timer_stops_once_every_alert_is_out_and_runs_again_for_the_next(
+        tmp_path: Path, port: int, sinks: list[SnmpSink]) -> None:
+    """pysnmp's dispatcher, once open, ticks ten times a second for ever: its timer stops when
+    nothing is in flight, and the next trap still arrives (informs: the outbox test)."""
+    cfg = site_config(tmp_path, [SnmpManager(host="127.0.0.1", port=port)])
+    with TrapReceiver(tmp_path / "mgr", port) as rx:
+        sinks.append(SnmpSink(cfg, tmp_path))
+        for seq in (1, 2):
+            sinks[0].send(alert(seq, "server-down"))
+            assert len(rx.wait_for(seq, 10.0)) == seq
+            deadline = time.monotonic() + 5.0
+            while sinks[0].engine.transport_dispatcher.loopingcall is not None:
+                assert time.monotonic() < deadline, "the dispatcher's timer still runs with nothing to send"
+                time.sleep(0.05)

@@ -414,6 +414,16 @@ def check_watchdog(cfg: config_mod.Config, unit_timeout: float | None) -> None:
                            " longer; lower WatchdogSec in arbiterd.service or raise the setting (15 at most)"])
 
 
+def leave_out_unused_ciphers(cfg: config_mod.Config) -> None:
+    """A site without SNMPv3 (v3 is authPriv here) never encrypts: pysnmp then finds no
+    ``cryptography`` and carries on without privacy, instead of loading 6 MiB of ciphers at
+    start-up for nothing. Decided once, in arbiterd's own process, before pysnmp is imported:
+    alerts and snmp only change at a restart, so a reload cannot ask for privacy later."""
+    if any(m.version == "v3" for m in cfg.alerts.managers) or (cfg.snmp.address and cfg.snmp.user):
+        return
+    sys.modules.setdefault("cryptography", None)  # type: ignore[arg-type]  # "import cryptography" fails
+
+
 def check_config(path: Path, as_json: bool) -> int:
     """What the daemon would refuse at start: the schema with its cross-checks (pins, address
     families included), then the key and secret files it reads. 0 ok, 1 bad config."""
@@ -505,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         return derive_key_command(args.config, args.server, args.peer)
     logs.setup()
     try:
+        leave_out_unused_ciphers(config_mod.load(args.config))
         daemon = Daemon(args.config)
         logging.getLogger().setLevel(daemon.cfg.site.log_level.upper())
     except ConfigError as exc:

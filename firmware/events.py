@@ -106,12 +106,20 @@ _TABLE = (
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _TABLE}
 
-# Never held back by the rate limit: the decision core raises each at most once per operation
-# or per real change, so they cannot storm, and losing one in a link-flap storm would hide
-# the one thing the operator must know.
-UNLIMITED = frozenset(e.name for e in _TABLE if e.severity is Severity.CRITICAL) | {
-    "failover-started", "failover-completed", "fence-done", "switchover-started", "switchover-completed",
-    "durability-reduced", "durability-restored", "fence-escalated", "rebuild-started", "rebuild-done"}
+# Raised at most once per operation (a failover, a fence, a rebuild, an operator's order) or per
+# real change of a condition, never once per cycle: not de-duplicated, so a second operation
+# inside alerts.min_repeat_s (two rebuilds of one server, a failover and the failback an
+# operator forces) is reported like the first.
+ONCE_PER_OPERATION = frozenset({
+    "failover-started", "failover-completed", "failover-failed", "fence-done", "fence-failed", "fence-escalated",
+    "switchover-started", "switchover-completed", "switchover-failed", "durability-reduced", "durability-restored",
+    "rebuild-started", "rebuild-done", "rebuild-failed", "power-restored-by-operator", "maintenance-on",
+    "maintenance-off", "alarm-acknowledged"})
+
+# Never held back by the rate limit: they cannot storm (criticals are de-duplicated where they
+# repeat), and losing one in a link-flap storm would hide the one thing the operator must know.
+UNLIMITED = frozenset(e.name for e in _TABLE if e.severity is Severity.CRITICAL) | (
+    ONCE_PER_OPERATION - {"maintenance-on", "maintenance-off", "alarm-acknowledged", "power-restored-by-operator"})
 
 
 def event_type(name: str) -> EventType:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from firmware.config import Config
 from firmware.errors import DamagedFile, StateError
-from firmware.events import EVENTS, UNLIMITED, Severity, event_type
+from firmware.events import EVENTS, ONCE_PER_OPERATION, UNLIMITED, Severity, event_type
 from firmware.state import DAMAGE, StateStore, write_atomic
 from firmware.subproc import OutputOverflow, run_bounded
 
@@ -169,7 +169,7 @@ class Notifier:
             now = self.clock()
             key = (event, server, channel)
             seen = self.last_sent.get(key)
-            if seen is not None and now - seen < self.cfg.alerts.min_repeat_s:
+            if seen is not None and now - seen < self.cfg.alerts.min_repeat_s and event not in ONCE_PER_OPERATION:
                 return None
             self.last_sent[key] = now
             self._forget_counterparts(event, server, channel)

@@ -308,3 +308,16 @@ def test_heartbeat_reaches_only_heartbeat_sinks_with_the_last_seq_every_time(tmp
     assert len(hb) == 3 and all(a.seq == 1 and a.text.startswith("appliance alive") for a in hb)
     assert plain.events == ["link-down"] and relay.history == [False, True]
     assert n.sent == {"link-down": 1}
+
+
+def test_a_second_operation_inside_min_repeat_is_reported_like_the_first(tmp_path: Path) -> None:
+    """Two rebuilds of one server a few seconds apart: each one's alerts reach the operator;
+    a repeated condition (server-down) is still de-duplicated."""
+    rec, clock = Recorder(), Clock()
+    n = make(tmp_path, rec, clock=clock)
+    for _ in range(2):
+        clock.now += 2.0
+        assert n.notify("rebuild-started", "master") is not None
+        assert n.notify("rebuild-done", "master") is not None
+        n.notify("server-down", "master")
+    assert rec.events == ["rebuild-started", "rebuild-done", "server-down", "rebuild-started", "rebuild-done"]

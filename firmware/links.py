@@ -126,8 +126,10 @@ def _descriptor(port: serial.SerialBase) -> int | None:
 
 class SerialPort:
     """One serial cable whose device is reopened when it vanishes. With ``thread`` (the
-    agent's use) it has a reader thread of its own; without, the owner's reader waits on
-    ``descriptor()`` and calls ``read()`` (the appliance reads every link from one thread)."""
+    agent's use) it has a reader thread of its own, started by ``start()`` once the owner is
+    ready for frames (its replies go out through this object); without, the owner's reader
+    waits on ``descriptor()`` and calls ``read()`` (the appliance reads every link from one
+    thread)."""
 
     def __init__(self, url: str, baudrate: int, on_frame: Callable[[bytes], None],
                  on_error: Callable[[str], None], realtime: Realtime = NORMAL, thread: bool = True) -> None:
@@ -144,9 +146,12 @@ class SerialPort:
         self.has_reader = thread
         if thread:
             self._thread = threading.Thread(target=self._read_loop, name=f"serial-{url}", daemon=True)
-            self._thread.start()
         else:
             self.descriptor()  # open now if it is there, as a reader thread would at once
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.ident is None:  # once
+            self._thread.start()
 
     def _open(self) -> serial.SerialBase | None:
         try:

@@ -125,7 +125,7 @@ class Agent:
         self.watched = Watched(a.unobserved_after, time.monotonic())
         self.alert_hook = HookSink(shlex.split(a.alert_hook), env={"ARBITER_ENTERPRISE": a.enterprise_oid}) \
             if a.alert_hook else None
-        # last: its reader thread hands frames to _handle at once, which needs all of the above
+        # its reader starts in run(): a frame read before self.serial was set had no way back
         self.serial = SerialPort(a.serial, a.baudrate, self._from_serial, lambda reason: None,
                                  self.realtime) if a.serial else None
         with self.lock:
@@ -145,6 +145,8 @@ class Agent:
             threads.append(self._watched_loop)
         for target in threads:
             self._start(target)
+        if self.serial is not None:
+            self.serial.start()
         log.info("%s: answering on udp %s:%d%s", self.cfg.agent.name, self.cfg.agent.listen, self.cfg.agent.port,
                  f" and {self.cfg.agent.serial}" if self.serial else "")
         self.stop.wait()

@@ -236,6 +236,7 @@ def test_a_cable_nobody_reads_never_holds_up_the_writer(tmp_path):
     cable = Cable(tmp_path)
     cable.plug()
     port = SerialPort(str(cable.a), 115200, on_frame=lambda raw: None, on_error=lambda reason: None)
+    port.start()
     try:
         deadline = time.monotonic() + 5
         while port._port is None:
@@ -249,4 +250,36 @@ def test_a_cable_nobody_reads_never_holds_up_the_writer(tmp_path):
         assert slowest < 0.1 and time.monotonic() - t0 < 5.0, (slowest, time.monotonic() - t0)
     finally:
         port.close()
+        cable.pull()
+
+
+def test_the_agents_serial_reader_starts_when_its_owner_is_ready(tmp_path):
+    """The agent answers a frame through its SerialPort object: a reader started inside the
+    constructor handed over a poll before the agent held that object (AttributeError, the
+    frame dropped, seen when a powered-on server's agent started)."""
+    import serial
+    from firmware.protocol import frame_serial
+    cable = Cable(tmp_path)
+    cable.plug()
+    other_end = serial.Serial(str(cable.b), 115200)
+    got: list[bytes] = []
+    try:
+        port = SerialPort(str(cable.a), 115200, on_frame=got.append, on_error=lambda reason: None)
+        try:
+            time.sleep(0.2)
+            assert port._port is None and got == []  # not started: not even opened
+            port.start()
+            deadline = time.monotonic() + 5
+            while port._port is None:
+                assert time.monotonic() < deadline, "the port did not open"
+                time.sleep(0.01)
+            other_end.write(frame_serial(b"fresh"))
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert got == [b"fresh"]
+        finally:
+            port.close()
+    finally:
+        other_end.close()
         cable.pull()

@@ -82,6 +82,7 @@ class Rig(Built):
         self.events: list[tuple[float, str, str]] = []  # (monotonic, what, server)
         self._powered = {s: True for s in self.servers}
         self._stop = threading.Event()
+        self._physics_thread: threading.Thread | None = None
         self._procs: dict[str, Any] = {}
         self.nut = None
         self.traps = None
@@ -112,7 +113,8 @@ class Rig(Built):
         if self.opts.browser:
             self._start_browser()
         self._start_arbiter()
-        threading.Thread(target=self._physics, name="rig-physics", daemon=True).start()
+        self._physics_thread = threading.Thread(target=self._physics, name="rig-physics", daemon=True)
+        self._physics_thread.start()
         self.start_probe()
 
     def start_probe(self, out: str = "probe.json") -> None:
@@ -399,7 +401,7 @@ class Rig(Built):
         while not self._stop.is_set():
             for i, name in enumerate(self.servers, start=1):
                 cut = self.gpio.output(f"relay{i}")
-                if cut == relay[name]:
+                if cut == relay[name] or self._stop.is_set():  # the teardown's own relay changes: no power
                     continue
                 relay[name] = cut
                 self.events.append((time.monotonic(), "relay-cut" if cut else "relay-closed", name))
@@ -512,6 +514,8 @@ class Rig(Built):
         """Every part is stopped whatever another one did, and the site (namespaces, processes,
         ptys) is torn down last even if a second Ctrl-C lands in the middle."""
         self._stop.set()
+        if self._physics_thread is not None:
+            self._physics_thread.join(timeout=70.0)  # a power change under way ends first (pg_ctl start -t 60)
         try:
             try:
                 self._stop_watchers()

@@ -153,7 +153,8 @@ class Daemon:
                 self._overrun(now - cycle_start - interval)
                 next_tick = now
             # a lease that runs out before the next tick is judged when it does, not up to an interval later
-            lease_end = first_lease_end(self.last_obs.servers, self.cfg.timing) if self.last_obs else math.inf
+            lease_end = first_lease_end(self.last_obs.servers, self.cfg.timing, self._stall) \
+                if self.last_obs else math.inf
             self.wake.wait(max(0.0, min(next_tick, lease_end) - now))
             self.wake.clear()
         if self.web is not None:

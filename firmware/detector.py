@@ -31,8 +31,7 @@ def link_state(last_seen: float | None, now: float, started_at: float, t: Timing
     full dead time after it to be dead. A link already dead when the stall began stays
     dead: the stall is no news from it (reviving it made a powered-off old primary look
     alive, and its last report, primary with the virtual IP, looked like a split brain)."""
-    if last_seen is not None and stall is not None and stall.began - last_seen < t.dead_time:
-        last_seen = max(last_seen, stall.ended)
+    last_seen = lease_start(last_seen, t, stall)
     if last_seen is None:
         return LinkState.UNKNOWN if now - started_at < t.init_dead else LinkState.DEAD
     silent = now - last_seen
@@ -46,12 +45,24 @@ def link_state(last_seen: float | None, now: float, started_at: float, t: Timing
 LEASE_MARGIN_S = 0.001  # a lease ends at last_seen + dead_time: look just after, not just before
 
 
-def first_lease_end(servers: Iterable[ServerObs], t: Timing) -> float:
+def lease_start(last_seen: float | None, t: Timing, stall: Stall | None = None) -> float | None:
+    """When a link's lease began: its last reply, or the end of a stall that began while the
+    lease still ran (see link_state)."""
+    if last_seen is not None and stall is not None and stall.began - last_seen < t.dead_time:
+        return max(last_seen, stall.ended)
+    return last_seen
+
+
+def first_lease_end(servers: Iterable[ServerObs], t: Timing, stall: Stall | None = None) -> float:
     """When the first link now up or late turns dead, if nothing arrives before (inf: none
     will). The daemon wakes then, so a server's death is decided as its last lease ends;
-    while every server answers, each lease ends after the next poll and this changes nothing."""
-    return min((link.last_seen + t.dead_time + LEASE_MARGIN_S for srv in servers for link in srv.links
-                if link.last_seen is not None and link.state in (LinkState.UP, LinkState.LATE)), default=math.inf)
+    while every server answers, each lease ends after the next poll and this changes nothing.
+    ``stall``: the one link_state was given; its leases end a dead time after it (counted
+    from the last reply, the lease ended in the past, and the loop spun at once, polling
+    every server each time, for a dead time after every stall of a loaded appliance)."""
+    starts = (lease_start(link.last_seen, t, stall) for srv in servers for link in srv.links
+              if link.state in (LinkState.UP, LinkState.LATE))
+    return min((s + t.dead_time + LEASE_MARGIN_S for s in starts if s is not None), default=math.inf)
 
 
 def latest_report(records: Mapping[Channel, object]) -> AgentReport | None:

@@ -61,7 +61,8 @@ class Appliance:
         codec = Codec(cfg.site.node_id, {s.name: derive_key(master, s.name) for s in cfg.servers}, self.run_id)
         self.poller = Poller(codec, [(s.name, s.serial, s.baudrate, s.address, s.port) for s in cfg.servers],
                              clock=clock, source_rate=SOURCE_RATE_PER_POLL / cfg.timing.interval,
-                             realtime=Realtime(cfg.site.realtime_priority, "site.realtime_priority"))
+                             realtime=Realtime(cfg.site.realtime_priority, "site.realtime_priority"),
+                             on_news=wake)
         self.notifier = self._set_aside_if_damaged(
             lambda: make_notifier(cfg, state_dir, self.journal, self.board.set_alarm))
         self.board.on_ack(self._button_ack)

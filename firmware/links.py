@@ -294,16 +294,30 @@ class _Command:
     result: tuple[bool, str] | None = None
 
 
+def news(before: AgentReport | None, after: AgentReport | None) -> bool:
+    """Whether a server's new report changes its view of the primary (peer heartbeat,
+    replication stream): a standby that stops hearing a silent primary is what a failover
+    waits for (safety rule 4), and decide learnt it only at the next cycle, up to an
+    interval after the reply, often two, as the reply to a cycle's poll comes after it."""
+    if before is None or after is None:
+        return False
+    return (before.hears_primary, before.repl.peer_alive) != (after.hears_primary, after.repl.peer_alive)
+
+
 class Poller:
     """servers: (name, serial url or "", baudrate, LAN address or "", UDP port).
 
     ``source_rate``: frames a second one UDP source may send before the rest is dropped
-    unread (a server sends one reply per poll and a few acks: far below it)."""
+    unread (a server sends one reply per poll and a few acks: far below it).
+    ``on_news``: called from a reader thread when a reply changes what a server says of
+    the primary (see ``news``), so the loop decides on it now rather than a poll later."""
 
     def __init__(self, codec: Codec, servers: list[tuple[str, str, int, str, int]],
                  clock: Callable[[], float] = time.monotonic, bind: tuple[str, int] = ("0.0.0.0", 0),
-                 source_rate: float = 250.0, realtime: Realtime = NORMAL) -> None:
+                 source_rate: float = 250.0, realtime: Realtime = NORMAL,
+                 on_news: Callable[[], None] = lambda: None) -> None:
         self._codec = codec
+        self._on_news = on_news
         self._codec_lock = threading.Lock()  # readers on several threads share its replay state
         self._clock = clock
         self._lock = threading.Lock()
@@ -472,7 +486,9 @@ class Poller:
             if sent is None or now - sent > POLL_MAX_AGE_S:
                 self._malformed["stale-reply"] = self._malformed.get("stale-reply", 0) + 1
                 return
-            link.record = LinkRecord(now, now - sent, report_of(reply))
+            before, link.record = link.record.report, LinkRecord(now, now - sent, report_of(reply))
+        if news(before, link.record.report):
+            self._on_news()
 
     def _on_ack(self, name: str, frame: Frame) -> None:
         try:

@@ -66,7 +66,8 @@ class Appliance:
         self.notifier = self._set_aside_if_damaged(
             lambda: make_notifier(cfg, state_dir, self.journal, self.board.set_alarm))
         self.board.on_ack(self._button_ack)
-        self.executor = Executor(self._handlers(cfg), wake=wake, clock=clock)
+        self.executor = Executor(self._handlers(cfg), wake=wake, clock=clock,
+                                 realtime=Realtime(cfg.site.realtime_priority, "site.realtime_priority"))
         specs = {s.name: s.ups for s in cfg.servers if s.ups}
         password = read_secret("ups.password_file", cfg.ups.password_file) if specs and cfg.ups.password_file \
             else ""

@@ -32,9 +32,9 @@ from firmware.detector import Stall, first_lease_end, observe_servers
 from firmware.errors import ArbiterError, ConfigError, DamagedFile
 from firmware.commands import BadCommand, Command, Name, Operator, OrderDesk, peer_loginuid
 from firmware.control import Peer
-from firmware.model import Observations, Verdict
+from firmware.model import Action, Notify, Observations, Verdict
 from firmware.notify import Throttle
-from firmware.site_state import Phase, State
+from firmware.site_state import Phase, SavedAlert, State
 from firmware.history import History
 from firmware.status import StatusView, status_report
 from firmware.protocol import derive_key
@@ -51,6 +51,14 @@ OVERRUN_LOG_EVERY_S = 60.0
 BUGS_BEFORE_HALT = 2  # unexpected errors in a row before safe halted mode
 RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups", "http", "snmp")
 VERDICT_WAIT_S = 5.0  # an order's answer: decide runs every timing.interval, so this means stuck
+
+
+def with_unsent(state: State, queued: tuple[Action, ...]) -> State:
+    """The state to save: a restart sends its alerts again (decide's resume), and those are
+    only the alerts of the decision that made it. Alerts of earlier decisions still queued on
+    the executor's reporter thread go with them, oldest first, or a crash would lose them."""
+    carried = tuple(SavedAlert(a.event, a.server, a.channel, a.text) for a in queued if isinstance(a, Notify))
+    return state.evolve(alerts=carried + state.alerts) if carried else state
 
 
 class Daemon:
@@ -181,7 +189,7 @@ class Daemon:
             obs = self._observe(now)
             d = decide(self.state, obs, now, self.cfg)
             if d.state.substance() != self.state.substance() or d.actions:
-                self.app.save_state(d.state)  # before any action runs; it lists the alerts too
+                self.app.save_state(with_unsent(d.state, self.app.executor.unsent()))  # before any action runs
             before, self.state = self.state, d.state
             target = d.state.op.target if d.state.op else None
             self.orders.answer(d.verdicts, target)  # saved first: an accepted order is kept

@@ -9,6 +9,7 @@ from firmware.errors import ActionError
 from firmware.executor import Executor
 from firmware.hands import make_handlers
 from firmware.model import Fence, HoldFence, Notify, Promote, TakeIp, VerifyIp
+from firmware.realtime import Realtime
 from tests.unit.sitekit import MACS, site_config
 
 CFG = site_config(timing={"fence_timeout": 0.2, "action_timeout": 0.3})
@@ -101,7 +102,34 @@ def test_fence_is_confirmed_before_any_promote():
     assert [r.ok for r in results] == [True, True, True]
     acting = [e for e in line.events if not e.startswith("notify")]
     assert acting == ["cut master", "confirmed master", "promote standby", "take_ip standby"]
+    ex.join()
     assert "notify failover-started" in line.events  # reported, but never in the fence's way
+
+
+class SlowNotifier(FakeNotifier):
+    """An alert that takes its time, as two atomic writes with their fsyncs do on a busy card."""
+
+    def notify(self, event, server="", channel="", text=""):
+        time.sleep(0.1)
+        super().notify(event, server, channel, text)
+
+
+def test_alerts_go_out_in_order_without_holding_up_the_caller():
+    """The loop submits; a slow alert must not keep it from the next step of a failover."""
+    line = Timeline()
+    handlers = make_handlers(CFG, FakeBoard(line), FakeAgents(line), SlowNotifier(line),
+                             lambda ip, iface: frozenset(), None)
+    ex = Executor(handlers)
+    started = time.monotonic()
+    ex.submit([Notify("failover-started"), Fence("master", ref=1)])
+    ex.submit([Notify("fence-done"), Promote("standby", ref=2)])
+    assert time.monotonic() - started < 0.05
+    assert [a.event for a in ex.unsent()] == ["failover-started", "fence-done"]  # not sent yet: saved again
+    assert [r.ok for r in drain(ex, 2)] == [True, True]
+    ex.join()
+    assert ex.unsent() == ()
+    assert [e for e in line.events if e.startswith("notify")] == ["notify failover-started", "notify fence-done"]
+    assert line.events.index("promote standby") < line.events.index("notify fence-done")
 
 
 def test_unconfirmed_fence_skips_the_promote():
@@ -214,3 +242,24 @@ def test_a_confirmed_relay_never_touches_the_ups_and_a_failed_level_2_stops_the_
     fenced, promoted = drain(ex, 2)
     assert not fenced.ok and not promoted.ok
     assert "power still reads on 0.2 s after the relay opened" in fenced.detail and "access denied" in fenced.detail
+
+
+def test_the_acting_batch_runs_at_the_sites_real_time_priority_and_alerts_do_not():
+    """A failover's steps run on the batch threads: at normal priority on a loaded board they
+    waited for a CPU between the fence and the promote, as the loop (real-time) did not."""
+    entered: list[str] = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Recording(Realtime):
+        def enter(self) -> bool:
+            entered.append(threading.current_thread().name)
+            return True
+
+    line = Timeline()
+    handlers = make_handlers(CFG, FakeBoard(line), FakeAgents(line), FakeNotifier(line),
+                             lambda ip, iface: frozenset(), None)
+    ex = Executor(handlers, realtime=Recording(10, "site.realtime_priority"))
+    ex.submit([Notify("failover-started"), Fence("master", ref=1)])
+    drain(ex, 1)
+    ex.join()
+    assert entered == ["exec-Fence#1"]

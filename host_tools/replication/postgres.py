@@ -44,10 +44,11 @@ What the agent reports, and why:
 
 Actions:
 
-* promote: ``synchronous_standby_names`` is first set (ALTER SYSTEM, reload) to
-  ``ANY 1 (sync_after_promote minus this node)``, or emptied when that list is empty, so
-  that the new primary does not wait for itself; then ``pg_promote()``, and the server is
-  watched until it leaves recovery.
+* promote: ``pg_promote()``; while the server ends its recovery, ``synchronous_standby_names``
+  is set (ALTER SYSTEM, reload) to ``ANY 1 (sync_after_promote minus this node)``, or
+  emptied when that list is empty, so that the new primary does not wait for itself; the
+  server is watched until it has left recovery and the reload is seen. A primary whose
+  setting still names itself (an agent restarted between the two) gets the setting again.
   Emptying it means the new primary runs with one copy until a standby is back; a site that
   prefers to stop writes instead names its standbys in ``sync_after_promote``.
 * demote (planned switchover): ``pg_ctl stop -m fast`` (a clean stop sends all WAL to the
@@ -431,28 +432,41 @@ class PostgresAdapter:
     # ------------------------------------------------------------------ acting
 
     def promote(self) -> None:
+        """pg_promote first; the new primary's synchronous_standby_names is written while the
+        server ends its recovery (ALTER SYSTEM's fsync took 3 to 40 ms on the loaded rig, in
+        the failover's way). Done when the server accepts writes and this session sees the
+        new setting: the postmaster has reloaded it, so no client's commit waits for a
+        standby that is this very server."""
         import psycopg2
         try:
-            if not self._query("SELECT pg_is_in_recovery()")[0][0]:
-                return
-            self._set_sync_names_for_primary()
-            self._query("SELECT pg_promote(wait => false)")
-            done = self._wait_writable()
+            me = self.s.application_name or self._query("SHOW cluster_name")[0][0]
+            want = self._sync_value_after_promote(me)
+            if self._query("SELECT pg_is_in_recovery()")[0][0]:
+                self._query("SELECT pg_promote(wait => false)")
+            elif me not in parse_sync_names(self._query("SHOW synchronous_standby_names")[0][0])[1]:
+                return  # promoted earlier, its setting made (and perhaps changed since by sync_degrade/restore)
+            self._alter_sync_names(want)  # also after an agent restart between pg_promote and this
+            done = wait_until(lambda: self._promoted(want), self.s.timeout, WRITABLE_LOOK_S)
         except psycopg2.Error as exc:
             raise ActionError(f"promote: postgres at {self.s.host}:{self.s.port}: {str(exc).strip()[:200]}") from exc
         if not done:
-            raise ActionError(f"promote: still in recovery after replication.timeout = {self.s.timeout:g} s")
+            raise ActionError(f"promote: still in recovery, or synchronous_standby_names not yet {want!r}, after"
+                              f" replication.timeout = {self.s.timeout:g} s")
 
-    def _wait_writable(self) -> bool:
-        """pg_promote(wait => true) looks only every 100 ms; a failover is shorter when we look
-        every WRITABLE_LOOK_S ourselves (one cheap query on the open connection)."""
-        return wait_until(lambda: not self._query("SELECT pg_is_in_recovery()")[0][0], self.s.timeout,
-                          WRITABLE_LOOK_S)
+    def _promoted(self, want: str) -> bool:
+        """Out of recovery, and the reload seen. pg_promote(wait => true) looks only every
+        100 ms; this looks every WRITABLE_LOOK_S, one query on the open connection."""
+        in_recovery, setting = self._query(
+            "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')")[0]
+        return not in_recovery and setting == want
 
-    def _set_sync_names_for_primary(self) -> None:
-        me = self.s.application_name or self._query("SHOW cluster_name")[0][0]
+    def _sync_value_after_promote(self, me: str) -> str:
+        """ANY 1 of sync_after_promote other than this server, or empty: never this server itself."""
         others = [n for n in self.s.sync_after_promote if n != me]
-        value = f"ANY 1 ({', '.join(_quote_ident(n) for n in others)})" if others else ""
+        return f"ANY 1 ({', '.join(_quote_ident(n) for n in others)})" if others else ""
+
+    def _alter_sync_names(self, value: str) -> None:
+        """ALTER SYSTEM and a reload; the postmaster's reload reaches new sessions only."""
         self._query("ALTER SYSTEM SET synchronous_standby_names = '{}'".format(value.replace("'", "''")))
         self._query("SELECT pg_reload_conf()")
 
@@ -504,10 +518,7 @@ class PostgresAdapter:
         return f"synchronous_standby_names {before!r} -> {after!r}"
 
     def _set_sync_names(self, names: list[str]) -> None:
-        value = sync_value(names).replace("'", "''")
-        self._query(f"ALTER SYSTEM SET synchronous_standby_names = '{value}'")
-        self._query("SELECT pg_reload_conf()")
-        # the postmaster's reload reaches new sessions only
+        self._alter_sync_names(sync_value(names))
         wait_until(lambda: self._fresh_setting() == sync_value(names), self.s.timeout, 0.01)
 
     def _fresh_setting(self) -> str:

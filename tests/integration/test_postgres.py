@@ -178,6 +178,36 @@ def test_planned_switchover_demote_then_promote(make_cluster) -> None:
     cluster.sql("n2", "INSERT INTO billing VALUES ('after-switchover', 1)")
 
 
+def test_promote_answers_once_the_new_setting_is_in_force_and_mends_a_half_done_promotion(make_cluster) -> None:
+    """pg_promote comes first and synchronous_standby_names is written during the end of
+    recovery; promote returns only when a new session gets the new setting (the rig's
+    cluster names n2 as the synchronous standby: left so, n2's own commits would wait for
+    itself). An agent restarted between pg_promote and the setting finds a primary that
+    still names itself and sets it; one that names others is left as it is."""
+    cluster = make_cluster()
+    ad = adapters(cluster)
+    cluster.kill("n1")
+    wait_status(ad["n2"], lambda s: s.peer_alive is False, 5, "standby noticing the dead primary")
+    assert cluster.sql("n2", "SHOW synchronous_standby_names") == [('"n2"',)]
+    ad["n2"].promote()
+    assert cluster.sql("n2", "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')") == \
+        [(False, "")]
+
+    def named(value: str) -> None:
+        cluster.sql("n2", f"ALTER SYSTEM SET synchronous_standby_names = '{value}'")
+        cluster.sql("n2", "SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 5
+        while cluster.sql("n2", "SHOW synchronous_standby_names") != [(value,)]:
+            assert time.monotonic() < deadline, f"reload to {value!r} not seen"
+            time.sleep(0.02)
+    named('"n2"')
+    ad["n2"].promote()
+    assert cluster.sql("n2", "SHOW synchronous_standby_names") == [("",)]
+    named('"n3"')
+    ad["n2"].promote()
+    assert cluster.sql("n2", "SHOW synchronous_standby_names") == [('"n3"',)]
+
+
 def test_unreachable_server_is_unknown_and_actions_fail(make_cluster) -> None:
     cluster = make_cluster()
     ad = adapters(cluster)

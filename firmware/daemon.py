@@ -53,6 +53,22 @@ RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups", "http", "snmp")
 VERDICT_WAIT_S = 5.0  # an order's answer: decide runs every timing.interval, so this means stuck
 
 
+def next_slot(tick: float, began: float, now: float, interval: float) -> tuple[float, float]:
+    """The loop's next tick after a cycle that began at ``began`` and ended at ``now``, and how
+    far that cycle ran past the following slot (0: not at all; the next cycle then starts at once).
+
+    A cycle woken before its tick (a lease's end, an action's result, a server's news, an
+    order) is one more, and leaves the tick where it was: counted as the tick's, it pushed the
+    next poll of every server up to two intervals away, and a failover that waited for the
+    standby to stop hearing the primary waited 40 ms more."""
+    if began < tick:
+        return tick, 0.0
+    following = tick + interval
+    if now > following:
+        return now, now - following
+    return following, 0.0
+
+
 def with_unsent(state: State, queued: tuple[Action, ...]) -> State:
     """The state to save: a restart sends its alerts again (decide's resume), and those are
     only the alerts of the decision that made it. Alerts of earlier decisions still queued on
@@ -144,6 +160,7 @@ class Daemon:
         while not self.stop.is_set():
             if self.reload.is_set():
                 self._reload()
+            began = self.clock()
             healthy = self._cycle()
             if healthy and not ready:
                 self.app.sd_notify("READY=1")  # after the first full cycle that worked
@@ -154,12 +171,10 @@ class Daemon:
             if healthy and self.clock() - last_pet >= pet_every:
                 self.app.sd_notify("WATCHDOG=1")  # only from the loop, only after a healthy cycle
                 last_pet = self.clock()
-            interval = self.cfg.timing.interval  # a reload may change it
-            cycle_start, next_tick = next_tick, next_tick + interval
             now = self.clock()
-            if now > next_tick:  # this cycle ran past its slot: start the next one now
-                self._overrun(now - cycle_start - interval)
-                next_tick = now
+            next_tick, late = next_slot(next_tick, began, now, self.cfg.timing.interval)  # a reload may change it
+            if late:
+                self._overrun(late)
             # a lease that runs out before the next tick is judged when it does, not up to an interval later
             lease_end = first_lease_end(self.last_obs.servers, self.cfg.timing, self._stall) \
                 if self.last_obs else math.inf

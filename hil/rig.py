@@ -447,7 +447,11 @@ class Rig(Built):
         self.site.power_on(name)
         self._start_server(name)  # the agent first: it must answer even if the database does not
         if self.pg is not None:
-            self.pg.start(name)
+            try:
+                self.pg.start(name)
+            except RuntimeError as exc:  # the boot and the agent's rejoin (which stops it) race, as on a server
+                log.info("rig: %s powered on, its database did not finish starting: %s", name,
+                         str(exc).splitlines()[0])
 
     # ------------------------------------------------------------------ observing
 

@@ -53,15 +53,19 @@ def _say(text: str) -> None:
 # ---------------------------------------------------------------------- outage
 
 
-def arbiter_outages(runs: int, workdir: Path, budget: bool = False, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+def arbiter_outages(runs: int, workdir: Path, budget: bool = False, prefix: str = DEFAULT_PREFIX,
+                    wal_segsize_mb: int | None = None) -> dict[str, Any]:
     """Power-loss on a pair (master, one synchronous standby) under billing load, as
-    keepalived's runs have two hosts. A failed run is counted and listed, never hidden."""
+    keepalived's runs have two hosts. A failed run is counted and listed, never hidden.
+    ``wal_segsize_mb``: the database's WAL segment size (None: PostgreSQL's 16 MB); its
+    promotion writes and fsyncs a whole segment for the new timeline."""
     rows: list[dict[str, Any]] = []
     method = ""
     for i in range(runs):
         with CpuBudget(enabled=budget, prefix=prefix) as cpu:
             report = run_scenario("power-loss", workdir / f"arbiter{'-budget' if budget else ''}-{i}",
-                                  RigOptions(database=True), prepare=lambda rig: cpu.add(rig.arbiter_pid),
+                                  RigOptions(database=True, wal_segsize_mb=wal_segsize_mb),
+                                  prepare=lambda rig: cpu.add(rig.arbiter_pid),
                                   prefix=prefix)
             method = cpu.method
         d = report.details
@@ -79,7 +83,8 @@ def arbiter_outages(runs: int, workdir: Path, budget: bool = False, prefix: str 
            "billing_longest_gap": spread([r["billing_longest_gap_s"] for r in ok
                                           if r["billing_longest_gap_s"] is not None]),
            "steps_median_s": {k: _median([r["steps"][k] for r in ok]) for k in STEPS},
-           "lost_tx": sum(r["lost_tx"] or 0 for r in rows), "runs_detail": rows}
+           "lost_tx": sum(r["lost_tx"] or 0 for r in rows), "pg_wal_segsize_mb": wal_segsize_mb or 16,
+           "runs_detail": rows}
     if budget:
         out["budget"] = method
     return out
@@ -203,9 +208,11 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def run_bench(parts: list[str], workdir: Path, *, runs: int, soak_s: float, budget_soak_s: float,
-              endurance: int, cost_s: float, prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
+              endurance: int, cost_s: float, prefix: str = DEFAULT_PREFIX,
+              wal_segsize_mb: int | None = None) -> dict[str, Any]:
     """The figures of the parts asked for, each stamped with the load average it ran under.
-    ``prefix`` names every site the bench builds (keepalived's pairs: hil.keepalived.site_prefix)."""
+    ``prefix`` names every site the bench builds (keepalived's pairs: hil.keepalived.site_prefix);
+    ``wal_segsize_mb``: the database's WAL segments in the outage and budget parts."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"--parts {','.join(unknown)}: unknown (known: {', '.join(PARTS)})")
@@ -215,7 +222,7 @@ def run_bench(parts: list[str], workdir: Path, *, runs: int, soak_s: float, budg
     for part in parts:
         started, load = time.monotonic(), os.getloadavg()[0]
         if part == "outage":
-            figures["arbiter"] = arbiter_outages(runs, workdir, prefix=prefix)
+            figures["arbiter"] = arbiter_outages(runs, workdir, prefix=prefix, wal_segsize_mb=wal_segsize_mb)
             for advert in ADVERTS:
                 figures[f"keepalived_{advert:g}"] = keepalived_outages(runs, workdir, advert, prefix)
         elif part == "cost":
@@ -228,7 +235,8 @@ def run_bench(parts: list[str], workdir: Path, *, runs: int, soak_s: float, budg
             figures[f"soak_keepalived_{SOAK_ADVERT:g}"] = keepalived_soak(workdir / "soak-ka", soak_s, SOAK_ADVERT,
                                                                           prefix)
         elif part == "budget":
-            figures["arbiter_budget"] = arbiter_outages(runs, workdir, budget=True, prefix=prefix)
+            figures["arbiter_budget"] = arbiter_outages(runs, workdir, budget=True, prefix=prefix,
+                                                        wal_segsize_mb=wal_segsize_mb)
             figures["arbiter_budget"]["soak"] = arbiter_soak(workdir / "soak-budget", budget_soak_s, budget=True,
                                                              prefix=prefix)
         elif part == "endurance" and endurance > 0:
@@ -284,7 +292,8 @@ def render(f: dict[str, Any]) -> str:
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     steps = fig("arbiter", "steps_median_s")
     if steps:
-        lines.append("arbiter step medians (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in steps.items()))
+        lines.append("arbiter step medians (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in steps.items())
+                     + f" (PostgreSQL WAL segments of {fig('arbiter', 'pg_wal_segsize_mb') or 16} MB)")
     if "arbiter_budget" in f:
         lines.append(f"budget: {f['arbiter_budget'].get('budget') or '-'}")
     e = f.get("endurance")

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                             "the monitored part (default %(default)g)")
     bench.add_argument("--parts", default="", help=f"comma-separated subset of {', '.join(bench_mod.PARTS)} (default: all; "
                                                    "endurance only with --endurance N)")
+    bench.add_argument("--pg-wal-segsize", type=_segsize, default=None, metavar="MB",
+                       help="the billing database's WAL segment size (initdb --wal-segsize: 1, 2, 4 ... 1024;"
+                            " default PostgreSQL's 16): a promotion writes and fsyncs a whole segment")
     bench.add_argument("--json", metavar="FILE", default="reports/bench.json",
                        help="figures merged into this file, the plot beside it as .png (default %(default)s)")
     sub.add_parser("cleanup", help="remove namespaces and processes left by a crashed run")
@@ -95,7 +98,7 @@ def _bench(args: argparse.Namespace) -> int:
     out = Path(args.json)
     figures = bench_mod.run_bench(parts, _workdir(args, "bench"), runs=args.runs, soak_s=args.soak_seconds,
                         budget_soak_s=args.budget_soak_seconds, endurance=args.endurance, cost_s=args.cost_seconds,
-                        prefix=args.prefix)
+                        prefix=args.prefix, wal_segsize_mb=args.pg_wal_segsize)
     if out.exists():
         figures = bench_mod.merge(json.loads(out.read_text()), figures)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +107,17 @@ def _bench(args: argparse.Namespace) -> int:
     print(bench_mod.render(figures))
     print(f"[bench] figures: {out}, plot: {out.with_suffix('.png')}", file=sys.stderr)
     return 0
+
+
+def _segsize(text: str) -> int:
+    """initdb accepts a power of two from 1 to 1024 (MB)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1024 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: a power of two from 1 to 1024 (MB), as initdb --wal-segsize")
+    return value
 
 
 def _prefix(text: str) -> str:

@@ -75,10 +75,14 @@ class NodeSpec:
 
 class PgCluster(Built):
     def __init__(self, workdir: Path, nodes: list[NodeSpec], bindir: str = DEFAULT_BINDIR,
-                 listen_all: bool = False) -> None:
+                 listen_all: bool = False, wal_segsize_mb: int | None = None) -> None:
         """``listen_all``: in the rig's namespaces every server listens on every address, so
-        it answers on the virtual IP once it holds it; on loopback each keeps its own."""
+        it answers on the virtual IP once it holds it; on loopback each keeps its own.
+        ``wal_segsize_mb``: initdb's --wal-segsize (None: PostgreSQL's 16). A promotion copies the last WAL segment to
+        the new timeline, all of it written and fsynced: with PostgreSQL's 16 MB that was ~50
+        of the ~70 ms from pg_promote to accepting writes on the rig, with 1 MB ~20 ms."""
         self.listen_all = listen_all
+        self.wal_segsize_mb = wal_segsize_mb
         roles = [n.role for n in nodes]
         if roles.count("primary") != 1 or any(r not in ("primary", "sync", "async") for r in roles):
             raise ValueError(f"nodes: need exactly one primary and sync/async standbys, got roles {roles}")
@@ -94,7 +98,8 @@ class PgCluster(Built):
         primary = next(n for n in self.nodes.values() if n.role == "primary")
         self._prepare(primary)
         self._cmd(primary, [f"{self.bindir}/initdb", "-D", str(self.data(primary.name)), "-U", OS_USER,
-                            "--data-checksums", "-A", "trust", "--no-sync"])
+                            "--data-checksums", "-A", "trust", "--no-sync",
+                            *([f"--wal-segsize={self.wal_segsize_mb}"] if self.wal_segsize_mb else [])])
         sync = [n.name for n in self.nodes.values() if n.role == "sync"]
         with (self.data(primary.name) / "postgresql.conf").open("a") as conf:
             conf.write(_CLUSTER_CONF.format(sync=", ".join(f'"{s}"' for s in sync)))

@@ -63,6 +63,7 @@ class RigOptions:
     monitoring: bool = False  # the appliance's HTTP and SNMP status, a fast heartbeat trap, agents' alert traps
     browser: bool = False  # with monitoring: a monitoring station with chromium, started before the appliance
     prefix: str = DEFAULT_PREFIX  # namespaces <prefix>-<host>: rigs with different prefixes run side by side
+    wal_segsize_mb: int | None = None  # the database's WAL segments (initdb --wal-segsize); None: PostgreSQL's 16 MB
 
 
 def server_names(opts: RigOptions) -> list[str]:
@@ -151,7 +152,7 @@ class Rig(Built):
         roles = ["primary", "sync"] + ["async"] * (len(self.servers) - 2)
         nodes = [NodeSpec(name, self.site.ip(name), 5432, self.site.netns(name), role)
                  for name, role in zip(self.servers, roles)]
-        self.pg = PgCluster(self.workdir / "pg", nodes, listen_all=True)
+        self.pg = PgCluster(self.workdir / "pg", nodes, listen_all=True, wal_segsize_mb=self.opts.wal_segsize_mb)
         self.pg.__enter__()
 
     def start_billing(self, rate_hz: float = 50.0) -> None:

@@ -355,7 +355,7 @@ class Poller:
         for (name, channel), link in self._links.items():
             nonce = secrets.randbits(64)
             with self._codec_lock:
-                _, raw = self._codec.make(Kind.POLL, name, {"n": nonce})
+                raw = self._codec.poll(name, nonce)
             with self._lock:
                 link.polls[nonce] = now
                 while len(link.polls) > POLL_MEMORY:

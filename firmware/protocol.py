@@ -63,6 +63,7 @@ with the stored result again and never runs it twice.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import json
@@ -133,14 +134,23 @@ def _id_bytes(value: str, what: str) -> bytes:
 
 def encode(frame: Frame, key: bytes) -> bytes:
     """Serialise and sign a frame; raises ProtocolError for a frame that breaks the bounds."""
-    sender, receiver = _id_bytes(frame.sender, "sender"), _id_bytes(frame.receiver, "receiver")
-    if not (0 <= frame.boot_id <= _U64 and 0 <= frame.seq <= _U64):
-        raise ProtocolError("bad-counter", "boot id and seq must fit in 64 bits")
     body = json.dumps(frame.payload, separators=(",", ":"), sort_keys=True).encode()
+    return _signed(_header(frame.kind, frame.sender, frame.receiver), frame.boot_id, frame.seq, body, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _header(kind: Kind, sender: str, receiver: str) -> bytes:
+    """Magic, version, kind, sender and receiver: the same for every frame between two nodes."""
+    s, r = _id_bytes(sender, "sender"), _id_bytes(receiver, "receiver")
+    return b"".join((MAGIC, bytes((VERSION, int(kind), len(s))), s, bytes((len(r),)), r))
+
+
+def _signed(header: bytes, boot_id: int, seq: int, body: bytes, key: bytes) -> bytes:
+    if not (0 <= boot_id <= _U64 and 0 <= seq <= _U64):
+        raise ProtocolError("bad-counter", "boot id and seq must fit in 64 bits")
     if len(body) > MAX_PAYLOAD:
         raise ProtocolError("oversized", f"payload {len(body)} bytes > {MAX_PAYLOAD}")
-    msg = b"".join((MAGIC, bytes((VERSION, int(frame.kind), len(sender))), sender, bytes((len(receiver),)),
-                    receiver, _COUNTERS.pack(frame.boot_id, frame.seq, len(body)), body))
+    msg = b"".join((header, _COUNTERS.pack(boot_id, seq, len(body)), body))
     return msg + hmac.new(key, msg, hashlib.sha256).digest()
 
 
@@ -480,6 +490,15 @@ class Codec:
         """A signed frame for ``to`` (KeyError for a node this codec has no key for)."""
         seq = self.next_seq()
         return seq, encode(Frame(kind, self.sender, to, self.boot_id, seq, payload or {}), self._keys[to])
+
+    def poll(self, to: str, nonce: int) -> bytes:
+        """A signed poll, byte for byte what ``make(Kind.POLL, to, {"n": nonce})`` gives,
+        without a Frame and a JSON encoder's pass for a payload of one number: the appliance
+        sends one on every link of every server each cycle."""
+        if not 0 <= nonce <= _U64:
+            raise ProtocolError("bad-poll", f"nonce {nonce}: not a 64-bit unsigned integer")
+        return _signed(_header(Kind.POLL, self.sender, to), self.boot_id, self.next_seq(), b'{"n":%d}' % nonce,
+                       self._keys[to])
 
     def read(self, raw: bytes, expect: str | None = None) -> Frame | None:
         """Authenticate, parse and replay-check a raw frame; None (and counted) if bad.

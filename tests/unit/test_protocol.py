@@ -31,6 +31,24 @@ def test_round_trip_keeps_every_field():
     assert decode(encode(f, KEY), KEY) == f
 
 
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**56))
+@example(0, 0)
+@example(2**64 - 1, 2**56)
+def test_a_poll_is_byte_for_byte_the_frame_make_builds(nonce, boot):
+    """Codec.poll skips the Frame and the JSON encoder; the wire must not tell the difference."""
+    fast, general = Codec("arbiter", {"master": KEY}, boot), Codec("arbiter", {"master": KEY}, boot)
+    for _ in range(3):  # and each takes the next sequence number
+        raw = fast.poll("master", nonce)
+        assert raw == general.make(Kind.POLL, "master", {"n": nonce})[1]
+    assert decode(raw, KEY) == frame(seq=3, boot=boot, payload={"n": nonce})
+
+
+def test_a_poll_nonce_outside_64_bits_is_refused():
+    for nonce in (-1, 2**64):
+        with pytest.raises(ProtocolError, match="bad-poll|64-bit"):
+            Codec("arbiter", {"master": KEY}, 1).poll("master", nonce)
+
+
 @pytest.mark.parametrize("mutate,reason", [
     (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "bad-mac"),
     (lambda raw: raw[:10], "truncated"),

@@ -6,11 +6,13 @@ ActionResult that the next cycle's observations carry back to decide, and the lo
 at once so the next step follows without waiting for a tick. Those threads run at the
 site's real-time priority, as the loop does: a failover's steps are on them.
 
-Reporting actions (Notify, SetStatus) run in order on one reporter thread, at normal
-priority. On the caller's (the loop's) thread, each alert's two atomic writes (its sequence
-number and the alarm state, each with its fsyncs) held the loop for 3 to 47 ms on the
-loaded rig, right after the fence had been confirmed: the promote waited for them. Those
-not yet carried out are ``unsent()``, for the daemon to save with its next decision.
+Reporting actions (Notify, SetStatus) run in order on one reporter thread. On the caller's
+(the loop's) thread, each alert's two atomic writes (its sequence number and the alarm
+state, each with its fsyncs) held the loop for 3 to 47 ms on the loaded rig, right after
+the fence had been confirmed: the promote waited for them. Those not yet carried out are
+``unsent()``, for the daemon to save with its next decision. The reporter runs at the same
+real-time priority: a normal thread holding the interpreter lock while a busy machine ran
+something else would hold up the loop and the failover's steps with it.
 """
 from __future__ import annotations
 
@@ -98,6 +100,7 @@ class Executor:
             self._reports_idle.wait_for(lambda: not self._unsent, timeout)
 
     def _report_loop(self) -> None:
+        self._realtime.enter()
         while True:
             action = self._reports.get()
             try:

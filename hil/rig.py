@@ -26,6 +26,7 @@ from firmware.control import request
 from firmware.errors import ArbiterError
 from firmware.realtime import Realtime
 from firmware.protocol import derive_key
+from host_tools.agent import LISTENING as AGENT_LISTENING
 from hil import toml_out
 from hil.lifecycle import Built
 from hil.monitor import read_changes
@@ -344,13 +345,27 @@ class Rig(Built):
         self.events.append((time.monotonic(), "arbiter-restart", ""))
         self._start_arbiter()
 
-    def restart_agent(self, name: str) -> None:
-        """Kill a server's agent (SIGKILL, as a crash would) and start it again, same config."""
+    def restart_agent(self, name: str, timeout: float = 15.0) -> None:
+        """Kill a server's agent (SIGKILL, as a crash would), start it again with the same
+        config, and return once the new one says it listens. The appliance may still count
+        the server alive from the old agent's last replies, so its status cannot tell."""
+        started = self.agent_log(name).count(AGENT_LISTENING)
         for proc in self.site.procs.get(name, []):
             if proc.name == f"agent-{name}" and proc.alive():
                 proc.kill()
         self.site.spawn(name, [PY, "-m", "host_tools.agent", "--config", str(self.workdir / f"agent-{name}.toml")],
                         log_name=f"agent-{name}")
+        deadline = time.monotonic() + timeout
+        while self.agent_log(name).count(AGENT_LISTENING) <= started:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}'s agent: not listening within {timeout:g} s of its restart")
+            time.sleep(0.01)
+
+    def agent_run_log(self, server: str) -> str:
+        """The log of the server's running agent: its log file holds every earlier run too."""
+        text = self.agent_log(server)
+        at = text.rfind(AGENT_LISTENING)
+        return text if at < 0 else text[text.rfind("\n", 0, at) + 1:]
 
     # ------------------------------------------------------------------ the rogue host (hil.rogue)
 

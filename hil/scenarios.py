@@ -470,11 +470,11 @@ REFUSED_LINE = "frames refused since start: "
 
 
 def _agent_refusals(rig: Rig) -> dict[str, dict[str, int]]:
-    """Each agent's latest running count of refused frames, from its log (the agent writes
-    one every REFUSED_LOG_EVERY_S while the counts change)."""
+    """Each running agent's latest count of refused frames since its start, from its log (it
+    writes one every REFUSED_LOG_EVERY_S while the counts change)."""
     out: dict[str, dict[str, int]] = {}
     for server in rig.servers:
-        lines = [line for line in rig.agent_log(server).splitlines() if REFUSED_LINE in line]
+        lines = [line for line in rig.agent_run_log(server).splitlines() if REFUSED_LINE in line]
         counts = lines[-1].split(REFUSED_LINE, 1)[1].split(", ") if lines else []
         out[server] = {reason: int(n) for reason, n in (c.rsplit(" ", 1) for c in counts)}
     return out
@@ -577,8 +577,9 @@ def lan_flood(rig: Rig, report: Report) -> None:
 def agent_restart_replay(rig: Rig, report: Report) -> None:
     """The commands sent to the old master during a switchover (demote, release the IP) are
     captured, its agent restarts (it is a standby now: a restart is no failure), and the
-    commands are played to it again, each twice: once before its first poll can have come
-    in, once after."""
+    commands are played to it again, each twice: as soon as it listens (its first poll may or
+    may not have come in: refused as from no fresh run, or as replays), and once it has been
+    polled for a while. The restarted agent must refuse and count every one."""
     rig.wait_ready()
     captured = _capture_switchover(rig, report)
     master = rig.site.ip("master")
@@ -587,17 +588,23 @@ def agent_restart_replay(rig: Rig, report: Report) -> None:
     runs_before = _commands_run(rig)
     rig.restart_agent("master")
     plan = [{"src": None, "dst": c["dst"], "data": c["data"]} for c in commands]
-    early = rig.rogue_send(plan, listen=0.0)  # the agent may not even listen yet: those are lost, not refused
+    early = rig.rogue_send(plan, listen=0.0)
     rig.wait_for(lambda st: all(s["alive"] and s["links"]["lan"]["state"] == "up" for s in st["servers"]), 15.0,
                  "agent back")
+    _settle(rig, 0.5)
     sent = rig.rogue_send(plan, listen=1.5)
     sent["answered"] += early["answered"]
-    time.sleep(REFUSED_LOG_EVERY_S)
+    sent["sent_own"] += early["sent_own"]
+    deadline = time.monotonic() + 2 * REFUSED_LOG_EVERY_S
+    while sum(_agent_refusals(rig)["master"].values()) < sent["sent_own"] and time.monotonic() < deadline:
+        time.sleep(0.1)
     refused = _agent_refusals(rig)
     report.details.update(commands_replayed=len(commands), rogue=sent, agents_refused=refused)
-    report.check("every replayed command refused and counted",
-                 sum(n for counts in refused.values() for n in counts.values()) >= len(commands))
+    report.check("every replayed command refused and counted by the restarted agent",
+                 sum(refused["master"].values()) >= sent["sent_own"] == 2 * len(commands))
     _nothing_acted_on(rig, report, runs_before, sent["answered"])
+
+
 # ---------------------------------------------------------------------- watching the watcher
 
 

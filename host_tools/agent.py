@@ -55,6 +55,7 @@ STALE_MIN_S = 1.0  # ... and older than this (a status command may take a while 
 SOURCE_RATE = 500.0  # UDP frames a second one source may send; the rest is dropped before any MAC
 WARN_EVERY_S = 60.0
 REFUSED_LOG_EVERY_S = 5.0
+LISTENING = "answering on udp"  # logged once every link is open: the rig waits for it after a restart
 
 Send = Callable[[bytes], None]
 
@@ -147,7 +148,7 @@ class Agent:
             self._start(target)
         if self.serial is not None:
             self.serial.start()
-        log.info("%s: answering on udp %s:%d%s", self.cfg.agent.name, self.cfg.agent.listen, self.cfg.agent.port,
+        log.info("%s: %s %s:%d%s", self.cfg.agent.name, LISTENING, self.cfg.agent.listen, self.cfg.agent.port,
                  f" and {self.cfg.agent.serial}" if self.serial else "")
         self.stop.wait()
         self.close()

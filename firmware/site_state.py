@@ -213,9 +213,13 @@ class State:
         return dataclasses.replace(state, conditions=tuple(sorted(state.conditions)))
 
     def substance(self) -> State:
-        """The state without its reason text and late links: those alone are not worth an SD
-        card write (a late reply under packet loss comes and goes many times an hour)."""
-        return self.evolve(reason="", conditions=tuple(c for c in self.conditions if c.kind is not CondKind.LATE))
+        """The state without its reason text, its late links and the stamp of the last ARP audit
+        judged: those alone are not worth an SD card write. A late reply under packet loss comes
+        and goes many times an hour; an audit is judged every vip.audit_interval (a write a
+        second), and what it finds is saved as conditions, actions and vip_released, while an
+        older stamp after a restart only lets the next audit be judged, as it would be anyway."""
+        return self.evolve(reason="", vip_audit_at=0.0,
+                           conditions=tuple(c for c in self.conditions if c.kind is not CondKind.LATE))
 
     def rebased(self, now: float, hold_down: float) -> State:
         """Monotonic stamps from another kernel boot mean nothing: restart every timer now.

@@ -2,7 +2,8 @@
 consistent outcome. Never two primaries, never a second fence after one was confirmed,
 never a promote before the fence was confirmed, never a flip back.
 
-The appliance here is the real decide() and the real atomic StateStore; the site is a small
+The appliance here is the real decide(), the daemon's rule of when a state is saved and the
+real atomic StateStore; the site is a small
 model that carries out actions the way the executor would. A crash can strike before the
 state is saved, after it is saved but before the actions run, or after they ran but before
 their results were seen; a crash also drops the GPIO lines to their fail-safe level (relays
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from firmware.daemon import worth_saving
 from firmware.decide import decide
 from firmware.model import (ActionResult, Fence, HoldFence, LinkState, Observations, Promote,
-                            Role, TakeIp, VerifyIp)
+                            Role, TakeIp, VerifyIp, VipAudit)
 from firmware.site_state import Phase, State
 from firmware.state import StateStore
-from tests.unit.sitekit import report, server, site_config
+from tests.unit.sitekit import MACS, report, server, site_config
 
 CFG = site_config()
 DT = CFG.timing.interval
@@ -53,10 +55,12 @@ class World:
         detail = f"macs={','.join(sorted(self.vip))}" if isinstance(action, VerifyIp) else ""
         return ActionResult(action.id, True, detail)
 
-    def observe(self, run: int, results: tuple[ActionResult, ...]) -> Observations:
+    def observe(self, run: int, results: tuple[ActionResult, ...], now: float) -> Observations:
+        """An ARP audit every cycle too: its stamp alone is not saved (daemon.worth_saving)."""
         standby = server("standby", rep=report(role=self.role["standby"]))
         master = server("master", LinkState.DEAD, LinkState.DEAD, rep=report(role=Role.PRIMARY))
-        return Observations(servers=(master, standby), results=results, run=run)
+        audit = VipAudit(now - DT / 2, frozenset(MACS[s] for s in self.vip))
+        return Observations(servers=(master, standby), results=results, run=run, vip_audit=audit)
 
 
 def simulate(seed: int, tmp_path) -> tuple[World, State]:
@@ -68,13 +72,14 @@ def simulate(seed: int, tmp_path) -> tuple[World, State]:
     run, now, pending, settled = 1, 100.0, (), 0
     for _ in range(400):
         now += DT
-        d = decide(state, world.observe(run, pending), now, CFG)
+        d = decide(state, world.observe(run, pending, now), now, CFG)
         crash = rnd.random() < 0.15 and settled == 0
         point = rnd.choice(("before-save", "after-save", "after-actions"))
         if crash and point == "before-save":
             state, pending, run = _restart(store, world, run)
             continue
-        store.save(d.state.to_dict())
+        if worth_saving(state, d.state, d.actions):  # as the daemon does: always before acting
+            store.save(d.state.to_dict())
         if crash and point == "after-save":
             state, pending, run = _restart(store, world, run)
             continue

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice, GPIOZeroError
+from gpiozero import DigitalInputDevice, DigitalOutputDevice, GPIOZeroError
 from gpiozero.pins import Factory
 
 from board.pins import PIN_MAPS, STATUS_LEDS
@@ -97,8 +97,10 @@ class Board:
         self._leds = {status: self._output(pin) for status, pin in STATUS_LEDS.items()}
         self._button = None
         if cfg.board.ack_button:
-            self._button = Button(self._pin(cfg.board.ack_button, "board.ack_button"), bounce_time=0.05,
-                                  pin_factory=factory)
+            # a button as gpiozero's Button reads it (pulled up, pressed when low), without the
+            # thread Button keeps for when_held, which woke ten times a second to look for a hold
+            self._button = DigitalInputDevice(self._pin(cfg.board.ack_button, "board.ack_button"), pull_up=True,
+                                              bounce_time=0.05, pin_factory=factory)
 
     def _pin(self, name: str, key: str) -> int:
         try:
@@ -139,7 +141,7 @@ class Board:
 
     def on_ack(self, callback: Callable[[], None]) -> None:
         if self._button is not None:
-            self._button.when_pressed = lambda: callback()
+            self._button.when_activated = lambda: callback()
 
     def outputs(self) -> dict[str, bool]:
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 
 import pytest
@@ -100,6 +101,15 @@ def test_ack_button_calls_back():
     pin.drive_low()  # pulled up; pressing pulls it low
     time.sleep(0.1)
     assert pressed == [1]
+
+
+def test_the_ack_button_keeps_no_thread_awake():
+    """gpiozero's Button keeps a thread for when_held that wakes ten times a second; the
+    board only needs the press."""
+    from gpiozero.mixins import HoldThread
+    board, factory, pins = make_board()
+    board.on_ack(lambda: None)
+    assert not [t for t in threading.enumerate() if isinstance(t, HoldThread)]
 
 
 def test_wrong_board_or_library_is_a_clear_error():

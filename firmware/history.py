@@ -17,7 +17,10 @@ from firmware.site_state import Phase, State
 
 # The steps of a failover whose time status shows, by the action that carries each out.
 _STEPS = {Fence: "fence_s", Promote: "promote_s", TakeIp: "take_ip_s", VerifyIp: "verify_s"}
-_OPERATIONS = frozenset({Phase.FENCING, Phase.DEMOTING})  # the first phase of a failover or switchover
+# The first phase of an operation: fencing (a failover), promoting (a failover under
+# policy.fencing = none), demoting (a switchover); entered from one of the idle phases.
+_FIRST = frozenset({Phase.FENCING, Phase.PROMOTING, Phase.DEMOTING})
+_IDLE = frozenset({Phase.STARTING, Phase.NORMAL, Phase.HALTED})
 
 
 class Journal(Protocol):
@@ -71,7 +74,7 @@ class History:
         self.journal.append({"kind": "phase", "from": before.phase.value, "to": after.phase.value,
                              "after_s": round(now - before.since, 3), "primary": after.primary,
                              "target": op.target if op else None, "operation": op.kind.value if op else ""})
-        if op and after.phase in _OPERATIONS and before.phase not in _OPERATIONS | {Phase.PROMOTING}:
+        if op and after.phase in _FIRST and before.phase in _IDLE:
             self._operation = _Operation(op.kind.value, op.old, op.target, now,
                                          {"detection_s": _detection(obs, op.old, now)})
         elif after.phase in (Phase.NORMAL, Phase.HALTED) and self._operation is not None:

@@ -25,12 +25,12 @@ def silent_master(last_seen: float):
                                                          LinkObs(Channel.LAN, LinkState.DEAD, last_seen - 0.05)))
 
 
-def run_failover(history: History) -> State:
+def run_failover(history: History, cfg=CFG, silent_s: float = 0.25) -> State:
     st, now, results = NORMAL, 100.0, ()
-    servers = (silent_master(99.75), server("standby"))
+    servers = (silent_master(now - silent_s), server("standby"))
     while True:
         o = obs(*servers, results=results)
-        d = decide(st, o, now, CFG)
+        d = decide(st, o, now, cfg)
         history.cycle(st, d.state, o, d.actions, d.reason != st.reason, now)
         st = d.state
         if st.phase is Phase.NORMAL:
@@ -56,6 +56,22 @@ def test_a_failover_leaves_phases_results_and_its_timings(tmp_path):
     assert any(r["kind"] == "decision" and "standby" in r["reason"] for r in records)
     again = History(journal).last_failover  # found again after a restart, with its stamps
     assert {k: again[k] for k in last} == last and again["ts"]
+
+
+def test_a_failover_without_a_fence_relay_leaves_its_record_too(tmp_path):
+    """Under policy.fencing = none a failover begins with promoting: it is an operation all the same."""
+    journal = Journal(tmp_path / "journal.jsonl")
+    history = History(journal)
+    cfg = site_config(policy={"fencing": "none"})
+    st = run_failover(history, cfg, silent_s=cfg.timing.self_fence_wait + 0.25)
+    phases = [(r["from"], r["to"]) for r in journal.tail(100) if r["kind"] == "phase"]
+    assert phases == [("normal", "promoting"), ("promoting", "taking-ip"), ("taking-ip", "verifying"),
+                      ("verifying", "normal")]
+    last = history.last_failover
+    assert last["completed"] and last["target"] == "standby" == st.primary and last["operation"] == "failover"
+    assert last["detection_s"] == cfg.timing.self_fence_wait + 0.25 and last["fence_s"] is None
+    assert last["promote_s"] == 0.125
+    assert last["total_s"] == 0.375
 
 
 def test_records_carry_millisecond_wall_and_monotonic_stamps(tmp_path):

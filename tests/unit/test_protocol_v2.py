@@ -309,11 +309,11 @@ def test_7_a_command_whose_first_copies_are_lost_is_still_carried_out_and_acked_
         agent._dispatch(copies[-2], "arbiter", wire)  # its command copy; all earlier copies were lost
         wait_until(lambda: adapter.promotes == 1 and len(wire.acks()) == 2)
         agent._dispatch(copies[-1], "arbiter", wire)  # the final ack was lost: the resend gets it again
-        assert wire.acks()[-1] == {"id": cmd_id, "done": True, "ok": True, "detail": "promote done; role now standby"}
+        assert wire.acks()[-1] == {"id": cmd_id, "done": True, "ok": True, "detail": "promote done; role now primary"}
         assert adapter.promotes == 1
         for raw in wire.raws:
             poller._receive("standby", Channel.LAN, raw)
-        assert poller.command_result(cmd_id) == (True, "promote done; role now standby")
+        assert poller.command_result(cmd_id) == (True, "promote done; role now primary")
     finally:
         poller.close()
         sink.close()

@@ -1,0 +1,68 @@
+"""The agent's virtual IP manager keeps one netlink socket from start-up and finds the
+interface's index by name each time: a socket opened per change and a dump of every link
+were two thirds of a takeover's address change."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+
+from firmware.errors import ActionError
+from host_tools.vip import VipManager
+
+
+@pytest.fixture
+def vip():
+    v = VipManager("127.0.0.1/8", "lo")
+    yield v
+    v.close()
+
+
+def _read_again(v: VipManager) -> bool:
+    v._held_at = float("-inf")
+    return v.held()
+
+
+def test_reads_use_the_socket_opened_at_start_up(vip):
+    kept = vip._ipr
+    assert kept is not None
+    assert _read_again(vip) and _read_again(vip)  # 127.0.0.1 is on lo
+    assert vip._ipr is kept
+
+
+def test_the_index_is_the_interfaces_own_and_a_missing_interface_is_named():
+    assert VipManager("127.0.0.1/8", "lo")._index() == socket.if_nametoindex("lo")
+    gone = VipManager("192.0.2.1/24", "nosuch0")
+    try:
+        with pytest.raises(ActionError, match="vip.interface = 'nosuch0': no such interface"):
+            gone.held()
+        assert gone._ipr is not None  # nothing wrong with the socket
+    finally:
+        gone.close()
+
+
+def test_a_socket_that_failed_is_dropped_and_the_next_call_opens_another(vip):
+    kept = vip._ipr
+
+    def broken(ipr, idx):
+        raise OSError(9, "bad file descriptor")
+    with pytest.raises(OSError):
+        vip._on_link(broken)
+    assert vip._ipr is None
+    assert _read_again(vip) and vip._ipr is not None and vip._ipr is not kept
+
+
+def test_the_kernels_refusal_keeps_the_socket(vip):
+    kept = vip._ipr
+
+    def refused(ipr, idx):
+        raise NetlinkError(1, "operation not permitted")
+    with pytest.raises(NetlinkError):
+        vip._on_link(refused)
+    assert vip._ipr is kept
+
+
+def test_close_closes_the_socket(vip):
+    vip.close()
+    assert vip._ipr is None

@@ -214,6 +214,9 @@ class Daemon:
             if worth_saving(self.state, d.state, d.actions):
                 self.app.save_state(with_unsent(d.state, self.app.executor.unsent()))  # before any action runs
             before, self.state = self.state, d.state
+            # saved: the acting batch starts now (then the alerts); the log and the journal come
+            # after it, since the journal's periodic fsync had come before a failover's fence
+            self.app.executor.submit(d.actions)
             target = d.state.op.target if d.state.op else None
             self.orders.answer(d.verdicts, target)  # saved first: an accepted order is kept
             self.last_obs = obs
@@ -225,7 +228,6 @@ class Daemon:
                 self._logged_reason = d.reason
                 self.last_decision_at = now
             self.history.cycle(before, d.state, obs, d.actions, new_reason, now)
-            self.app.executor.submit(d.actions)  # the acting batch starts first, then the alerts
             self._progress(now)
             self._frames_rejected()
             self._heartbeat(now)

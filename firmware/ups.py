@@ -27,15 +27,19 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
     return m["ups"], m["host"].strip("[]"), int(m["port"] or 3493)
 
 
+RECV_BYTES = 4096  # PyNUTClient asks for 50 bytes a call: a LIST VAR answer took twenty system calls
+
+
 class _Closing:
     """PyNUTClient reads with recv() in a loop and spins forever when upsd closes the
-    connection (recv returns b""). This wrapper turns that into an error."""
+    connection (recv returns b""). This wrapper turns that into an error, and reads what has
+    arrived in one call (PyNUTClient keeps what follows the line it wanted for the next read)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
 
     def recv(self, n: int) -> bytes:
-        data = self._sock.recv(n)
+        data = self._sock.recv(max(n, RECV_BYTES))
         if not data:
             raise ConnectionError("upsd closed the connection")
         return data
@@ -45,16 +49,12 @@ class _Closing:
 
 
 def read_ups(spec: str, username: str = "", password: str = "", timeout: float = 2.0) -> UpsObs:
-    ups, host, port = parse_spec(spec)
+    """One reading on a connection of its own."""
+    watch = UpsWatch({"": spec}, username, password, timeout)
     try:
-        raw = _client(host, port, username, password, timeout).GetUPSVars(ups)
-    except PyNUTError as exc:
-        return UpsObs(spec, reachable=False, error=_short(str(exc)))
-    except (OSError, ConnectionError, socket.timeout) as exc:
-        return UpsObs(spec, reachable=False, error=f"upsd {host}:{port}: {exc.__class__.__name__}: {exc}")
-    except (ValueError, IndexError, AttributeError, EOFError) as exc:  # PyNUT chokes on a garbled answer
-        return UpsObs(spec, reachable=False, error=f"bad answer from upsd {host}:{port}: {exc.__class__.__name__}")
-    return _parse_vars(spec, raw)
+        return watch.poll()[""]
+    finally:
+        watch.close()
 
 
 def _client(host: str, port: int, username: str, password: str, timeout: float) -> PyNUTClient:
@@ -125,14 +125,60 @@ def _parse_vars(spec: str, raw: Mapping[bytes, bytes]) -> UpsObs:
 
 
 class UpsWatch:
+    """Reads every server's UPS on one connection per upsd, kept from poll to poll as upsmon
+    keeps its own: a connection, a login and a LIST UPS for every reading cost the watch
+    thread more than the reading did."""
+
     def __init__(self, specs: Mapping[str, str], username: str = "", password: str = "",
                  timeout: float = 2.0) -> None:
         for spec in specs.values():
             parse_spec(spec)
         self.specs = dict(specs)
         self.username, self.password, self.timeout = username, password, timeout
+        self._sessions: dict[tuple[str, int], PyNUTClient] = {}
 
     def poll(self) -> dict[str, UpsObs]:
-        """One reading per server; blocking, bounded by ``timeout`` per UPS."""
-        return {server: read_ups(spec, self.username, self.password, self.timeout)
-                for server, spec in self.specs.items()}
+        """One reading per server; blocking, bounded by ``timeout`` per UPS (twice for a kept
+        connection that turns out broken)."""
+        return {server: self._read(spec) for server, spec in self.specs.items()}
+
+    def close(self) -> None:
+        for client in self._sessions.values():
+            _hang_up(client)
+        self._sessions.clear()
+
+    def _read(self, spec: str) -> UpsObs:
+        ups, host, port = parse_spec(spec)
+        kept = self._sessions.pop((host, port), None)
+        obs, client = self._ask(kept, spec, ups, host, port)
+        if client is None and kept is not None:  # a kept connection may only have gone stale (upsd restarted)
+            obs, client = self._ask(None, spec, ups, host, port)
+        if client is not None:
+            self._sessions[(host, port)] = client
+        return obs
+
+    def _ask(self, client: PyNUTClient | None, spec: str, ups: str, host: str,
+             port: int) -> tuple[UpsObs, PyNUTClient | None]:
+        """A reading, and the connection if it can serve the next one: after an error line
+        from upsd it can; after a broken, timed-out or garbled exchange nobody knows where
+        the stream stands, and it is closed."""
+        try:
+            if client is None:
+                client = _client(host, port, self.username, self.password, self.timeout)
+            return _parse_vars(spec, client.GetUPSVars(ups)), client
+        except PyNUTError as exc:
+            return UpsObs(spec, reachable=False, error=_short(str(exc))), client
+        except (OSError, ConnectionError, socket.timeout) as exc:
+            error = f"upsd {host}:{port}: {exc.__class__.__name__}: {exc}"
+        except (ValueError, IndexError, AttributeError, EOFError) as exc:  # PyNUT chokes on a garbled answer
+            error = f"bad answer from upsd {host}:{port}: {exc.__class__.__name__}"
+        if client is not None:
+            _hang_up(client)
+        return UpsObs(spec, reachable=False, error=error), None
+
+
+def _hang_up(client: PyNUTClient) -> None:
+    try:
+        client._PyNUTClient__srv_handler.close()  # see _client
+    except OSError:
+        pass

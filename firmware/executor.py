@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from firmware.errors import ActionError, ArbiterError
+from firmware.errors import ArbiterError
 from firmware.model import REPORTING, Action, ActionResult
 from firmware.realtime import NORMAL, Realtime
-from firmware.waiting import wait_until
 
 log = logging.getLogger("arbiter.executor")
 
@@ -148,15 +147,3 @@ class Executor:
         with self._lock:
             self._results.append(result)
 
-
-def wait_for(check: Callable[[], object], timeout: float, what: str,
-             clock: Callable[[], float] = time.monotonic, step: float = 0.005) -> object:
-    """Poll ``check`` until it returns something not None, or raise ActionError."""
-    got: list[object] = [None]
-
-    def answered() -> bool:
-        got[0] = check()
-        return got[0] is not None
-    if not wait_until(answered, timeout, step, clock):
-        raise ActionError(f"{what}: no answer within {timeout:g} s")
-    return got[0]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from firmware.config import Config, FenceMode
 from firmware.errors import ActionError, SplitBrainSuspected
-from firmware.executor import Handler, wait_for
+from firmware.executor import Handler
 from firmware.model import (Backup, DegradeSync, Demote, Fence, HoldFence, Notify, PowerOn, Promote,
                             Rebuild, Rejoin, ReleaseIp, RestoreSync, SetStatus, Shutdown, TakeIp, VerifyIp)
 
@@ -32,7 +32,7 @@ class BoardPort(Protocol):
 
 class CommandPort(Protocol):
     def send_command(self, server: str, op: str, args: dict[str, Any]) -> str: ...
-    def command_result(self, cmd_id: str) -> tuple[bool, str] | None: ...
+    def wait_result(self, cmd_id: str, timeout: float) -> tuple[bool, str] | None: ...
 
 
 class NotifyPort(Protocol):
@@ -40,8 +40,6 @@ class NotifyPort(Protocol):
 
 
 ArpProbe = Callable[[str, str], frozenset[str]]
-ACK_LOOK_S = 0.001  # how often a command's handler looks for the agent's acknowledgement: each step of a
-# failover waits for one, and at 5 ms the promote and the take-IP each lost 2.5 ms on average
 # fence level 2: (ups spec, instcmd, timeout, power-sense reads off) -> what confirmed it, or ActionError
 OutletCut = Callable[[str, str, float, Callable[[], bool]], str]
 
@@ -53,8 +51,11 @@ def make_handlers(cfg: Config, board: BoardPort, agents: CommandPort, notifier: 
     def command(server: str, op: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> str:
         cmd_id = agents.send_command(server, op, args or {})
         bound = "timing.action_timeout" if timeout is None else "timing.rebuild_timeout"
-        ok, detail = wait_for(lambda: agents.command_result(cmd_id), timeout or t.action_timeout,
-                              f"{op} on {server} ({bound})", step=ACK_LOOK_S)  # type: ignore[misc]
+        limit = timeout or t.action_timeout
+        result = agents.wait_result(cmd_id, limit)  # woken as the acknowledgement arrives
+        if result is None:
+            raise ActionError(f"{op} on {server} ({bound}): no answer within {limit:g} s")
+        ok, detail = result
         if not ok:
             raise ActionError(f"{op} on {server} refused: {detail}")
         return detail or f"{op} done"

@@ -321,6 +321,7 @@ class Poller:
         self._codec_lock = threading.Lock()  # readers on several threads share its replay state
         self._clock = clock
         self._lock = threading.Lock()
+        self._acked = threading.Condition(self._lock)  # a command's result arrived
         self._links: dict[tuple[str, Channel], _Link] = {}
         self._serial: dict[str, SerialPort] = {}
         self._udp_peer: dict[str, tuple[str, int]] = {}
@@ -398,8 +399,19 @@ class Poller:
 
     def command_result(self, cmd_id: str) -> tuple[bool, str] | None:
         with self._lock:
-            cmd = self._commands.get(cmd_id)
-            return None if cmd is None else cmd.result
+            return self._result(cmd_id)
+
+    def wait_result(self, cmd_id: str, timeout: float) -> tuple[bool, str] | None:
+        """The command's result as soon as the reader has the agent's acknowledgement, or None
+        after ``timeout`` seconds. Every step of a failover waits here: the reader wakes it,
+        where looking every millisecond woke a real-time thread a thousand times a second."""
+        with self._acked:
+            self._acked.wait_for(lambda: self._result(cmd_id) is not None, timeout)
+            return self._result(cmd_id)
+
+    def _result(self, cmd_id: str) -> tuple[bool, str] | None:
+        cmd = self._commands.get(cmd_id)
+        return None if cmd is None else cmd.result
 
     # ------------------------------------------------------------------ receiving
 
@@ -502,6 +514,7 @@ class Poller:
                 self._malformed["ack-unmatched"] = self._malformed.get("ack-unmatched", 0) + 1
             elif ack.done and cmd.result is None:
                 cmd.result = (ack.ok, ack.detail)
+                self._acked.notify_all()
 
     def _count(self, reason: str) -> None:
         with self._lock:

@@ -67,8 +67,11 @@ class FakeAgents:
         self.sent[cmd_id] = op
         return cmd_id
 
-    def command_result(self, cmd_id):
-        return None if self.answer is None else (self.answer, "ok" if self.answer else "pg_promote failed")
+    def wait_result(self, cmd_id, timeout):
+        if self.answer is None:  # an agent that never answers
+            time.sleep(timeout)
+            return None
+        return self.answer, "ok" if self.answer else "pg_promote failed"
 
 
 class FakeNotifier:

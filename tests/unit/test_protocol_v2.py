@@ -482,3 +482,26 @@ def test_a_reply_naming_its_synchronous_standbys_wrongly_is_refused(sync):
     with pytest.raises(ProtocolError) as exc:
         Reply.parse({"re": 1, "healthy": True, "role": "primary", "repl": {"sync": sync}})
     assert exc.value.reason == "bad-reply" and "sync" in str(exc.value)
+
+
+def test_a_command_handler_is_woken_by_the_acknowledgement():
+    """The executor's thread waits on the poller; the reader's acknowledgement wakes it at
+    once (it looked every millisecond before), and no acknowledgement is a None at the end."""
+    poller = _poller()
+    try:
+        cmd_id = poller.send_command("master", "promote", {})
+        ack = agent_codec("master").make(Kind.ACK, "arbiter", {"id": cmd_id, "done": True, "ok": True, "detail": "x"})
+        arrived: list[float] = []
+
+        def agent_answers() -> None:
+            time.sleep(0.1)
+            arrived.append(time.monotonic())
+            poller._receive("master", Channel.LAN, ack[1])
+        threading.Thread(target=agent_answers, daemon=True).start()
+        assert poller.wait_result(cmd_id, 5.0) == (True, "x")
+        assert time.monotonic() - arrived[0] < 0.05
+        t0 = time.monotonic()
+        assert poller.wait_result(poller.send_command("master", "take_ip", {}), 0.2) is None
+        assert 0.2 <= time.monotonic() - t0 < 1.0
+    finally:
+        poller.close()

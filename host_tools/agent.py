@@ -126,6 +126,7 @@ class Agent:
             (k, v) for k, v in saved.get("commands", {}).items() if isinstance(v, dict) and v.get("done"))
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.realtime = Realtime(a.realtime_priority, "agent.realtime_priority")
         self.vip = self._vip_manager() if cfg.vip.address else None
         self._peer_polls: dict[int, float] = {}
         self._peer_lock = threading.Lock()  # the peer thread adds polls, the receivers take them
@@ -136,7 +137,6 @@ class Agent:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((a.listen, a.port))
         self.sock.settimeout(0.2)
-        self.realtime = Realtime(a.realtime_priority, "agent.realtime_priority")
         self._last_link: dict[str, Any] = {}
         self.watched = Watched(a.unobserved_after, time.monotonic())
         self.alert_hook = HookSink(shlex.split(a.alert_hook), env={"ARBITER_ENTERPRISE": a.enterprise_oid}) \
@@ -554,7 +554,8 @@ class Agent:
         """Built at start-up, with everything a takeover needs loaded."""
         from host_tools.vip import VipManager
         v = self.cfg.vip
-        return VipManager(v.address, v.interface, v.garp_count, v.garp_interval, v.refresh_s)
+        return VipManager(v.address, v.interface, v.garp_count, v.garp_interval, v.refresh_s,
+                          enter=self.realtime.enter)
 
     def _vip(self, op: str) -> str:
         assert self.vip is not None

@@ -1,9 +1,11 @@
-"""The agent's virtual IP manager keeps one netlink socket from start-up and finds the
-interface's index by name each time: a socket opened per change and a dump of every link
-were two thirds of a takeover's address change."""
+"""The agent's virtual IP manager keeps one netlink socket from start-up, used from the thread
+that opened it only (pyroute2 sets up and tears down an event loop for a call from any other),
+and finds the interface's index by name each time: a socket opened per change, a dump of every
+link and the calls from other threads were two thirds of a takeover's address change."""
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
@@ -63,6 +65,29 @@ def test_the_kernels_refusal_keeps_the_socket(vip):
     assert vip._ipr is kept
 
 
-def test_close_closes_the_socket(vip):
+def test_every_call_runs_on_the_thread_that_opened_the_socket_after_its_entry():
+    entered: list[str] = []
+    vip = VipManager("127.0.0.1/8", "lo", enter=lambda: entered.append(threading.current_thread().name))
+    try:
+        where: list[str] = []
+
+        def note(ipr, idx):
+            where.append(threading.current_thread().name)
+            return idx
+        callers = [threading.Thread(target=vip._on_link, args=(note,)) for _ in range(3)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(5.0)
+        assert vip._on_link(note) == socket.if_nametoindex("lo")
+        assert len(entered) == 1 and set(where) == set(entered) and entered[0].startswith("netlink")
+    finally:
+        vip.close()
+
+
+def test_close_closes_the_socket_and_later_calls_are_refused_by_name(vip):
     vip.close()
     assert vip._ipr is None
+    with pytest.raises(ActionError, match="127.0.0.1/8: the agent is stopping"):
+        vip._on_link(lambda ipr, idx: None)
+    vip.close()  # twice is harmless

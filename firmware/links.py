@@ -285,6 +285,37 @@ class _Link:
     channel: Channel
     polls: OrderedDict[int, float]  # nonce -> when sent
     record: LinkRecord = LinkRecord()
+    said: Said | None = None  # the last valid reply's payload and report, read and written by its reader only
+
+
+@dataclass(frozen=True)
+class Said:
+    """A valid reply's payload without its nonce, the types of its values, and its report.
+
+    A server says the same thing 25 times a second on every link: a payload equal to the last
+    one, its values of the same types (1 == True, and the protocol takes no 1 for true; a
+    value equal to a name is a string), has the same report, without Reply.parse and
+    report_of (19 us of a reply's time on the reader here, the check below 5 us)."""
+
+    payload: dict[str, Any]
+    types: tuple[tuple[type, ...], tuple[type, ...]]
+    report: AgentReport
+
+    @staticmethod
+    def of(payload: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[type, ...], tuple[type, ...]]]:
+        rest = {k: v for k, v in payload.items() if k != "re"}
+        repl = rest.get("repl")
+        return rest, (tuple(map(type, rest.values())), tuple(map(type, repl.values())) if type(repl) is dict else ())
+
+
+def reply_report(said: Said | None, payload: dict[str, Any]) -> tuple[int, Said]:
+    """The nonce a reply answers and what it says, parsed only when it says something new;
+    ProtocolError('bad-reply') for a payload the protocol refuses."""
+    rest, types = Said.of(payload)
+    if said is not None and said.payload == rest and said.types == types:
+        return Reply.nonce(payload), said
+    reply = Reply.parse(payload)
+    return reply.re, Said(rest, types, report_of(reply))
 
 
 @dataclass
@@ -487,18 +518,18 @@ class Poller:
 
     def _on_reply(self, name: str, channel: Channel, frame: Frame) -> None:
         now = self._clock()
+        link = self._links[(name, channel)]
         try:
-            reply = Reply.parse(frame.payload)
+            nonce, link.said = reply_report(link.said, frame.payload)
         except ProtocolError:
             self._count("bad-reply")
             return
         with self._lock:
-            link = self._links[(name, channel)]
-            sent = link.polls.pop(reply.re, None)
+            sent = link.polls.pop(nonce, None)
             if sent is None or now - sent > POLL_MAX_AGE_S:
                 self._malformed["stale-reply"] = self._malformed.get("stale-reply", 0) + 1
                 return
-            before, link.record = link.record.report, LinkRecord(now, now - sent, report_of(reply))
+            before, link.record = link.record.report, LinkRecord(now, now - sent, link.said.report)
         if news(before, link.record.report):
             self._on_news()
 

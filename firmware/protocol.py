@@ -269,6 +269,14 @@ class Reply:
                 "hears_primary": self.hears_primary, "detail": self.detail[:200], "reach": self.reach,
                 "unhealthy_s": self.unhealthy_s}
 
+    @staticmethod
+    def nonce(payload: dict[str, Any]) -> int:
+        """The nonce of the poll a reply answers; ProtocolError('bad-reply') if it has none."""
+        try:
+            return _u64(payload, "re")
+        except ValueError as exc:
+            raise ProtocolError("bad-reply", str(exc)) from exc
+
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> Reply:
         """Every field of the type the protocol gives it (no conversions: "false" is not

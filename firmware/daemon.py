@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from firmware import footprint  # first: it keeps OpenSSL out of the process before anything imports it
 from board.sdnotify import watchdog_interval, watchdog_timeout
 from firmware import add_version
 from firmware import config as config_mod
@@ -128,6 +129,7 @@ class Daemon:
         h = self.cfg.http
         if not h.address:
             return None
+        footprint.let_ssl_in()  # prometheus_client imports ssl
         from firmware.metrics import Metrics
         from firmware.web import StatusWeb
         self.metrics = Metrics(self.view)

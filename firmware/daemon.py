@@ -51,6 +51,7 @@ log = logging.getLogger("arbiter")
 OVERRUN_LOG_EVERY_S = 60.0
 BUGS_BEFORE_HALT = 2  # unexpected errors in a row before safe halted mode
 RESTART_SECTIONS = ("servers", "site", "board", "alerts", "ups", "http", "snmp")
+HURRY_SHARE = 4  # a hurried server is polled this many times an interval (Decision.hurry)
 VERDICT_WAIT_S = 5.0  # an order's answer: decide runs every timing.interval, so this means stuck
 
 
@@ -111,6 +112,7 @@ class Daemon:
         self._last_heartbeat = -float("inf")
         self._prev_cycle_at = self.started_at
         self._stall: Stall | None = None
+        self._hurry: tuple[str, ...] = ()  # the last decision's (cleared by every cycle)
         self.metrics: Metrics | None = None  # with the HTTP page only: nobody else reads them
         self.web = self._web()
         self.snmp = self._snmp()
@@ -188,8 +190,7 @@ class Daemon:
             # a lease that runs out before the next tick is judged when it does, not up to an interval later
             lease_end = first_lease_end(self.last_obs.servers, self.cfg.timing, self._stall) \
                 if self.last_obs else math.inf
-            self.wake.wait(max(0.0, min(next_tick, lease_end) - now))
-            self.wake.clear()
+            self._wait(min(next_tick, lease_end))
         if self.web is not None:
             self.web.stop()
         if self.snmp is not None:
@@ -197,6 +198,19 @@ class Daemon:
         self.app.close()
         log.info("stopped; phase %s, primary %s", self.state.phase.value, self.state.primary)
         return 0
+
+    def _wait(self, until: float) -> None:
+        """Until the next cycle is due, or something wakes the loop sooner (a reply with news,
+        an order, a signal). Meanwhile the servers the last decision hurries are polled every
+        timing.interval / HURRY_SHARE: a reply that changes their report wakes the loop."""
+        step = self.cfg.timing.interval / HURRY_SHARE
+        while self._hurry and self.clock() + step < until:
+            if self.wake.wait(step):
+                break
+            self.app.poller.poll_servers(self._hurry)
+        else:
+            self.wake.wait(max(0.0, until - self.clock()))
+        self.wake.clear()
 
     def _status_line(self) -> str:
         return f"phase {self.state.phase.value}, primary {self.state.primary or 'none'}"
@@ -206,6 +220,7 @@ class Daemon:
 
         In safe halted mode nothing is polled, decided or done: the loop only keeps the
         watchdog, the control socket and the alarm alive."""
+        self._hurry = ()
         if self.halted:
             return True
         try:
@@ -221,6 +236,7 @@ class Daemon:
             self.app.executor.submit(d.actions)
             target = d.state.op.target if d.state.op else None
             self.orders.answer(d.verdicts, target)  # saved first: an accepted order is kept
+            self._hurry = d.hurry
             self.last_obs = obs
             for warning in d.warnings:
                 self._throttled(logging.WARNING, "{}{}", warning)

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,8 +383,17 @@ class Poller:
     # ------------------------------------------------------------------ sending
 
     def poll_all(self) -> None:
+        """Every server on every link; commands not yet acknowledged are sent again."""
+        self._poll_links(self._links)
+        with self._lock:
+            pending = [c for c in self._commands.values() if c.result is None]
+        for cmd in pending:
+            self._send_everywhere(cmd)
+
+    def _poll_links(self, links: Iterable[tuple[str, Channel]]) -> None:
         now = self._clock()
-        for (name, channel), link in self._links.items():
+        for name, channel in links:
+            link = self._links[(name, channel)]
             nonce = secrets.randbits(64)
             with self._codec_lock:
                 raw = self._codec.poll(name, nonce)
@@ -393,10 +402,10 @@ class Poller:
                 while len(link.polls) > POLL_MEMORY:
                     link.polls.popitem(last=False)
             self._send(name, channel, raw)
-        with self._lock:
-            pending = [c for c in self._commands.values() if c.result is None]
-        for cmd in pending:
-            self._send_everywhere(cmd)
+
+    def poll_servers(self, servers: Collection[str]) -> None:
+        """These servers alone, on each of their links."""
+        self._poll_links([key for key in self._links if key[0] in servers])
 
     def _send(self, name: str, channel: Channel, raw: bytes) -> None:
         if channel is Channel.SERIAL:

@@ -50,4 +50,5 @@ def decide(state: State, obs: Observations, now: float, cfg: Config) -> Decision
     status_led(step)
     reason = "; ".join(step.reasons) or step.state.reason
     step.update(reason=reason)
-    return Decision(step.state, tuple(step.actions), reason, tuple(step.warnings), tuple(step.verdicts))
+    return Decision(step.state, tuple(step.actions), reason, tuple(step.warnings), tuple(step.verdicts),
+                    tuple(step.hurry))

@@ -9,7 +9,7 @@ from firmware.decide.service import Failing, audit_vip, primary_failing, watch_n
 from firmware.decide.operations import (demoting, fencing, promoting, start_failover,
                                         start_switchover, syncing, taking_ip, verifying)
 from firmware.decide.step import Step, drop_condition
-from firmware.model import Backup, Role, SetStatus, Shutdown
+from firmware.model import Backup, Role, ServerObs, SetStatus, Shutdown
 from firmware.site_state import CondKind, Condition, OpKind, Phase
 from firmware.ups_policy import ups_intent
 
@@ -81,6 +81,8 @@ def _primary_dead(step: Step) -> None:
     objection = standby_objects(step.obs.server(targets[0]), step.cfg)
     if objection:
         step.why(f"primary {s.primary} silent on every link, but {objection}; no failover")
+        if just_died(step.obs.server(s.primary), step.now, step.cfg.timing.dead_time):
+            step.hurry.append(targets[0])
         return
     waiting = self_fence_pending(step)
     if waiting:
@@ -90,6 +92,17 @@ def _primary_dead(step: Step) -> None:
         _wait_operator(step, f"primary {s.primary} is dead; would fail over to {targets[0]}, but {blocked}")
         return
     start_failover(step, targets[0], OpKind.FAILOVER)
+
+
+def just_died(srv: ServerObs, now: float, dead_time: float) -> bool:
+    """Silent for less than two dead times. The standby's own lease on the primary (its peer
+    heartbeat) began about when the appliance's did, so it ends about as the appliance's
+    does, up to a peer poll later: the standby is then asked again sooner than the next
+    tick (Decision.hurry), and a failover starts within a fraction of an interval of its
+    report changing, not up to a whole interval after. Past that, it does hear the primary,
+    the appliance is the one cut off, and the polls go on at their pace."""
+    heard = [x.last_seen for x in srv.links if x.last_seen is not None]
+    return bool(heard) and now - max(heard) < 2 * dead_time
 
 
 def _why_none(step: Step) -> str:

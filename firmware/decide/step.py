@@ -19,6 +19,7 @@ class Decision:
     reason: str
     warnings: tuple[str, ...] = ()  # for the log at warning level (late replies), not alerts
     verdicts: tuple[tuple[int, Verdict], ...] = ()  # (request id, verdict) of each operator request
+    hurry: tuple[str, ...] = ()  # servers whose next report may start an operation: poll them sooner
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Step:
     warnings: list[str] = field(default_factory=list)
     verdicts: list[tuple[int, Verdict]] = field(default_factory=list)
     refused: str = ""  # set by refuse() while one request is handled
+    hurry: list[str] = field(default_factory=list)
 
     def act(self, action: Action) -> Action:
         action = dataclasses.replace(action, ref=self.state.next_ref)

@@ -6,8 +6,9 @@ import dataclasses
 import pytest
 
 from firmware.decide import decide
-from firmware.model import (ActionResult, Verdict, Demote, Fence, HoldFence, LinkState, Notify, PowerOn, Promote,
-                            Rejoin, ReleaseIp, Request, RequestKind, Role, SetStatus, TakeIp, VerifyIp)
+from firmware.model import (ActionResult, Channel, Verdict, Demote, Fence, HoldFence, LinkObs, LinkState, Notify,
+                            PowerOn, Promote, Rejoin, ReleaseIp, Request, RequestKind, Role, ServerObs, SetStatus,
+                            TakeIp, VerifyIp)
 from firmware.site_state import CondKind, Condition, OpKind, Operation, Phase, SavedAlert, State, UpsSeen
 from tests.unit.sitekit import acting, dead, failed, obs, ok, report, server, site_config
 
@@ -231,6 +232,29 @@ def test_standby_that_still_hears_the_primary_blocks_failover():
     assert st.phase is Phase.NORMAL
     assert not any(isinstance(a, (Fence, Promote)) for a in actions)
     assert "the appliance is the one cut off" in reason
+
+
+def _died(silent_for: float) -> ServerObs:
+    """The master, every link dead, its last reply ``silent_for`` seconds before now = 100."""
+    links = tuple(LinkObs(c, LinkState.DEAD, 100.0 - silent_for) for c in (Channel.SERIAL, Channel.LAN))
+    return dataclasses.replace(dead("master"), links=links)
+
+
+@pytest.mark.parametrize("silent_for,hurried", [(0.201, True), (0.39, True), (0.41, False), (5.0, False)])
+def test_a_standby_that_still_hears_a_primary_just_dead_is_asked_again_sooner(silent_for, hurried):
+    """Its own lease on the primary ends about as the appliance's does: until two dead times
+    (0.2 s here) after the primary's last reply, the decision hurries it; after, it is the
+    appliance that is cut off, and the polls keep their pace."""
+    d = decide(NORMAL, obs(_died(silent_for), server("standby", rep=report(hears=True))), 100.0, CFG)
+    assert d.state.phase is Phase.NORMAL and "cut off" in d.reason
+    assert d.hurry == (("standby",) if hurried else ())
+
+
+def test_nothing_is_hurried_when_the_standby_confirms_or_the_primary_answers():
+    confirmed = decide(NORMAL, obs(_died(0.21), server("standby", rep=report(hears=False))), 100.0, CFG)
+    assert confirmed.state.phase is Phase.FENCING and confirmed.hurry == ()
+    calm = decide(NORMAL, obs(server("master"), server("standby", rep=report(hears=True))), 100.0, CFG)
+    assert calm.hurry == ()
 
 
 def test_replication_stream_counts_when_no_peer_heartbeat():

@@ -47,8 +47,9 @@ def _links_and_servers(step: Step) -> list[Condition]:
     for srv in step.obs.servers:
         if srv.name in step.state.fenced:
             continue
-        if srv.alive is False:
+        if srv.alive is False:  # its links' alerts stay as they were: its last link died, none came back
             conds.append(Condition(CondKind.SERVER_DOWN, srv.name))
+            conds.extend(c for c in step.state.conditions if c.kind is CondKind.LINK_DOWN and c.server == srv.name)
             continue
         for link in srv.links:
             if link.state is LinkState.DEAD:

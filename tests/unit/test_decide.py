@@ -67,6 +67,18 @@ def test_link_down_is_raised_once_and_cleared_once():
     assert kinds(actions3).count("Notify:link-up") == 1
 
 
+def test_a_server_that_dies_after_losing_one_link_raises_no_link_up():
+    """Its link-down holds while it is down: a link-up ("heartbeat link restored") sent as the
+    last link died told staff the opposite of what happened."""
+    st, actions, _ = step(NORMAL, obs(server("master"), server("standby", LinkState.UP, LinkState.DEAD)))
+    assert "Notify:link-down" in kinds(actions)
+    st, actions, reason = step(st, obs(server("master"), dead("standby")), now=101)
+    assert "Notify:server-down" in kinds(actions)
+    assert "Notify:link-up" not in kinds(actions) and "link up" not in reason
+    _, actions, _ = step(st, obs(server("master"), server("standby")), now=102)
+    assert kinds(actions).count("Notify:server-up") == 1 and kinds(actions).count("Notify:link-up") == 1
+
+
 def test_unknown_links_at_start_up_raise_nothing():
     st = State(seen_run=1)
     o = obs(server("master", LinkState.UNKNOWN, LinkState.UNKNOWN, rep=None),

@@ -33,7 +33,7 @@ from firmware.model import UpsObs, VipAudit
 from firmware.notify import AlarmSink, HookSink, JournalSink, LogSink, Notifier, Sink
 from firmware.protocol import Codec, derive_key
 from firmware.site_state import State
-from firmware.state import DAMAGE, StateStore, kernel_boot_id
+from firmware.state import DAMAGE, SlotStore, StateStore, kernel_boot_id
 from firmware.ups import UpsWatch, cut_outlet
 
 log = logging.getLogger("arbiter")
@@ -49,7 +49,7 @@ class Appliance:
         self.clock = clock
         state_dir = Path(cfg.site.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = StateStore(state_dir / "state.json")
+        self.store = SlotStore(state_dir / "state.json")
         self.damaged: list[str] = []  # one line per damaged file: the daemon then halts safely
         self.run_id = self._next_run(state_dir / "runs")
         self.journal = self._set_aside_if_damaged(lambda: Journal(state_dir / "journal.jsonl"))
@@ -129,14 +129,15 @@ class Appliance:
         try:
             state = State.from_dict(data.get("site", data))
         except DAMAGE as exc:
-            raise DamagedFile(self.store.path, f"{type(exc).__name__}: {exc}") from exc
+            raise DamagedFile(self.store.source, f"{type(exc).__name__}: {exc}") from exc
         op = (state.op.old, state.op.target) if state.op else ()
         named = {state.primary, *op, *state.fenced, *state.rejoining} - {None, ""}
         unknown = sorted(named - {s.name for s in self.cfg.servers})
         if unknown:
-            raise StateError(f"{self.store.path}: the saved state names {', '.join(unknown)}, not in the config's"
+            raise StateError(f"{self.store.source}: the saved state names {', '.join(unknown)}, not in the config's"
                              " [[servers]]; put the server back in the config, or check the site and remove the"
-                             " state file to start afresh")
+                             f" state files ({', '.join(str(p) for p in (self.store.path, *self.store.slots))})"
+                             " to start afresh")
         if data.get("kernel_boot") != kernel_boot_id():
             state = state.rebased(now, self.cfg.timing.hold_down)
         log.info("resuming: phase %s, primary %s, fenced %s", state.phase.value, state.primary,
@@ -222,6 +223,7 @@ class Appliance:
         self.executor.join(2.0)
         self.poller.close()
         self.notifier.close()
+        self.store.close()
         if self.rig_pins is not None:
             self.rig_pins.close()
 

@@ -11,17 +11,19 @@ import time
 import pytest
 
 from firmware.control import request
+from firmware.errors import StateError
+from firmware.state import SlotStore
 from tests.integration.test_daemon import DEAD, Site, site  # noqa: F401  (site is the fixture)
 
 
 def _wait_busy(s: Site) -> None:
-    state = s.tmp / "state" / "state.json"
+    state = SlotStore(s.tmp / "state" / "state.json")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            if json.loads(state.read_text())["site"]["phase"] not in ("normal", "starting"):
+            if (state.load() or {})["site"]["phase"] not in ("normal", "starting"):
                 return
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, StateError):  # a slot mid-write, the other not yet written
             pass
         time.sleep(0.002)
     raise AssertionError("the failover did not begin")
@@ -42,7 +44,7 @@ def test_a_daemon_killed_mid_failover_resumes_to_one_outcome(site: Site, seed: i
         time.sleep(rnd.uniform(0.0, 0.08))
     site.procs["arbiter"].kill()
     site.procs["arbiter"].wait()
-    phase_at_kill = (site.tmp / "state" / "state.json").read_text()
+    phase_at_kill = json.dumps(SlotStore(site.tmp / "state" / "state.json").load())
     print(f"killed in phase {json.loads(phase_at_kill)['site']['phase']}")
     site.start_arbiter()
     site.wait(lambda st: st["primary"] == "standby" and st["phase"] == "normal", 15,

@@ -12,6 +12,7 @@ import pytest
 from firmware.daemon import Daemon
 from firmware.errors import ConfigError
 from firmware.site_state import Phase
+from firmware.state import SlotStore
 from hil import toml_out
 
 
@@ -65,6 +66,17 @@ def test_a_wrongly_typed_state_file_halts_safely_and_is_kept(tmp_path, state_dir
     (state_dir / "state.json").write_text(text)
     start_halted(tmp_path, "state.json", caplog)
     assert (state_dir / "state.json").read_text() == text  # never overwritten: a restart halts again
+
+
+def test_torn_state_slots_halt_safely_and_are_kept(tmp_path, state_dir, caplog):
+    """Both slots torn (or one torn, the other never written): no whole save is left."""
+    store = SlotStore(state_dir / "state.json")
+    store.save({"site": {"phase": "normal", "primary": "master"}})
+    store.close()
+    torn = store.slots[1].read_bytes()[:30]
+    store.slots[1].write_bytes(torn)
+    start_halted(tmp_path, "state.b.json", caplog)
+    assert store.slots[1].read_bytes() == torn and not store.slots[0].exists()
 
 
 def test_a_wrongly_typed_run_counter_halts_safely_and_is_kept(tmp_path, state_dir, caplog):

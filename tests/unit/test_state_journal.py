@@ -13,7 +13,9 @@ import pytest
 
 from firmware.errors import StateError
 from firmware.journal import Journal
-from firmware.state import StateStore
+from firmware import state as state_mod
+from firmware.errors import DamagedFile
+from firmware.state import SlotStore, StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,11 +34,12 @@ def test_corrupt_state_is_an_error_never_a_fresh_start(tmp_path):
         StateStore(tmp_path / "state.json").load()
 
 
-def test_killing_a_writer_at_random_instants_never_leaves_a_torn_file(tmp_path):
+@pytest.mark.parametrize("store", ["StateStore", "SlotStore"])
+def test_killing_a_writer_at_random_instants_never_leaves_a_torn_file(tmp_path, store):
     path = tmp_path / "state.json"
     writer = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from firmware.state import StateStore\n"
-              f"s = StateStore({str(path)!r}); i = 1\n"
+              f"from firmware.state import {store}\n"
+              f"s = {store}({str(path)!r}); i = 1\n"
               "s.save({'n': i, 'pad': 'x' * 4000}); print('saving', flush=True)\n"
               "while True:\n    i += 1; s.save({'n': i, 'pad': 'x' * 4000})\n")
     seen = []
@@ -47,10 +50,79 @@ def test_killing_a_writer_at_random_instants_never_leaves_a_torn_file(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-        data = StateStore(path).load()
+        data = getattr(state_mod, store)(path).load()
         assert data is not None and data["pad"] == "x" * 4000
         seen.append(data["n"])
     assert max(seen) > 1
+
+
+def _tear(slot: Path, keep: int) -> None:
+    """A power cut in the middle of the slot's write: its first ``keep`` bytes are new."""
+    raw = slot.read_bytes()
+    slot.write_bytes(raw[:keep] + b"\0" * (len(raw) - keep))
+
+
+def test_slots_are_written_in_turn_and_the_newest_whole_one_wins(tmp_path):
+    store = SlotStore(tmp_path / "state.json")
+    assert store.load() is None
+    for n in range(1, 6):
+        store.save({"n": n})
+    a, b = store.slots
+    assert a.stat().st_size == b.stat().st_size == SlotStore.BLOCK
+    assert SlotStore(tmp_path / "state.json").load() == {"n": 5}
+    newest = SlotStore(tmp_path / "state.json")
+    assert newest.load() == {"n": 5} and newest.source == b  # seq 5: the odd slot
+    _tear(b, 40)  # the save of n = 5 torn: n = 4, whole in the other slot, is what was saved last
+    again = SlotStore(tmp_path / "state.json")
+    assert again.load() == {"n": 4}
+    again.save({"n": 6})  # over the torn slot, never over the whole one
+    assert SlotStore(tmp_path / "state.json").load() == {"n": 6}
+    _tear(b, 10)
+    assert SlotStore(tmp_path / "state.json").load() == {"n": 4}
+
+
+def test_a_slot_keeps_its_size_and_grows_for_a_bigger_state(tmp_path):
+    store = SlotStore(tmp_path / "state.json")
+    store.save({"pad": "x" * 5000})
+    store.save({"pad": "x" * 10})
+    store.save({"pad": "x" * 10})
+    a, b = store.slots
+    assert b.stat().st_size == 2 * SlotStore.BLOCK and a.stat().st_size == SlotStore.BLOCK
+    assert SlotStore(tmp_path / "state.json").load() == {"pad": "x" * 10}
+
+
+def test_no_whole_slot_is_a_damaged_state_never_a_fresh_start(tmp_path):
+    store = SlotStore(tmp_path / "state.json")
+    store.save({"n": 1, "pad": "x" * 100})
+    store.save({"n": 2, "pad": "x" * 100})
+    _tear(store.slots[0], 30)  # in its header
+    _tear(store.slots[1], 100)  # in its body
+    with pytest.raises(DamagedFile, match="corrupt"):
+        SlotStore(tmp_path / "state.json").load()
+    only = tmp_path / "only"
+    only.mkdir()
+    SlotStore(only / "state.json").save({"n": 1})
+    _tear(SlotStore(only / "state.json").slots[1], 20)
+    with pytest.raises(DamagedFile):
+        SlotStore(only / "state.json").load()
+
+
+def test_the_single_file_of_older_versions_is_read_then_replaced(tmp_path):
+    old = StateStore(tmp_path / "state.json")
+    old.save({"n": 41})
+    store = SlotStore(tmp_path / "state.json")
+    assert store.load() == {"n": 41} and store.source == tmp_path / "state.json"
+    store.save({"n": 42})
+    assert not (tmp_path / "state.json").exists()
+    assert SlotStore(tmp_path / "state.json").load() == {"n": 42}
+
+
+def test_a_first_save_torn_after_an_upgrade_leaves_the_older_file(tmp_path):
+    StateStore(tmp_path / "state.json").save({"n": 41})
+    store = SlotStore(tmp_path / "state.json")
+    store.load()
+    store._write(store.slots[1], b"{\"seq\": 1, \"len")  # the first slot write, cut short
+    assert SlotStore(tmp_path / "state.json").load() == {"n": 41}
 
 
 def test_journal_is_bounded_and_survives_a_restart_and_a_torn_line(tmp_path):

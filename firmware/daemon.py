@@ -39,7 +39,7 @@ from firmware.site_state import Phase, SavedAlert, State
 from firmware.history import History
 from firmware.status import StatusView, status_report
 from firmware.protocol import derive_key
-from firmware.realtime import Realtime
+from firmware.realtime import Realtime, prompt_handover
 
 if TYPE_CHECKING:
     from firmware.metrics import Metrics
@@ -157,6 +157,7 @@ class Daemon:
 
     def run(self) -> int:
         self._signals()
+        prompt_handover()
         Realtime(self.cfg.site.realtime_priority, "site.realtime_priority").enter()  # the loop's own thread
         self.app.start(self.handle_request)
         if self.web is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from firmware.errors import ArbiterError
 from firmware.model import REPORTING, Action, ActionResult
-from firmware.realtime import NORMAL, Realtime
+from firmware.realtime import NORMAL, Realtime, Workers
 
 log = logging.getLogger("arbiter.executor")
 
@@ -48,7 +48,7 @@ class Executor:
         self._lock = threading.Lock()
         self._results: list[ActionResult] = []
         self._running: dict[str, Running] = {}
-        self._threads: list[threading.Thread] = []
+        self._workers = Workers(realtime, "exec")
         self._reports: queue.Queue[Action] = queue.Queue()
         self._reports_idle = threading.Condition()
         self._unsent: list[Action] = []  # reporting actions submitted and not yet carried out
@@ -59,10 +59,7 @@ class Executor:
         actions = list(actions)
         batch = [a for a in actions if not isinstance(a, REPORTING)]
         if batch:
-            t = threading.Thread(target=self._run_batch, args=(batch,), daemon=True,
-                                 name=f"exec-{batch[0].id}")
-            self._threads = [x for x in self._threads if x.is_alive()] + [t]
-            t.start()
+            self._workers.run(lambda: self._run_batch(batch))
         for action in actions:
             if isinstance(action, REPORTING):
                 with self._reports_idle:
@@ -93,8 +90,7 @@ class Executor:
 
     def join(self, timeout: float = 5.0) -> None:
         """Waits for the running batches and for every reporting action submitted so far."""
-        for t in self._threads:
-            t.join(timeout)
+        self._workers.join(timeout)
         with self._reports_idle:
             self._reports_idle.wait_for(lambda: not self._unsent, timeout)
 
@@ -110,7 +106,6 @@ class Executor:
                     self._reports_idle.notify_all()
 
     def _run_batch(self, batch: list[Action]) -> None:
-        self._realtime.enter()
         for i, action in enumerate(batch):
             if not self._run(action):
                 for skipped in batch[i + 1:]:

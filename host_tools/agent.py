@@ -40,7 +40,7 @@ from firmware.links import RateLimit, ReadBudget, SerialPort
 from firmware.protocol import (COMMAND_OPS, COMMAND_POLL_FRESH_S, MAX_FRAME, Ack, Codec, Command, Frame, Kind,
                                Reply, poll_nonce)
 from firmware.reach import reaches_any
-from firmware.realtime import Realtime
+from firmware.realtime import Realtime, Workers, prompt_handover
 from firmware.state import write_atomic
 from firmware.subproc import run_checked
 from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
@@ -127,6 +127,7 @@ class Agent:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.realtime = Realtime(a.realtime_priority, "agent.realtime_priority")
+        self._workers = Workers(self.realtime, "command")  # commands run there, one started at once
         self.vip = self._vip_manager() if cfg.vip.address else None
         self._peer_polls: dict[int, float] = {}
         self._peer_lock = threading.Lock()  # the peer thread adds polls, the receivers take them
@@ -150,6 +151,7 @@ class Agent:
     # ------------------------------------------------------------------ lifetime
 
     def run(self) -> None:
+        prompt_handover()
         threads = [self._udp_loop, self._status_loop, self._health_loop]
         if self.cfg.peers:
             threads.append(self._peer_loop)
@@ -483,7 +485,7 @@ class Agent:
                     entry = {"done": True, "ok": False, "detail": f"unknown op {cmd.op!r}"}
                 else:
                     entry = {"done": False, "ok": False, "detail": "running"}
-                    self._start(self._execute, cmd.id, cmd.op, cmd.args)
+                    self._workers.run(lambda: self._execute(cmd.id, cmd.op, cmd.args))
                 self.commands[cmd.id] = entry
                 while len(self.commands) > KEEP_COMMANDS:
                     self.commands.popitem(last=False)

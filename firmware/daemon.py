@@ -202,13 +202,13 @@ class Daemon:
 
     def _wait(self, until: float) -> None:
         """Until the next cycle is due, or something wakes the loop sooner (a reply with news,
-        an order, a signal). Meanwhile the servers the last decision hurries are polled every
-        timing.interval / HURRY_SHARE: a reply that changes their report wakes the loop."""
+        an order, a signal). Meanwhile the servers the last decision hurries are polled on the LAN
+        every timing.interval / HURRY_SHARE: a reply that changes their report wakes the loop."""
         step = self.cfg.timing.interval / HURRY_SHARE
         while self._hurry and self.clock() + step < until:
             if self.wake.wait(step):
                 break
-            self.app.poller.poll_servers(self._hurry)
+            self.app.poller.poll_lan(self._hurry)
         else:
             self.wake.wait(max(0.0, until - self.clock()))
         self.wake.clear()

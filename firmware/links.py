@@ -251,7 +251,7 @@ class SerialPort:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.ident is not None:
             self._thread.join(1.0)
         self._drop_port()
 
@@ -379,6 +379,8 @@ class Poller:
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="links", daemon=True)
         self._reader.start()
+        for port in self._serial.values():
+            port.start()  # a pyserial URL's own reader (the others are read by self._reader)
 
     # ------------------------------------------------------------------ sending
 
@@ -403,9 +405,11 @@ class Poller:
                     link.polls.popitem(last=False)
             self._send(name, channel, raw)
 
-    def poll_servers(self, servers: Collection[str]) -> None:
-        """These servers alone, on each of their links."""
-        self._poll_links([key for key in self._links if key[0] in servers])
+    def poll_lan(self, servers: Collection[str]) -> None:
+        """These servers alone, on their LAN link: a serial line has no room for polls between
+        the interval's (config.SERIAL_MAX_SHARE: a poll and its reply an interval may take
+        80 % of a 115200-baud line at the shipped 40 ms)."""
+        self._poll_links([key for key in self._links if key[0] in servers and key[1] is Channel.LAN])
 
     def _send(self, name: str, channel: Channel, raw: bytes) -> None:
         if channel is Channel.SERIAL:

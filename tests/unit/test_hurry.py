@@ -14,7 +14,7 @@ def test_the_hurried_standby_is_polled_between_ticks_and_a_wake_up_ends_the_wait
     daemon = make_daemon(tmp_path)
     try:
         polled: list[tuple[float, tuple[str, ...]]] = []
-        monkeypatch.setattr(daemon.app.poller, "poll_servers",
+        monkeypatch.setattr(daemon.app.poller, "poll_lan",
                             lambda servers: polled.append((daemon.clock(), tuple(servers))))
         monkeypatch.setattr("firmware.daemon.decide",
                             lambda state, obs, now, cfg: Decision(dataclasses.replace(state), (), "",
@@ -40,7 +40,7 @@ def test_a_cycle_without_hurry_polls_nobody_between_ticks(tmp_path, monkeypatch)
     daemon = make_daemon(tmp_path)
     try:
         polled: list[tuple[str, ...]] = []
-        monkeypatch.setattr(daemon.app.poller, "poll_servers", lambda servers: polled.append(tuple(servers)))
+        monkeypatch.setattr(daemon.app.poller, "poll_lan", lambda servers: polled.append(tuple(servers)))
         monkeypatch.setattr("firmware.daemon.decide",
                             lambda state, obs, now, cfg: Decision(dataclasses.replace(state), (), "",
                                                                   hurry=("standby",)))

@@ -35,13 +35,13 @@ from firmware.config import Fencing, read_key
 from firmware.events import Severity, event_type
 from firmware.notify import Alert, HookSink
 from firmware.config import load as load_site
-from firmware.errors import ActionError, ArbiterError, ConfigError, ProtocolError
+from firmware.errors import ActionError, ArbiterError, ConfigError, ProtocolError, StateError
 from firmware.links import RateLimit, ReadBudget, SerialPort
 from firmware.protocol import (COMMAND_OPS, COMMAND_POLL_FRESH_S, MAX_FRAME, Ack, Codec, Command, Frame, Kind,
                                Reply, poll_nonce)
 from firmware.reach import reaches_any
 from firmware.realtime import Realtime, Workers, prompt_handover
-from firmware.state import write_atomic
+from firmware.state import SlotStore
 from firmware.subproc import run_checked
 from host_tools.agent_config import AgentConfig, load, self_fence_margin, site_problems
 from host_tools.replication import Adapter, Health, ReplicationStatus, make_adapter
@@ -96,6 +96,7 @@ class Agent:
     def __init__(self, cfg: AgentConfig, adapter: Adapter | None = None) -> None:
         self.cfg = cfg
         a = cfg.agent
+        self._store = SlotStore(Path(a.state_file))
         saved = self._load_state()
         last = saved.get("boot")
         self.boot_id = max((last if isinstance(last, int) else 0) + 1, time.time_ns() // 1000)
@@ -507,9 +508,9 @@ class Agent:
         with self.lock:
             self.commands[cmd_id] = {"done": True, "ok": ok, "detail": detail}
             reply = self._last_link.pop(cmd_id, None)
-        if reply is not None:  # the failover's next step waits for it: before the record's two fsyncs
+        self._save_state()  # before the acknowledgement: one acknowledged never runs again, restart or not
+        if reply is not None:
             reply(self._make(Kind.ACK, self.cfg.agent.arbiter, Ack(cmd_id, True, ok, detail).payload()))
-        self._save_state()
 
     def carry_out(self, op: str, args: dict[str, Any], cmd_id: str) -> str:
         hook = getattr(self.cfg.hooks, op)
@@ -570,27 +571,22 @@ class Agent:
     def _load_state(self) -> dict[str, Any]:
         """The last boot id and the executed command ids: a command replayed after a restart
         is answered from here, never run again."""
-        path = Path(self.cfg.agent.state_file)
-        if not path.exists():
-            return {}
         try:
-            data = json.loads(path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            log.warning("%s: unreadable (agent.state_file); forgetting earlier command ids", path)
+            return self._store.load() or {}
+        except StateError as exc:
+            log.warning("%s (agent.state_file); forgetting earlier command ids", exc)
             return {}
 
     def _save_state(self) -> None:
-        """The boot id and the finished commands, written after the command's acknowledgement
-        and outside self.lock, which every poll's reply takes: the two fsyncs (5 to 10 ms on
-        the rig's disk) held up the acknowledgement of each failover step, and the replies
-        meanwhile. The record serves a command sent again after a restart; one acknowledged
-        is not sent again; one whose acknowledgement was lost, with a restart before the
-        record, runs again, as one still running at a restart does."""
+        """The boot id and the finished commands, before a command's acknowledgement (one
+        acknowledged never runs again, restart or not), and outside self.lock, which every
+        poll's reply takes. In two slots written in turn (firmware.state.SlotStore), one
+        fdatasync: write_atomic's two journal commits took 2.5-3 ms median on the loaded
+        rig's disk, twice on a failover's way (promote, then the virtual IP)."""
         with self._save_lock:
             with self.lock:
                 done = {k: v for k, v in self.commands.items() if v.get("done")}
-            write_atomic(self.cfg.agent.state_file, json.dumps({"boot": self.boot_id, "commands": done}))
+            self._store.save({"boot": self.boot_id, "commands": done})
 
 
 EXIT_CODES = "exit status: 0 ok, 1 bad config, 2 usage, 3 cannot start for another reason (socket, serial port)"

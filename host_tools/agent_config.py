@@ -32,7 +32,9 @@ class AgentSection:
                                         "so a longer timeout does not lengthen a failover)")
     status_interval: float = setting(0.05, lo=0.01, hi=60.0, unit="s", doc="how often replication state is read")
     state_file: str = setting(path=True,
-                              doc="remembers the boot counter and executed command ids across restarts")
+                              doc="remembers the boot counter and executed command ids across restarts; kept in"
+                                  " two files beside it written in turn (NAME.a.json, NAME.b.json), the file itself"
+                                  " read only when neither exists")
     peer_interval: float = setting(0.04, lo=0.005, hi=10.0, unit="s", doc="time between polls of the [[peers]]")
     realtime_priority: int = setting(REALTIME_PRIORITY, lo=0, hi=MAX_PRIORITY,
                                      doc="SCHED_RR priority of the agent's threads, so a busy server cannot delay a"

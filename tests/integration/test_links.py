@@ -14,6 +14,7 @@ import pytest
 from firmware.links import Poller, SerialPort
 from firmware.model import Channel
 from firmware.protocol import Codec, Kind, decode, derive_key
+from firmware.state import SlotStore
 from tests.integration.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,7 +209,7 @@ def test_the_boot_id_grows_across_restarts_even_with_the_clock_behind(tmp_path):
         time.sleep(1.0)
         sock.send(Codec("arbiter", {"master": k}, 1).make(Kind.POLL, "master", {"n": 1})[1])
         assert decode(sock.recv(4096), k).boot_id == ahead + 1
-        assert json.loads((tmp_path / "state.json").read_text())["boot"] == ahead + 1
+        assert SlotStore(tmp_path / "state.json").load()["boot"] == ahead + 1
     finally:
         agent.kill()
         agent.wait()

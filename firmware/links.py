@@ -128,8 +128,8 @@ class SerialPort:
     """One serial cable whose device is reopened when it vanishes. With ``thread`` (the
     agent's use) it has a reader thread of its own, started by ``start()`` once the owner is
     ready for frames (its replies go out through this object); without, the owner's reader
-    waits on ``descriptor()`` and calls ``read()`` (the appliance reads every link from one
-    thread)."""
+    waits on the descriptor ``opened()`` gives and calls ``read()`` (the appliance reads every
+    link from one thread)."""
 
     def __init__(self, url: str, baudrate: int, on_frame: Callable[[bytes], None],
                  on_error: Callable[[str], None], realtime: Realtime = NORMAL, thread: bool = True) -> None:
@@ -147,7 +147,7 @@ class SerialPort:
         if thread:
             self._thread = threading.Thread(target=self._read_loop, name=f"serial-{url}", daemon=True)
         else:
-            self.descriptor()  # open now if it is there, as a reader thread would at once
+            self._ensure_open()  # open now if it is there, as a reader thread would at once
 
     def start(self) -> None:
         if self._thread is not None and self._thread.ident is None:  # once
@@ -182,10 +182,18 @@ class SerialPort:
             self._port = port
         return port
 
-    def descriptor(self) -> int | None:
-        """What to wait on for reading; None while the device is closed (or has no descriptor)."""
+    def opened(self) -> tuple[serial.SerialBase, int] | None:
+        """The open device and what to wait on for reading it; None while the device is closed
+        (a reopen is tried, see _ensure_open) or has no descriptor. A reopened device is
+        another object: a reader that registered the descriptor once knows it by that."""
         port = self._ensure_open()
-        return None if port is None else _descriptor(port)
+        fd = None if port is None else _descriptor(port)
+        return None if port is None or fd is None else (port, fd)
+
+    @property
+    def device(self) -> serial.SerialBase | None:
+        """The open device, None while closed (a failed read or write closes it)."""
+        return self._port
 
     def read(self, waited: bool = True) -> None:
         """Read what has arrived and hand on its frames. ``waited``: the caller saw the
@@ -278,6 +286,48 @@ def _read_ready(fd: int) -> bytes:
     if not data:  # as pyserial says it: a vanished USB adapter reads ready and empty
         raise serial.SerialException("device reports readiness to read but returned no data")
     return data
+
+
+class _SerialWatch:
+    """The serial devices one epoll waits on, each registered once: again only when its port
+    was closed (a failed read or write) and has been reopened, which makes it another object,
+    whose descriptor may well have the old number. A closed descriptor leaves the epoll by
+    itself; a registration is dropped here only while its number is still this port's."""
+
+    def __init__(self, ready: select.epoll, ports: list[SerialPort]) -> None:
+        self._ready = ready
+        self._ports = ports
+        self._registered: dict[SerialPort, tuple[serial.SerialBase, int]] = {}
+        self._by_fd: dict[int, SerialPort] = {}
+
+    def update(self) -> None:
+        """Register every device opened since the last look (a closed one is tried again
+        every REOPEN_EVERY_S); two identity checks a port when nothing changed."""
+        for port in self._ports:
+            was = self._registered.get(port)
+            if was is not None:
+                if port.device is was[0]:
+                    continue
+                del self._registered[port]
+                if self._by_fd.get(was[1]) is port:
+                    del self._by_fd[was[1]]
+                    try:
+                        self._ready.unregister(was[1])
+                    except OSError:  # closed already, and so out of the epoll
+                        pass
+            now_open = port.opened()
+            if now_open is not None:
+                fd = now_open[1]
+                try:
+                    self._ready.register(fd, select.EPOLLIN)
+                except OSError:  # closed meanwhile by a failed write: looked at again next time
+                    continue
+                self._registered[port], self._by_fd[fd] = now_open, port
+
+    def read(self, fd: int) -> None:
+        port = self._by_fd.get(fd)
+        if port is not None:
+            port.read()
 
 
 @dataclass
@@ -460,35 +510,38 @@ class Poller:
     # ------------------------------------------------------------------ receiving
 
     def _read_loop(self) -> None:
-        """One thread reads every link: a select over the UDP socket and every serial device
+        """One thread reads every link: an epoll over the UDP socket and every serial device
         (a pyserial URL without a descriptor has a thread of its own). The replies to a
         cycle's polls arrive together, so one wake-up often serves several of them, where a
-        thread per link woke, took the interpreter lock and ran cold once per frame. While
-        the LAN has used up its read budget its socket is left out of the select, so a flood
-        still never holds up the serial links."""
+        thread per link woke, took the interpreter lock and ran cold once per frame. Each
+        descriptor is registered once, a serial device's again only when it was reopened:
+        building the list and select() again on every wake-up, 100 a second on a pair, cost
+        more than the wait. While the LAN has used up its read budget its socket is left out
+        of the wait, so a flood still never holds up the serial links."""
         self._realtime.enter()
         udp = self._sock.fileno()
+        ready = select.epoll()
+        ready.register(udp, select.EPOLLIN)
+        watch = _SerialWatch(ready, [port for port in self._serial.values() if not port.has_reader])
         lan_paused_until = 0.0
-        while not self._stop.is_set():
-            ports = {fd: port for port in self._serial.values()
-                     if not port.has_reader and (fd := port.descriptor()) is not None}
-            wait = READ_WAIT_S
-            now = time.monotonic()
-            if now >= lan_paused_until:
-                ports_and_lan: list[int] = [*ports, udp]
-            else:
-                ports_and_lan, wait = list(ports), min(wait, lan_paused_until - now)
-            try:
-                ready = select.select(ports_and_lan, [], [], wait)[0]
-            except (OSError, ValueError):  # a descriptor closed under the select: look again
-                if self._stop.is_set():
-                    return
-                continue
-            for fd in ready:
-                if fd == udp:
-                    lan_paused_until = self._read_udp()
-                else:
-                    ports[fd].read()
+        try:
+            while not self._stop.is_set():
+                watch.update()
+                wait = READ_WAIT_S
+                if lan_paused_until:
+                    wait = lan_paused_until - time.monotonic()
+                    if wait <= 0.0:
+                        ready.modify(udp, select.EPOLLIN)
+                        lan_paused_until, wait = 0.0, READ_WAIT_S
+                for fd, _ in ready.poll(min(wait, READ_WAIT_S)):
+                    if fd == udp:
+                        lan_paused_until = self._read_udp()
+                        if lan_paused_until:
+                            ready.modify(udp, 0)
+                    else:
+                        watch.read(fd)
+        finally:
+            ready.close()
 
     def _read_udp(self) -> float:
         """Every datagram waiting, within the read budget; when the budget is spent, until

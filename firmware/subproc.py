@@ -10,6 +10,7 @@ processes.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -61,8 +62,26 @@ def run_checked(argv: list[str], what: str, timeout: float, env: dict[str, str] 
     except OutputOverflow as exc:
         raise ActionError(f"{what} printed more than {OUTPUT_CAP // 1024} KiB on {exc.stream}; stopped") from None
     if done.returncode != 0:
-        raise ActionError(f"{what} exit {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
+        raise ActionError(f"{what} exit {done.returncode}: {why_failed(done.stderr or done.stdout)}")
     return done.stdout
+
+
+_SEVERE = re.compile(r"\b(PANIC|FATAL|ERROR|error|fatal)\b:?")
+
+
+def why_failed(output: str, limit: int = 300) -> str:
+    """A failed command's words, the last line that names an error first: a report cuts the
+    text short (an acknowledgement's detail takes 200 characters), and the tail alone began
+    with PostgreSQL's dated LOG lines, a varying length of them, so "PANIC: could not
+    locate a valid checkpoint record" was cut in two in one rejoin of three."""
+    text = output.strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    severe = [line for line in lines if _SEVERE.search(line)]
+    if not severe or len(text) <= 100:
+        return text[-limit:]
+    key = severe[-1][_SEVERE.search(severe[-1]).start():]  # type: ignore[union-attr]  # from "PANIC:" on
+    rest = text[-(limit - len(key) - 4):] if len(key) + 4 < limit else ""
+    return f"{key[:limit]}{f' ({rest})' if rest else ''}"
 
 
 def _read_capped(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, str]:

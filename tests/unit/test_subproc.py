@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from firmware.errors import ActionError
-from firmware.subproc import OUTPUT_CAP, OutputOverflow, run_bounded, run_checked
+from firmware.subproc import OUTPUT_CAP, OutputOverflow, run_bounded, run_checked, why_failed
 
 
 def test_exit_code_output_and_environment_come_back_decoded():
@@ -32,3 +32,17 @@ def test_output_over_the_cap_stops_the_command():
 def test_run_checked_says_what_failed_and_the_bound(argv, words):
     with pytest.raises(ActionError, match=words):
         run_checked(argv, "hooks.promote", 0.2 if argv[0] == "sleep" else 5.0, bound="agent.command_timeout")
+
+
+def test_a_failed_commands_error_line_comes_first_whatever_came_before_it():
+    """An acknowledgement keeps 200 characters: PostgreSQL's dated LOG lines ahead of the PANIC
+    cut the reason in two."""
+    for shut in ("shut down in recovery", "interrupted while in recovery, a longer way of saying it"):
+        out = (f"2026-12-01 14:44:14.986 UTC [25108] LOG:  database system was {shut} at 2026-12-01 14:44:14 UTC\n"
+               "2026-12-01 14:44:14.987 UTC [25108] LOG:  invalid primary checkpoint record\n"
+               "2026-12-01 14:44:14.987 UTC [25108] PANIC:  could not locate a valid checkpoint record\nAborted\n")
+        why = why_failed(out)
+        assert why.startswith("PANIC:  could not locate a valid checkpoint record (") and len(why) <= 300
+        assert why.endswith("Aborted)")
+    assert why_failed("disk full") == "disk full"
+    assert why_failed("x" * 400) == "x" * 300

@@ -66,20 +66,23 @@ def run_checked(argv: list[str], what: str, timeout: float, env: dict[str, str] 
     return done.stdout
 
 
-_SEVERE = re.compile(r"\b(PANIC|FATAL|ERROR|error|fatal)\b:?")
+_SEVERE = re.compile(r"\b(PANIC|FATAL|fatal|ERROR|error)\b:?")
+_RANK = {"PANIC": 3, "FATAL": 2, "fatal": 2, "ERROR": 1, "error": 1}
 
 
 def why_failed(output: str, limit: int = 300) -> str:
-    """A failed command's words, the last line that names an error first: a report cuts the
-    text short (an acknowledgement's detail takes 200 characters), and the tail alone began
-    with PostgreSQL's dated LOG lines, a varying length of them, so "PANIC: could not
-    locate a valid checkpoint record" was cut in two in one rejoin of three."""
+    """A failed command's words, its gravest error line first (the last of the gravest): a
+    report cuts the text short (an acknowledgement's detail takes 200 characters), and the
+    tail alone began with PostgreSQL's dated LOG lines, a varying length of them, or ended
+    with pg_rewind's own "error: postgres single-user mode in target cluster failed", so
+    the cause, "PANIC: could not locate a valid checkpoint record", was cut away in about
+    one rejoin of eight."""
     text = output.strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    severe = [line for line in lines if _SEVERE.search(line)]
-    if not severe or len(text) <= 100:
+    found = [(_RANK[m.group(1)], i, line[m.start():]) for i, line in enumerate(text.splitlines())
+             if (m := _SEVERE.search(line))]
+    if not found or len(text) <= 100:
         return text[-limit:]
-    key = severe[-1][_SEVERE.search(severe[-1]).start():]  # type: ignore[union-attr]  # from "PANIC:" on
+    key = max(found)[2].strip()  # from "PANIC:" on
     rest = text[-(limit - len(key) - 4):] if len(key) + 4 < limit else ""
     return f"{key[:limit]}{f' ({rest})' if rest else ''}"
 

@@ -44,5 +44,9 @@ def test_a_failed_commands_error_line_comes_first_whatever_came_before_it():
         why = why_failed(out)
         assert why.startswith("PANIC:  could not locate a valid checkpoint record (") and len(why) <= 300
         assert why.endswith("Aborted)")
+    rewind = ("2026-12-01 14:52:10.170 UTC [3] PANIC:  could not locate a valid checkpoint record\nAborted\n"
+              "pg_rewind: error: postgres single-user mode in target cluster failed\n"
+              "pg_rewind: detail: Command was: /usr/lib/postgresql/15/bin/postgres --single -F -D /srv/pg/data\n")
+    assert why_failed(rewind).startswith("PANIC:  could not locate a valid checkpoint record (")
     assert why_failed("disk full") == "disk full"
     assert why_failed("x" * 400) == "x" * 300

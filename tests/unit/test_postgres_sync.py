@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from host_tools.replication.postgres import SyncHolders, cluster_state, standby_holds_every_ack
+from firmware.errors import ActionError
+from host_tools.replication.postgres import PgSettings, PostgresAdapter, SyncHolders, cluster_state, standby_holds_every_ack
 
 
 @pytest.mark.parametrize("names, me, holds", [
@@ -58,3 +59,22 @@ def test_a_name_dropped_or_not_confirming_every_commit_starts_afresh():
     h.forget()  # this server became a standby
     assert h.update("FIRST 2 (db2, db3)", 500, {"db2": 500, "db3": 500}, 20.0) == ()
     assert h.update("FIRST 2 (db2, db3)", 600, {"db2": 600, "db3": 599}, 21.0) == ("db2",)
+
+
+def test_a_stop_that_finds_the_server_gone_is_a_stop(tmp_path, monkeypatch):
+    """A rejoin saw the server run, then it died in its own start-up recovery before pg_ctl
+    stop came: "PID file does not exist" hid the recovery's real error behind the stop's."""
+    adapter = PostgresAdapter(PgSettings(pgdata=str(tmp_path / "data")))
+    running = [False]
+
+    def fails(argv, what):
+        raise ActionError(f"{what} exit 1: pg_ctl: PID file does not exist")
+    monkeypatch.setattr(adapter, "_run", fails)
+    monkeypatch.setattr(adapter, "_running", lambda: running[0])
+    adapter._pg_ctl("stop", "-m", "fast")  # gone: stopped, as asked
+    running[0] = True
+    with pytest.raises(ActionError, match="PID file does not exist"):
+        adapter._pg_ctl("stop", "-m", "fast")  # still running: the stop did fail
+    running[0] = False
+    with pytest.raises(ActionError, match="exit 1"):
+        adapter._pg_ctl("start")  # a start that fails is a failure, whatever runs after it

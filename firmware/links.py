@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import serial
 
@@ -43,8 +43,11 @@ VERSION_WARN_EVERY_S = 60.0
 RATE_SOURCES = 1024  # sources a RateLimit remembers; beyond that it starts afresh
 
 
-@dataclass(frozen=True)
-class LinkRecord:
+class LinkRecord(NamedTuple):
+    """A link's last valid reply: when it came, its round trip and the report it carried. A
+    new one for every reply, 100 a second on a pair: a tuple, where a frozen dataclass set
+    each field through object.__setattr__."""
+
     last_seen: float | None = None
     rtt_s: float | None = None
     report: AgentReport | None = None
@@ -353,7 +356,8 @@ class Said:
 
     @staticmethod
     def of(payload: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[type, ...], tuple[type, ...]]]:
-        rest = {k: v for k, v in payload.items() if k != "re"}
+        rest = dict(payload)
+        rest.pop("re", None)
         repl = rest.get("repl")
         return rest, (tuple(map(type, rest.values())), tuple(map(type, repl.values())) if type(repl) is dict else ())
 

@@ -31,7 +31,7 @@ from hil import toml_out
 from hil.lifecycle import Built
 from hil.monitor import read_changes
 from hil.nut import FENCE_USER
-from hil.site import DEFAULT_PREFIX, Site
+from hil.site import DEFAULT_PREFIX, REPO, Site
 
 log = logging.getLogger("hil")
 
@@ -43,6 +43,7 @@ PY = sys.executable
 HTTP_PORT = 8080
 SNMP_PORT = 1161
 COMMUNITY = "rig-monitor"
+DAEMON_UNIT = REPO / "board" / "systemd" / "arbiterd.service"
 HEARTBEAT_S = 1.0
 UNOBSERVED_AFTER_S = 2.0
 PHYSICS_PRIORITY = 50  # above the appliance's and the agents' real-time threads: hardware does not wait
@@ -65,6 +66,17 @@ class RigOptions:
     browser: bool = False  # with monitoring: a monitoring station with chromium, started before the appliance
     prefix: str = DEFAULT_PREFIX  # namespaces <prefix>-<host>: rigs with different prefixes run side by side
     wal_segsize_mb: int | None = None  # the database's WAL segments (initdb --wal-segsize); None: PostgreSQL's 16 MB
+
+
+def unit_environment(unit: Path = DAEMON_UNIT) -> dict[str, str]:
+    """The variables a unit's ``Environment=`` lines set: the rig starts arbiterd with those of
+    its shipped unit, as systemd does on the appliance (MALLOC_ARENA_MAX changes what the
+    bench measures)."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            env.update(word.split("=", 1) for word in shlex.split(line.removeprefix("Environment=")))
+    return env
 
 
 def server_names(opts: RigOptions) -> list[str]:
@@ -336,7 +348,8 @@ class Rig(Built):
         conf = self.workdir / "arbiter.toml"
         conf.write_text(toml_out.dumps(self.arbiter_config()))
         self._procs["arbiter"] = self.site.spawn(
-            "arbiter", [PY, "-m", "firmware.daemon", "--config", str(conf)], log_name="arbiterd")
+            "arbiter", [PY, "-m", "firmware.daemon", "--config", str(conf)], env=unit_environment(),
+            log_name="arbiterd")
 
     def restart_arbiter(self, kill: bool = True) -> None:
         proc = self._procs["arbiter"]

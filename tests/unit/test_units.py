@@ -12,6 +12,7 @@ import pytest
 
 from firmware.daemon import check_watchdog
 from firmware.errors import ConfigError
+from hil.rig import Rig, RigOptions, unit_environment
 from tests.unit.sitekit import site_config
 
 UNITS = Path(__file__).resolve().parents[2] / "board" / "systemd"
@@ -109,6 +110,19 @@ def test_hardening_leaves_the_daemon_what_it_needs():
     assert svc["DevicePolicy"] == "closed"
     assert "ProcSubset" not in svc  # the state store reads /proc/sys/kernel/random/boot_id
     assert svc["WorkingDirectory"] in svc["ReadWritePaths"].split()  # lgpio's notification FIFOs
+
+
+def test_the_daemon_has_one_malloc_arena_on_the_appliance_and_on_the_rig(tmp_path, monkeypatch):
+    """The unit caps glibc's malloc arenas (issue 18's 40 MiB), and the rig, whose bench
+    measures the daemon, starts it with the unit's Environment= as systemd does."""
+    assert unit_environment(UNITS / "arbiterd.service") == {"LG_WD": "/run/arbiter", "MALLOC_ARENA_MAX": "1"}
+    rig = Rig(RigOptions(), tmp_path)
+    started: list[tuple[str, list[str], dict[str, str] | None]] = []
+    monkeypatch.setattr(rig, "arbiter_config", lambda: {"site": {"name": "s"}})
+    monkeypatch.setattr(rig.site, "spawn", lambda host, argv, env=None, log_name=None: started.append((host, argv, env)))
+    rig._start_arbiter()
+    assert [(host, argv[1:3], env) for host, argv, env in started] == \
+        [("arbiter", ["-m", "firmware.daemon"], unit_environment(UNITS / "arbiterd.service"))]
 
 
 def test_the_guard_is_restarted_however_often_it_fails():

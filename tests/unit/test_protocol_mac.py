@@ -1,4 +1,4 @@
-"""A frame's MAC from keyed SHA-256 states set up once (protocol.Mac) is HMAC-SHA256, byte for
+"""A frame's MAC from a keyed HMAC object set up once (protocol.Mac) is HMAC-SHA256, byte for
 byte, for keys shorter than, as long as and longer than SHA-256's block."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from firmware.protocol import Codec, Frame, Kind, Mac, decode, encode
 def test_mac_is_hmac_sha256(key: bytes, msg: bytes) -> None:
     mac = Mac(key)
     assert mac.digest(msg) == hmac.new(key, msg, hashlib.sha256).digest()
-    assert mac.digest(msg) == mac.digest(msg)  # its keyed states are copied, never used up
+    assert mac.digest(msg) == mac.digest(msg)  # its keyed object is copied, never used up
 
 
 def test_a_codec_signs_and_reads_as_the_frame_functions_do() -> None:

@@ -174,7 +174,7 @@ class Daemon:
             if self.reload.is_set():
                 self._reload()
             began = self.clock()
-            healthy = self._cycle()
+            healthy = self._cycle(poll=began >= next_tick)
             if healthy and not ready:
                 self.app.sd_notify("READY=1")  # after the first full cycle that worked
                 ready = True
@@ -216,8 +216,15 @@ class Daemon:
     def _status_line(self) -> str:
         return f"phase {self.state.phase.value}, primary {self.state.primary or 'none'}"
 
-    def _cycle(self) -> bool:
+    def _cycle(self, poll: bool = True) -> bool:
         """One poll-observe-decide-act cycle. False if it failed (no watchdog pet).
+
+        ``poll``: this is the tick's cycle. One woken before its tick (an action's result, a
+        server's news, an order, a lease's end) polls nobody: its decision reads the replies
+        already in, as the tick's does (a poll's reply comes after the decision that sent it),
+        and a serial line has room for one poll and its reply an interval
+        (config.SERIAL_MAX_SHARE), where a failover wakes the loop five or six times in a
+        fraction of a second.
 
         In safe halted mode nothing is polled, decided or done: the loop only keeps the
         watchdog, the control socket and the alarm alive."""
@@ -226,7 +233,8 @@ class Daemon:
             return True
         try:
             now = self.clock()
-            self.app.poller.poll_all()
+            if poll:
+                self.app.poller.poll_all()
             obs = self._observe(now)
             d = decide(self.state, obs, now, self.cfg)
             if worth_saving(self.state, d.state, d.actions):

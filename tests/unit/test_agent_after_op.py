@@ -59,6 +59,19 @@ class Server:
         return "synchronous_standby_names 'db2' -> ''"
 
 
+@pytest.fixture
+def agent_of(tmp_path):
+    """An agent in front of a fake server, closed after the test."""
+    made: list[Agent] = []
+
+    def make(server: Server, name: str = "standby") -> Agent:
+        made.append(make_agent(tmp_path, server, name))
+        return made[-1]
+    yield make
+    for agent in made:
+        agent.close()
+
+
 def _order(agent: Agent, name: str, cmd_id: str, op: str) -> list[dict]:
     """The appliance polls, then orders ``op``; the acks once the command is done."""
     arb, wire = appliance(), Wire(name)
@@ -87,19 +100,16 @@ def test_other_ops_prove_nothing_the_report_could_say(op):
     assert status_after(op) is None
 
 
-def test_a_promote_is_acknowledged_without_a_read_and_the_next_reply_says_primary(tmp_path):
+def test_a_promote_is_acknowledged_without_a_read_and_the_next_reply_says_primary(agent_of):
     server = Server()
-    agent = make_agent(tmp_path, server)
-    try:
-        reads = server.reads
-        acks = _order(agent, "standby", "arbiter-1-1", "promote")
-        assert acks[-1] == {"id": "arbiter-1-1", "done": True, "ok": True, "detail": "promote done; role now primary"}
-        assert server.reads == reads  # no read between the promote's return and the ack
-        reply = _report(agent)
-        assert reply.role == "primary" and reply.in_sync is None and reply.sync_standbys is None
-        assert agent._status_due.is_set()  # the full read comes at once
-    finally:
-        agent.close()
+    agent = agent_of(server)
+    reads = server.reads
+    acks = _order(agent, "standby", "arbiter-1-1", "promote")
+    assert acks[-1] == {"id": "arbiter-1-1", "done": True, "ok": True, "detail": "promote done; role now primary"}
+    assert server.reads == reads  # no read between the promote's return and the ack
+    reply = _report(agent)
+    assert reply.role == "primary" and reply.in_sync is None and reply.sync_standbys is None
+    assert agent._status_due.is_set()  # the full read comes at once
 
 
 def test_a_read_begun_during_the_promotion_never_overwrites_the_acknowledged_role(tmp_path):
@@ -130,38 +140,29 @@ def test_a_read_begun_during_the_promotion_never_overwrites_the_acknowledged_rol
         loop.join(2.0)
 
 
-def test_a_failed_promote_never_reports_primary_and_has_the_server_read_at_once(tmp_path):
+def test_a_failed_promote_never_reports_primary_and_has_the_server_read_at_once(agent_of):
     server = Server(fail="promote")
-    agent = make_agent(tmp_path, server)
-    try:
-        acks = _order(agent, "standby", "arbiter-1-1", "promote")
-        assert acks[-1]["ok"] is False and "failed on purpose" in acks[-1]["detail"]
-        assert _report(agent).role == "standby"
-        assert agent._status_due.is_set()
-    finally:
-        agent.close()
+    agent = agent_of(server)
+    acks = _order(agent, "standby", "arbiter-1-1", "promote")
+    assert acks[-1]["ok"] is False and "failed on purpose" in acks[-1]["detail"]
+    assert _report(agent).role == "standby"
+    assert agent._status_due.is_set()
 
 
-def test_a_demote_reports_standby_as_soon_as_it_is_acknowledged(tmp_path):
+def test_a_demote_reports_standby_as_soon_as_it_is_acknowledged(agent_of):
     """A switchover's demoted primary must not go on saying primary (a rogue primary to decide)."""
     server = Server(role="primary")
-    agent = make_agent(tmp_path, server, "master")
-    try:
-        assert _report(agent).role == "primary"
-        acks = _order(agent, "master", "arbiter-1-1", "demote")
-        assert acks[-1]["ok"] is True and _report(agent).role == "standby"
-    finally:
-        agent.close()
+    agent = agent_of(server, "master")
+    assert _report(agent).role == "primary"
+    acks = _order(agent, "master", "arbiter-1-1", "demote")
+    assert acks[-1]["ok"] is True and _report(agent).role == "standby"
 
 
-def test_a_sync_change_is_read_before_it_is_acknowledged(tmp_path):
+def test_a_sync_change_is_read_before_it_is_acknowledged(agent_of):
     server = Server(role="primary")
-    agent = make_agent(tmp_path, server, "master")
-    try:
-        reads = server.reads
-        acks = _order(agent, "master", "arbiter-1-1", "sync_degrade")
-        assert acks[-1]["ok"] is True and acks[-1]["detail"].endswith("; role now primary")
-        assert server.reads == reads + 1
-        assert _report(agent).sync_standbys == ("master",)  # what the read said, not unknown
-    finally:
-        agent.close()
+    agent = agent_of(server, "master")
+    reads = server.reads
+    acks = _order(agent, "master", "arbiter-1-1", "sync_degrade")
+    assert acks[-1]["ok"] is True and acks[-1]["detail"].endswith("; role now primary")
+    assert server.reads == reads + 1
+    assert _report(agent).sync_standbys == ("master",)  # what the read said, not unknown

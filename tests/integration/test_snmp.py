@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +109,55 @@ def test_v3_authpriv_informs_decode_with_the_right_user(tmp_path: Path, port: in
         assert n["event"] == "arbServerDown"
         assert n["varbinds"]["arbEventSeverity.0"] == "major(3)"
     assert sinks[0].pending() == {f"127.0.0.1:{port}": 0}
+
+
+# arbiterd's own process: firmware.footprint first, as firmware.daemon imports it
+SEND_AS_ARBITERD = """
+from firmware import footprint
+import json, sys, time
+from pathlib import Path
+from firmware.config import Alerts, Config, Site, SnmpManager, Vip
+from firmware.events import EVENTS
+from firmware.notify import Alert
+from firmware.snmp import SnmpSink
+tmp, sha1_port, sha256_port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+managers = [SnmpManager(host="127.0.0.1", port=port, version="v3", notify=kind, user="arbuser", auth_protocol=auth,
+                        priv_protocol=priv, auth_key_file=str(tmp / "auth"), priv_key_file=str(tmp / "priv"))
+            for port, auth, priv in ((sha1_port, "sha", "aes"), (sha256_port, "sha256", "aes256"))
+            for kind in ("inform", "trap")]
+cfg = Config(site=Site(name="arbsnmp", key_file=str(tmp / "key")), servers=(), vip=Vip(address="192.0.2.10/24"),
+             alerts=Alerts(managers=managers, inform_timeout=0.3, inform_retries=1))
+sink = SnmpSink(cfg, tmp)
+e = EVENTS["server-down"]
+sink.send(Alert(9, e.name, e.severity, "db1", "lan", e.text, time.time()))
+deadline = time.monotonic() + 10.0
+while sum(sink.pending().values()) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"pending": sink.pending(), "hashlib": repr(sys.modules.get("_hashlib", "never imported")),
+                  "libcrypto": "libcrypto" in Path("/proc/self/maps").read_text()}))
+sink.close()
+"""
+
+
+def test_v3_authpriv_goes_out_from_a_process_without_openssl_as_arbiterd_runs(tmp_path: Path, port: int) -> None:
+    """arbiterd keeps OpenSSL's hashlib out of its process (firmware.footprint): SNMPv3's
+    authentication and key localisation then run on CPython's own hashes (privacy on
+    cryptography's ciphers). An inform (SHA-1, AES-128) and a trap (SHA-256, AES-256) from
+    such a process decode with the right user."""
+    cfg = site_config(tmp_path, [])
+    users = [("arbuser", AUTH, PRIV, ""), ("arbuser", AUTH, PRIV, engine_id(cfg).hex())]
+    strong = free_udp_port()
+    with TrapReceiver(tmp_path / "sha1", port, v3_users=users) as sha1, \
+            TrapReceiver(tmp_path / "sha256", strong, v3_users=users, v3_protocols=("SHA-256", "AES-256")) as sha256:
+        sent = subprocess.run([sys.executable, "-c", SEND_AS_ARBITERD, str(tmp_path), str(port), str(strong)],
+                              cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr[-2000:]
+        got = sha1.wait_for(2, 5.0) + sha256.wait_for(2, 5.0)
+    result = json.loads(sent.stdout.strip().splitlines()[-1])
+    assert result["hashlib"] == "None" and result["libcrypto"] is False  # as in arbiterd: no OpenSSL hashing
+    assert result["pending"] == {f"127.0.0.1:{port}": 0, f"127.0.0.1:{strong}": 0}  # both informs acknowledged
+    assert sorted(n["pdu"] for n in got) == ["INFORM", "INFORM", "TRAP2", "TRAP2"]
+    assert all(n["version"] == "v3" and n["user"] == "arbuser" and n["event"] == "arbServerDown" for n in got)
 
 
 def test_wrong_priv_key_does_not_decode(tmp_path: Path, port: int, sinks: list[SnmpSink]) -> None:

@@ -500,10 +500,6 @@ class Poller:
         self._send_everywhere(cmd)
         return cmd_id
 
-    def command_result(self, cmd_id: str) -> tuple[bool, str] | None:
-        with self._lock:
-            return self._result(cmd_id)
-
     def wait_result(self, cmd_id: str, timeout: float) -> tuple[bool, str] | None:
         """The command's result as soon as the reader has the agent's acknowledgement, or None
         after ``timeout`` seconds. Every step of a failover waits here: the reader wakes it,

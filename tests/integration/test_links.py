@@ -144,10 +144,9 @@ def test_command_runs_once_though_sent_on_both_links_and_repeated(site):
     poll_for(poller, 0.5)
     cmd = poller.send_command("master", "promote", {})
     deadline = time.monotonic() + 5
-    while poller.command_result(cmd) is None and time.monotonic() < deadline:
+    while poller.wait_result(cmd, 0.02) is None and time.monotonic() < deadline:
         poller.poll_all()
-        time.sleep(0.02)
-    assert poller.command_result(cmd) == (True, "")
+    assert poller.wait_result(cmd, 0.0) == (True, "")
     poll_for(poller, 0.5)
     assert marker.read_text().splitlines() == ["once"]
 

@@ -427,7 +427,7 @@ def poller_step(bench, sender: str, kind: Kind, template: dict):
     after = poller.snapshot()["master"][Channel.LAN]
     assert_well_typed(after)
     stored = after is not before
-    result = poller.command_result(cmd_id)
+    result = poller.wait_result(cmd_id, 0.0)
     del poller._commands[cmd_id]  # unanswered commands would be resent by every later example's poll
     if kind is Kind.REPLY:
         assert stored + dropped == 1, "a reply must be either stored or counted as dropped"

@@ -140,9 +140,9 @@ def test_2_an_ack_counts_only_from_the_server_the_command_went_to():
         cmd_id = poller.send_command("master", "promote", {})
         ack = {"id": cmd_id, "done": True, "ok": True, "detail": ""}
         poller._receive("standby", Channel.LAN, agent_codec("standby").make(Kind.ACK, "arbiter", ack)[1])
-        assert poller.command_result(cmd_id) is None and poller.dropped().get("ack-unmatched") == 1
+        assert poller.wait_result(cmd_id, 0.0) is None and poller.dropped().get("ack-unmatched") == 1
         poller._receive("master", Channel.LAN, agent_codec("master").make(Kind.ACK, "arbiter", ack)[1])
-        assert poller.command_result(cmd_id) == (True, "")
+        assert poller.wait_result(cmd_id, 0.0) == (True, "")
     finally:
         poller.close()
 
@@ -313,7 +313,7 @@ def test_7_a_command_whose_first_copies_are_lost_is_still_carried_out_and_acked_
         assert adapter.promotes == 1
         for raw in wire.raws:
             poller._receive("standby", Channel.LAN, raw)
-        assert poller.command_result(cmd_id) == (True, "promote done; role now primary")
+        assert poller.wait_result(cmd_id, 0.0) == (True, "promote done; role now primary")
     finally:
         poller.close()
         sink.close()

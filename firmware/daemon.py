@@ -115,6 +115,7 @@ class Daemon:
         self._prev_cycle_at = self.started_at
         self._stall: Stall | None = None
         self._hurry: tuple[str, ...] = ()  # the last decision's (cleared by every cycle)
+        self._polled_at = -math.inf  # when the loop last polled: a tick's cycle, or a hurried server
         self.metrics: Metrics | None = None  # with the HTTP page only: nobody else reads them
         self.web = self._web()
         self.snmp = self._snmp()
@@ -205,12 +206,15 @@ class Daemon:
     def _wait(self, until: float) -> None:
         """Until the next cycle is due, or something wakes the loop sooner (a reply with news,
         an order, a signal). Meanwhile the servers the last decision hurries are polled on the LAN
-        every timing.interval / HURRY_SHARE: a reply that changes their report wakes the loop."""
+        every timing.interval / HURRY_SHARE after the loop's last poll, at once if that was as
+        long ago (a cycle woken by a lease's end polls nobody): a reply that changes their
+        report wakes the loop."""
         step = self.cfg.timing.interval / HURRY_SHARE
-        while self._hurry and self.clock() + step < until:
-            if self.wake.wait(step):
+        while self._hurry and self._polled_at + step < until:
+            if self.wake.wait(max(0.0, self._polled_at + step - self.clock())):
                 break
             self.app.poller.poll_lan(self._hurry)
+            self._polled_at = self.clock()
         else:
             self.wake.wait(max(0.0, until - self.clock()))
         self.wake.clear()
@@ -237,6 +241,7 @@ class Daemon:
             now = self.clock()
             if poll:
                 self.app.poller.poll_all()
+                self._polled_at = now
             obs = self._observe(now)
             d = decide(self.state, obs, now, self.cfg)
             if worth_saving(self.state, d.state, d.actions):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 from firmware.daemon import HURRY_SHARE
 from firmware.decide.step import Decision
@@ -50,5 +51,27 @@ def test_a_cycle_without_hurry_polls_nobody_between_ticks(tmp_path, monkeypatch)
         assert daemon._cycle() is True  # the next decision no longer hurries it
         daemon._wait(daemon.clock() + daemon.cfg.timing.interval)
         assert polled == []
+    finally:
+        daemon.app.close()
+
+
+def test_a_woken_cycle_that_hurries_polls_at_once_when_the_last_poll_is_a_step_old(tmp_path, monkeypatch):
+    """A lease's end wakes a cycle that polls nobody (test_loop_polls): the standby it hurries is
+    asked at once, not a step later, when the loop's last poll is that old; the next a step on."""
+    daemon = make_daemon(tmp_path)
+    try:
+        polled: list[float] = []
+        monkeypatch.setattr(daemon.app.poller, "poll_lan", lambda servers: polled.append(daemon.clock()))
+        monkeypatch.setattr("firmware.daemon.decide",
+                            lambda state, obs, now, cfg: Decision(dataclasses.replace(state), (), "",
+                                                                  hurry=("standby",)))
+        step = daemon.cfg.timing.interval / HURRY_SHARE
+        assert daemon._cycle() is True  # the tick's: polls every link
+        time.sleep(step * 1.5)
+        assert daemon._cycle(poll=False) is True  # woken by the primary's lease ending
+        began = daemon.clock()
+        daemon._wait(began + 2 * daemon.cfg.timing.interval)
+        assert polled and polled[0] - began < step / 2
+        assert len(polled) >= 2 and polled[1] - polled[0] >= step * 0.9
     finally:
         daemon.app.close()

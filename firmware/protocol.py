@@ -86,6 +86,8 @@ MAX_PAYLOAD = 1024
 _COUNTERS = struct.Struct(">QQH")
 MAX_FRAME = 2 + 1 + 1 + 1 + MAX_ID + 1 + MAX_ID + _COUNTERS.size + MAX_PAYLOAD + MAC_LEN
 MIN_FRAME = 2 + 1 + 1 + 1 + 1 + 1 + 1 + _COUNTERS.size + MAC_LEN
+MIN_HEADER = MIN_FRAME - MAC_LEN  # everything before the payload, with one-character ids
+MAX_HEADER = MIN_HEADER - 2 + 2 * MAX_ID
 REPLAY_WINDOW = 64
 MAX_BOOT_ID = 2**56  # microseconds since 1970 reach it in the year 4253
 MAX_BOOT_JUMP = 2**48  # ~8.9 years of a microsecond clock between two starts
@@ -196,6 +198,28 @@ def peek_sender(data: bytes) -> str:
         return data[5:5 + n].decode("ascii")
     except UnicodeDecodeError as exc:
         raise ProtocolError("bad-sender", "not ASCII") from exc
+
+
+def header_length(prefix: bytes | bytearray) -> int:
+    """The length of a raw frame's header (everything before the payload) as far as its first
+    bytes tell: exact once both id lengths are in, before that the least it can be."""
+    if len(prefix) < 5:
+        return MIN_HEADER
+    n = prefix[4]
+    if len(prefix) < 6 + n:
+        return MIN_HEADER - 1 + n
+    return MIN_HEADER - 2 + n + prefix[5 + n]
+
+
+def frame_length(prefix: bytes | bytearray) -> int | None:
+    """A raw frame's whole length by its header, from the frame's first bytes (None until the
+    header is in): for a reader on a slow line, which then waits for the rest of the frame
+    rather than waking for every few bytes the line hands on. Nothing is checked here; a junk
+    header's length is clipped to MAX_FRAME."""
+    header = header_length(prefix)
+    if len(prefix) < header:
+        return None
+    return min(MAX_FRAME, header + (prefix[header - 2] << 8 | prefix[header - 1]) + MAC_LEN)
 
 
 def decode(data: bytes, key: bytes) -> Frame:
@@ -448,6 +472,17 @@ class Deframer:
     def _count(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
+    def pending(self) -> int:
+        """How many more bytes the frame now arriving needs, its delimiter included: by its
+        header once that is in, before that at least what the rest of its header needs; 0
+        between frames and while junk is skipped. COBS adds a byte per 254, counted as if the frame had
+        no zero byte: at most a few bytes more than it will take."""
+        if self._skipping or not self._buf:
+            return 0
+        raw = _cobs_prefix(self._buf, MAX_HEADER)
+        length = frame_length(raw) or header_length(raw)
+        return max(1, length + length // 254 + 2 - len(self._buf))
+
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
         for chunk_end, part in _split_keep(data):
@@ -471,6 +506,19 @@ class Deframer:
                 except cobs.DecodeError:
                     self._count("bad-cobs")
         return out
+
+
+def _cobs_prefix(encoded: bytes | bytearray, limit: int) -> bytes:
+    """The first ``limit`` bytes or so of what a COBS chunk, perhaps cut short, decodes to."""
+    out = bytearray()
+    at = 0
+    while at < len(encoded) and len(out) < limit:
+        code = encoded[at]
+        out += encoded[at + 1:at + code]
+        at += code
+        if code < 0xFF and at < len(encoded):
+            out.append(0)
+    return bytes(out)
 
 
 def _split_keep(data: bytes) -> list[tuple[bool, bytes]]:

@@ -5,6 +5,9 @@ a bad MAC, and frames over a source's rate limit (dropped before any MAC).
 
 A pty does not pace bytes at its baud rate, so the pty figure is the software path only;
 the wire time a real 115200-baud line adds is computed from the frame sizes and printed.
+A UART hands a frame on a few bytes at a time: the links reader's CPU time and wake-ups are
+measured with two servers' replies written whole (as the rig's socat cables carry them) and
+8 and 16 bytes at a time, each part when a 115200-baud line would have carried it.
 
     python -m hil.bench_protocol [--polls 500]
 """
@@ -12,17 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import tty
 from pathlib import Path
 
-from firmware.links import Poller, RateLimit
+from firmware.links import BITS_PER_BYTE, Poller, RateLimit
 from firmware.model import Channel
-from firmware.protocol import Codec, Frame, Kind, Reply, decode, derive_key, encode, frame_serial
+from firmware.protocol import Codec, Deframer, Frame, Kind, Reply, decode, derive_key, encode, frame_serial
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,8 +85,75 @@ def receive_rates(n: int = 100_000) -> dict[str, float]:
             "rate_limited": _rate([forged] * n, lambda raw: limit.allow("standby") and appliance.read(raw))}
 
 
+def _uart_agent(fd: int, codec: Codec, part: int, stop: threading.Event) -> None:
+    """Answer every poll on a pty, the reply ``part`` bytes at a time at 115200 baud (0: whole),
+    after the poll's own wire time."""
+    deframer = Deframer()
+    while not stop.is_set():
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the pty closed
+            return
+        for raw in deframer.feed(data):
+            frame = codec.read(raw, "arbiter")
+            if frame is None or frame.kind is not Kind.POLL:
+                continue
+            wire = frame_serial(codec.make(Kind.REPLY, "arbiter", {**REPLY, "re": frame.payload["n"]})[1])
+            due = time.monotonic() + wire_ms(len(frame_serial(raw))) / 1000
+            for at in range(0, len(wire), part or len(wire)):
+                chunk = wire[at:at + (part or len(wire))]
+                due += wire_ms(len(chunk)) / 1000
+                time.sleep(max(0.0, due - time.monotonic()))
+                os.write(fd, chunk)
+
+
+def uart_reader(part: int, seconds: float, interval: float = 0.04) -> dict[str, float]:
+    """The links reader's CPU-seconds an hour and wake-ups a second with two servers on serial
+    lines whose replies come ``part`` bytes at a time (0: whole), polled every ``interval``."""
+    names = ("master", "standby")
+    keys = {name: derive_key(b"bench" * 8, name) for name in names}
+    stop, ends = threading.Event(), []
+    for name in names:
+        near, far = os.openpty()
+        tty.setraw(near)
+        tty.setraw(far)
+        ends.append((near, far))
+        threading.Thread(target=_uart_agent, args=(near, Codec(name, {"arbiter": keys[name]}, 7), part, stop),
+                         daemon=True).start()
+    poller = Poller(Codec("arbiter", keys, 1), [(name, os.ttyname(far), 115200, "", 0)
+                                                for name, (_, far) in zip(names, ends)], bind=("127.0.0.1", 0))
+    task = Path(f"/proc/self/task/{poller._reader.native_id}")
+
+    def used() -> tuple[float, int]:
+        switches = sum(int(line.split(":")[1]) for line in (task / "status").read_text().splitlines()
+                       if "ctxt_switches:" in line)
+        return int((task / "schedstat").read_text().split()[0]) / 1e9, switches
+
+    def polls(until: float) -> None:
+        due = time.monotonic()
+        while due < until:
+            poller.poll_all()
+            due += interval
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    try:
+        polls(time.monotonic() + 1.0)
+        (cpu0, woke0), began = used(), time.monotonic()
+        polls(began + seconds)
+        (cpu1, woke1), took = used(), time.monotonic() - began
+        rtt = [poller.snapshot()[name][Channel.SERIAL].rtt_s for name in names]
+    finally:
+        stop.set()
+        poller.close()
+        for near, far in ends:
+            os.close(near)
+            os.close(far)
+    return {"cpu_s_per_h": round((cpu1 - cpu0) / took * 3600, 1), "wakeups_per_s": round((woke1 - woke0) / took),
+            "rtt_ms": round(max(r or 0.0 for r in rtt) * 1000, 1)}
+
+
 def wire_ms(size: int, baud: int = 115200) -> float:
-    return size * 10 / baud * 1000  # 8N1: ten bits per byte
+    return size * BITS_PER_BYTE / baud * 1000
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -92,6 +165,7 @@ def stats(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--polls", type=int, default=500)
+    parser.add_argument("--uart-seconds", type=float, default=20.0, help="each paced-line measurement (default 20)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -127,6 +201,7 @@ def main() -> None:
     wire = wire_ms(len(frame_serial(poll))) + wire_ms(len(frame_serial(reply)))
     rate = auth_rate()
     receive = receive_rates()
+    uart = {part: uart_reader(part, args.uart_seconds) for part in (0, 16, 8)}
     print(f"poll round trip, socat pty (software path): median {pty['median_ms']} ms, p99 {pty['p99_ms']} ms "
           f"over {pty['n']} polls")
     print(f"  + wire time at 115200 baud 8N1: poll {len(frame_serial(poll))} B + reply {len(frame_serial(reply))} B"
@@ -136,6 +211,11 @@ def main() -> None:
     print(f"receive path, one core: {receive['read']:,.0f} good replies read/s (sender, key, MAC, parse, replay); "
           f"{receive['bad_mac']:,.0f} forged frames rejected/s (bad MAC); "
           f"{receive['rate_limited']:,.0f} flood frames dropped/s by a source's rate limit (no MAC)")
+
+    for part, got in uart.items():
+        print(f"links reader, two servers on 115200-baud lines, replies {f'{part} bytes at a time' if part else 'whole'}"
+              f" (polled every 40 ms): {got['cpu_s_per_h']} CPU-s/h, {got['wakeups_per_s']} wake-ups/s,"
+              f" round trip {got['rtt_ms']} ms")
 
 
 if __name__ == "__main__":

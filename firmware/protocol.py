@@ -475,11 +475,14 @@ class Deframer:
     def pending(self) -> int:
         """How many more bytes the frame now arriving needs, its delimiter included: by its
         header once that is in, before that at least what the rest of its header needs; 0
-        between frames and while junk is skipped. COBS adds a byte per 254, counted as if the frame had
-        no zero byte: at most a few bytes more than it will take."""
+        between frames, while junk is skipped, and for bytes that cannot begin a frame of this
+        version (line noise: no length of theirs is believed). COBS adds a byte per
+        254, counted as if the frame had no zero byte: at most a few bytes more than it takes."""
         if self._skipping or not self._buf:
             return 0
         raw = _cobs_prefix(self._buf, MAX_HEADER)
+        if not _begins_a_frame(raw):
+            return 0
         length = frame_length(raw) or header_length(raw)
         return max(1, length + length // 254 + 2 - len(self._buf))
 
@@ -506,6 +509,18 @@ class Deframer:
                 except cobs.DecodeError:
                     self._count("bad-cobs")
         return out
+
+
+_FRAME_START = MAGIC + bytes((VERSION,))
+
+
+def _begins_a_frame(prefix: bytes) -> bool:
+    """Whether these bytes can begin a frame: the magic, this version, ids of 1..MAX_ID."""
+    if not _FRAME_START.startswith(prefix[:len(_FRAME_START)]):
+        return False
+    n = prefix[4] if len(prefix) > 4 else 1
+    r = prefix[5 + n] if len(prefix) > 5 + n else 1
+    return 1 <= n <= MAX_ID and 1 <= r <= MAX_ID
 
 
 def _cobs_prefix(encoded: bytes | bytearray, limit: int) -> bytes:

@@ -38,9 +38,19 @@ def test_the_header_tells_the_length() -> None:
     assert header_length(raw) <= MAX_HEADER
 
 
-def test_junk_is_never_waited_for_past_the_largest_frame() -> None:
+def test_junk_is_not_waited_for() -> None:
+    """Line noise has no length to believe: bytes that do not begin as a frame of this version
+    are read as they come, and a header that does is never believed past the largest frame."""
     deframer = Deframer()
-    deframer.feed(b"\xff" * 40)  # a header of 0xff bytes: ids of 255 characters, a payload of 65535
+    deframer.feed(b"\xff" * 40)  # as a header: ids of 255 characters, a payload of 65535
+    assert deframer.pending() == 0
+    deframer.feed(b"\x00\x02B")  # a delimiter, then "B" of the magic: perhaps a frame
+    assert deframer.pending() >= 1
+    deframer.feed(b"\x00\x02C")
+    assert deframer.pending() == 0
+    deframer.feed(b"\x00" + bytes((0xFF,)) + b"BA\x02\x03" + b"\xff" * 60)  # magic, version, an id of 255
+    assert deframer.pending() == 0
+    deframer.feed(b"\x00" + bytes((0xFF,)) + b"BA\x02\x03\x01m\x01a" + b"\xff" * 60)  # a payload of 65535
     assert 1 <= deframer.pending() <= MAX_FRAME + MAX_FRAME // 254 + 2
     deframer.feed(b"\x01" * (Deframer._MAX_ENCODED + 1))  # overlong: skipped to the next delimiter
     assert deframer.pending() == 0

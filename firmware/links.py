@@ -40,6 +40,7 @@ REOPEN_EVERY_S = 0.5
 READ_WAIT_S = 0.05  # a serial reader looks at its stop flag at least this often
 BITS_PER_BYTE = 10  # 8N1: a start bit, eight data bits and a stop bit on the wire
 REST_WAIT_MAX_S = 0.03  # the longest a frame's rest is waited for, whatever its header says
+REST_WAIT_MIN_S = 0.001  # a shorter rest is not taken: the reader's epoll waits whole milliseconds
 KEEP_COMMANDS = 256  # finished commands whose results stay readable; older ones are dropped
 VERSION_WARN_EVERY_S = 60.0
 RATE_SOURCES = 1024  # sources a RateLimit remembers; beyond that it starts afresh
@@ -205,9 +206,10 @@ class SerialPort:
         descriptor ready; otherwise wait up to READ_WAIT_S for something to arrive.
 
         Returns the seconds the rest of a frame cut short needs on the wire at the port's baud
-        rate (0.0 when none is): the caller reads again then, not before. A UART hands on a
-        few bytes at a time, and a reply of 285 bytes takes 25 ms at 115200 baud: reading
-        whatever came woke the reader for every 8 or 16 bytes, 36 or 18 times a frame."""
+        rate (0.0 when none is, or when that is under REST_WAIT_MIN_S): the caller reads again
+        then, not before. A UART hands on a few bytes at a time, and a reply of 285 bytes takes
+        25 ms at 115200 baud: reading whatever came woke the reader for every 8 or 16 bytes, 36
+        or 18 times a frame."""
         port = self._port
         if port is None:
             return 0.0
@@ -220,8 +222,8 @@ class SerialPort:
         if not data:  # the wait ran out: a frame's rest is no nearer than it was
             return 0.0
         self._feed(data)
-        rest = self._deframer.pending()
-        return min(REST_WAIT_MAX_S, rest * BITS_PER_BYTE / self.baudrate) if rest else 0.0
+        rest = self._deframer.pending() * BITS_PER_BYTE / self.baudrate
+        return min(REST_WAIT_MAX_S, rest) if rest >= REST_WAIT_MIN_S else 0.0
 
     def _read_loop(self) -> None:
         self._realtime.enter()

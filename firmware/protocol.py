@@ -476,8 +476,8 @@ class Deframer:
         """How many more bytes the frame now arriving needs, its delimiter included: by its
         header once that is in, before that at least what the rest of its header needs; 0
         between frames, while junk is skipped, and for bytes that cannot begin a frame of this
-        version (line noise: no length of theirs is believed). COBS adds a byte per
-        254, counted as if the frame had no zero byte: at most a few bytes more than it takes."""
+        version (line noise: no length of theirs is believed). COBS adds a byte per 254,
+        counted as if the frame had no zero byte: at most a few bytes more than it takes."""
         if self._skipping or not self._buf:
             return 0
         raw = _cobs_prefix(self._buf, MAX_HEADER)

@@ -9,7 +9,7 @@ A UART hands a frame on a few bytes at a time: the links reader's CPU time and w
 measured with two servers' replies written whole (as the rig's socat cables carry them) and
 8 and 16 bytes at a time, each part when a 115200-baud line would have carried it.
 
-    python -m hil.bench_protocol [--polls 500]
+    python -m hil.bench_protocol [--polls 500] [--uart-seconds 20]
 """
 from __future__ import annotations
 
@@ -138,10 +138,11 @@ def uart_reader(part: int, seconds: float, interval: float = 0.04) -> dict[str, 
             poller.poll_all()
             due += interval
             time.sleep(max(0.0, due - time.monotonic()))
-            rtt.extend(links[Channel.SERIAL].rtt_s or 0.0 for links in poller.snapshot().values())
+            rtt.extend(r for links in poller.snapshot().values() if (r := links[Channel.SERIAL].rtt_s) is not None)
 
     try:
         polls(time.monotonic() + 1.0)
+        rtt.clear()
         (cpu0, woke0), began = used(), time.monotonic()
         polls(began + seconds)
         (cpu1, woke1), took = used(), time.monotonic() - began
